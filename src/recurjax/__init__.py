@@ -1,0 +1,35 @@
+"""recurjax: recurrent neural networks for JAX with explicit state threading.
+
+Flux.jl's recurrent-model design in JAX: cells are pure functions `(params, h, x) -> (h, y)`;
+`Recur` is an immutable pytree handle holding a cell, its params and its state; `scan` runs a
+cell over a sequence; `chain` composes cells and stateless layers into one cell.
+"""
+
+from ._cell import Cell
+from ._cells import GRUCell, GRUv3Cell, LSTMCell, LSTMState, RNNCell
+from ._chain import Chain, Dense, Stateless, chain, stateless
+from ._recur import GRU, LSTM, RNN, GRUv3, Recur
+from ._scan import scan
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GRU",
+    "LSTM",
+    "RNN",
+    "Cell",
+    "Chain",
+    "Dense",
+    "GRUCell",
+    "GRUv3",
+    "GRUv3Cell",
+    "LSTMCell",
+    "LSTMState",
+    "RNNCell",
+    "Recur",
+    "Stateless",
+    "__version__",
+    "chain",
+    "scan",
+    "stateless",
+]

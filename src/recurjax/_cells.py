@@ -1,0 +1,355 @@
+"""The library cells: RNN, LSTM, GRU (reset after the matmul) and GRUv3 (reset before).
+
+Every cell follows the row-vector convention `x @ W` with gates fused into one matrix per
+input and ordered as in PyTorch/cuDNN, so converting weights is a transpose and a split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from ._cell import Cell, affine, check_input, check_params, match_state
+from ._init import glorot_uniform
+
+__all__ = ["GRUCell", "GRUv3Cell", "LSTMCell", "LSTMState", "RNNCell"]
+
+
+def _name(fn: Callable[..., Any]) -> str:
+    return getattr(fn, "__name__", None) or repr(fn)
+
+
+def _check_sizes(cls_name: str, in_features: object, hidden_size: object) -> None:
+    for arg, value in (("in_features", in_features), ("hidden_size", hidden_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise TypeError(
+                f"{cls_name}: expected {arg} to be a positive int, got {value!r}. "
+                f"Write e.g. {cls_name}(10, 5) for 10 input features and 5 hidden units."
+            )
+
+
+def _batch(x: jax.Array) -> tuple[int, ...]:
+    return tuple(x.shape[:-1])
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class RNNCell(Cell):
+    r"""The Elman RNN cell, Flux's `RNNCell`: one dense layer fed back into itself.
+
+    .. math::
+
+        h' = \mathrm{act}(x W_i + h W_h + b), \qquad y = h'
+
+    Params (`init`): `{"wi": (in, H), "wh": (H, H), "b": (H,)}`; Glorot-uniform weights,
+    zero bias. State: an array `(..., H)`, zeros from `initial_state`. Input `x: (..., in)`
+    with any leading batch axes; output `y: (..., H)`.
+
+    Warning: PyTorch's `nn.RNN` has two biases, `b_ih + b_hh`; their sum is `b` here.
+
+    Args:
+      in_features: size of the last axis of `x`.
+      hidden_size: `H`, the size of the state and of the output.
+      activation: the nonlinearity `act`, `jnp.tanh` by default (e.g. `jax.nn.relu`).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, recurjax as rj
+      >>> cell = rj.RNNCell(10, 5)
+      >>> params = cell.init(jax.random.key(0))
+      >>> h = cell.initial_state(params)
+      >>> h, y = cell(params, h, jnp.ones(10))
+      >>> y.shape, bool((h == y).all())
+      ((5,), True)
+    """
+
+    in_features: int
+    hidden_size: int
+    activation: Callable[[jax.Array], jax.Array] = jnp.tanh
+
+    def __post_init__(self) -> None:
+        _check_sizes("RNNCell", self.in_features, self.hidden_size)
+
+    def __repr__(self) -> str:
+        return f"RNNCell({self.in_features} => {self.hidden_size}, {_name(self.activation)})"
+
+    def _shapes(self) -> dict[str, tuple[int, ...]]:
+        i, h = self.in_features, self.hidden_size
+        return {"wi": (i, h), "wh": (h, h), "b": (h,)}
+
+    def init(self, key: jax.Array, dtype: Any = jnp.float32) -> dict[str, jax.Array]:
+        """Params `{"wi": (in, H), "wh": (H, H), "b": (H,)}`: Glorot-uniform, zero bias."""
+        ki, kh = jax.random.split(key)
+        i, h = self.in_features, self.hidden_size
+        return {
+            "wi": glorot_uniform(ki, (i, h), dtype),
+            "wh": glorot_uniform(kh, (h, h), dtype),
+            "b": jnp.zeros((h,), dtype),
+        }
+
+    def initial_state(self, params: dict[str, jax.Array]) -> jax.Array:
+        """Zeros of shape `(H,)` in the params' dtype."""
+        dtype = check_params(self, params, self._shapes())
+        return jnp.zeros((self.hidden_size,), dtype)
+
+    def __call__(
+        self, params: dict[str, jax.Array], h: jax.Array, x: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        dtype = check_params(self, params, self._shapes())
+        x = check_input(self, x, dtype)
+        h = match_state(self, "h", h, _batch(x), self.hidden_size, dtype)
+        h = self.activation(affine(x, params["wi"], params["b"]) + h @ params["wh"])
+        return h, h
+
+
+class LSTMState(NamedTuple):
+    """The carry of `LSTMCell`: hidden and cell state (Flux and PyTorch order, not Flax's)."""
+
+    h: jax.Array  # shape=(..., H): hidden state, also the cell's output
+    c: jax.Array  # shape=(..., H): cell (memory) state
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class LSTMCell(Cell):
+    r"""The LSTM cell of Hochreiter & Schmidhuber with a forget gate, as Flux and PyTorch.
+
+    .. math::
+
+        [i, f, g, o] &= x W_i + h W_h + b \quad\text{(split in four blocks of } H) \\
+        c' &= \sigma(f) \odot c + \sigma(i) \odot \tanh(g) \\
+        h' &= \sigma(o) \odot \tanh(c'), \qquad y = h'
+
+    Params (`init`): `{"wi": (in, 4H), "wh": (H, 4H), "b": (4H,)}` with gate blocks in the
+    order `i, f, g, o` (PyTorch's); Glorot-uniform weights (fans of the stacked matrix), zero
+    bias except the forget block, which is `forget_bias`. State: `LSTMState(h, c)`, each
+    `(..., H)`, zeros from `initial_state`. Input `x: (..., in)`; output `y = h': (..., H)`.
+
+    Warning: PyTorch has two biases (`b = b_ih + b_hh`); Haiku orders the gates `i, g, f, o`
+    and adds 1 to the forget gate in the forward pass; Flax's carry is `(c, h)`. Here the
+    forget-gate offset lives in the stored bias only.
+
+    Args:
+      in_features: size of the last axis of `x`.
+      hidden_size: `H`.
+      forget_bias: initial value of the forget-gate bias block, `0.0` by default (Flux since
+        v0.12); `1.0` is the common choice that helps long memories early in training.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, recurjax as rj
+      >>> cell = rj.LSTMCell(10, 15, forget_bias=1.0)
+      >>> params = cell.init(jax.random.key(0))
+      >>> params["b"][15:30].tolist() == [1.0] * 15
+      True
+      >>> state, y = cell(params, cell.initial_state(params), jnp.ones((4, 10)))
+      >>> state.h.shape, state.c.shape, y.shape
+      ((4, 15), (4, 15), (4, 15))
+    """
+
+    in_features: int
+    hidden_size: int
+    forget_bias: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_sizes("LSTMCell", self.in_features, self.hidden_size)
+
+    def __repr__(self) -> str:
+        extra = f", forget_bias={self.forget_bias}" if self.forget_bias else ""
+        return f"LSTMCell({self.in_features} => {self.hidden_size}{extra})"
+
+    def _shapes(self) -> dict[str, tuple[int, ...]]:
+        i, h = self.in_features, self.hidden_size
+        return {"wi": (i, 4 * h), "wh": (h, 4 * h), "b": (4 * h,)}
+
+    def init(self, key: jax.Array, dtype: Any = jnp.float32) -> dict[str, jax.Array]:
+        """Params `{"wi": (in, 4H), "wh": (H, 4H), "b": (4H,)}`, gates `i, f, g, o`."""
+        ki, kh = jax.random.split(key)
+        i, h = self.in_features, self.hidden_size
+        b = jnp.zeros((4 * h,), dtype).at[h : 2 * h].set(self.forget_bias)
+        return {
+            "wi": glorot_uniform(ki, (i, 4 * h), dtype),
+            "wh": glorot_uniform(kh, (h, 4 * h), dtype),
+            "b": b,
+        }
+
+    def initial_state(self, params: dict[str, jax.Array]) -> LSTMState:
+        """`LSTMState(h=zeros(H), c=zeros(H))` in the params' dtype."""
+        dtype = check_params(self, params, self._shapes())
+        zeros = jnp.zeros((self.hidden_size,), dtype)
+        return LSTMState(zeros, zeros)
+
+    def __call__(
+        self, params: dict[str, jax.Array], state: LSTMState, x: jax.Array
+    ) -> tuple[LSTMState, jax.Array]:
+        dtype = check_params(self, params, self._shapes())
+        x = check_input(self, x, dtype)
+        if not isinstance(state, LSTMState):
+            raise TypeError(
+                f"{self!r}: expected the state to be an LSTMState(h, c), got "
+                f"{type(state).__name__}. Use {self!r}.initial_state(params), or build it "
+                "with rj.LSTMState(h, c)."
+            )
+        batch = _batch(x)
+        h = match_state(self, "h", state.h, batch, self.hidden_size, dtype)
+        c = match_state(self, "c", state.c, batch, self.hidden_size, dtype)
+        gates = affine(x, params["wi"], params["b"]) + h @ params["wh"]
+        i, f, g, o = jnp.split(gates, 4, axis=-1)
+        c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+        h = jax.nn.sigmoid(o) * jnp.tanh(c)
+        return LSTMState(h, c), h
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class GRUCell(Cell):
+    r"""The GRU cell with the reset gate *after* the recurrent matmul (PyTorch, cuDNN, Flux).
+
+    .. math::
+
+        r &= \sigma(x W_{ir} + h W_{hr} + b_r) \\
+        z &= \sigma(x W_{iz} + h W_{hz} + b_z) \\
+        n &= \tanh(x W_{in} + b_n + r \odot (h W_{hn} + b_{hn})) \\
+        h' &= (1 - z) \odot n + z \odot h, \qquad y = h'
+
+    Params (`init`): `{"wi": (in, 3H), "wh": (H, 3H), "b": (3H,), "bhn": (H,)}`, gate blocks
+    `r, z, n`; Glorot-uniform weights, zero biases. With `bhn = 0` (its initial value) this
+    is exactly Flux's `GRUCell`; a non-zero `bhn` is PyTorch's `b_hn`, so PyTorch weights load
+    without loss (`b = b_ih + [b_hr, b_hz, 0]`). State: an array `(..., H)`.
+
+    Warning: this is not Haiku's or Keras's `reset_after=False` GRU, which apply `r` to `h`
+    before the matmul: that is `GRUv3Cell`.
+
+    Args:
+      in_features: size of the last axis of `x`.
+      hidden_size: `H`.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, recurjax as rj
+      >>> cell = rj.GRUCell(10, 5)
+      >>> params = cell.init(jax.random.key(0))
+      >>> {k: v.shape for k, v in params.items()}
+      {'wi': (10, 15), 'wh': (5, 15), 'b': (15,), 'bhn': (5,)}
+      >>> h, y = cell(params, cell.initial_state(params), jnp.ones((3, 10)))
+      >>> y.shape
+      (3, 5)
+    """
+
+    in_features: int
+    hidden_size: int
+
+    def __post_init__(self) -> None:
+        _check_sizes("GRUCell", self.in_features, self.hidden_size)
+
+    def __repr__(self) -> str:
+        return f"GRUCell({self.in_features} => {self.hidden_size})"
+
+    def _shapes(self) -> dict[str, tuple[int, ...]]:
+        i, h = self.in_features, self.hidden_size
+        return {"wi": (i, 3 * h), "wh": (h, 3 * h), "b": (3 * h,), "bhn": (h,)}
+
+    def init(self, key: jax.Array, dtype: Any = jnp.float32) -> dict[str, jax.Array]:
+        """Params `{"wi": (in, 3H), "wh": (H, 3H), "b": (3H,), "bhn": (H,)}`, gates r, z, n."""
+        ki, kh = jax.random.split(key)
+        i, h = self.in_features, self.hidden_size
+        return {
+            "wi": glorot_uniform(ki, (i, 3 * h), dtype),
+            "wh": glorot_uniform(kh, (h, 3 * h), dtype),
+            "b": jnp.zeros((3 * h,), dtype),
+            "bhn": jnp.zeros((h,), dtype),
+        }
+
+    def initial_state(self, params: dict[str, jax.Array]) -> jax.Array:
+        """Zeros of shape `(H,)` in the params' dtype."""
+        dtype = check_params(self, params, self._shapes())
+        return jnp.zeros((self.hidden_size,), dtype)
+
+    def __call__(
+        self, params: dict[str, jax.Array], h: jax.Array, x: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        dtype = check_params(self, params, self._shapes())
+        x = check_input(self, x, dtype)
+        h = match_state(self, "h", h, _batch(x), self.hidden_size, dtype)
+        xr, xz, xn = jnp.split(affine(x, params["wi"], params["b"]), 3, axis=-1)
+        hr, hz, hn = jnp.split(h @ params["wh"], 3, axis=-1)
+        r = jax.nn.sigmoid(xr + hr)
+        z = jax.nn.sigmoid(xz + hz)
+        n = jnp.tanh(xn + r * (hn + jnp.broadcast_to(params["bhn"], hn.shape)))
+        h = (1 - z) * n + z * h
+        return h, h
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class GRUv3Cell(Cell):
+    r"""The GRU cell with the reset gate *before* a separate matmul (Flux's `GRUv3Cell`).
+
+    This is version 3 of Cho et al.'s arXiv paper, the form of Keras with
+    `reset_after=False`:
+
+    .. math::
+
+        r &= \sigma(x W_{ir} + h W_{hr} + b_r) \\
+        z &= \sigma(x W_{iz} + h W_{hz} + b_z) \\
+        n &= \tanh(x W_{in} + (r \odot h) W_{hn} + b_n) \\
+        h' &= (1 - z) \odot n + z \odot h, \qquad y = h'
+
+    Params (`init`): `{"wi": (in, 3H), "wh": (H, 2H), "whn": (H, H), "b": (3H,)}`; `wi` and
+    `b` hold blocks `r, z, n`, `wh` holds `r, z`; Glorot-uniform weights, zero bias.
+    State: an array `(..., H)`.
+
+    Warning: Haiku's `GRU` has this form but the update gate with the opposite role,
+    `h' = (1 - z) h + z n`; map it with `z -> -z` (negate the z-blocks of its weights and bias).
+
+    Args:
+      in_features: size of the last axis of `x`.
+      hidden_size: `H`.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, recurjax as rj
+      >>> cell = rj.GRUv3Cell(10, 5)
+      >>> params = cell.init(jax.random.key(0))
+      >>> {k: v.shape for k, v in params.items()}
+      {'wi': (10, 15), 'wh': (5, 10), 'whn': (5, 5), 'b': (15,)}
+    """
+
+    in_features: int
+    hidden_size: int
+
+    def __post_init__(self) -> None:
+        _check_sizes("GRUv3Cell", self.in_features, self.hidden_size)
+
+    def __repr__(self) -> str:
+        return f"GRUv3Cell({self.in_features} => {self.hidden_size})"
+
+    def _shapes(self) -> dict[str, tuple[int, ...]]:
+        i, h = self.in_features, self.hidden_size
+        return {"wi": (i, 3 * h), "wh": (h, 2 * h), "whn": (h, h), "b": (3 * h,)}
+
+    def init(self, key: jax.Array, dtype: Any = jnp.float32) -> dict[str, jax.Array]:
+        """Params `{"wi": (in, 3H), "wh": (H, 2H), "whn": (H, H), "b": (3H,)}`."""
+        ki, kh, kn = jax.random.split(key, 3)
+        i, h = self.in_features, self.hidden_size
+        return {
+            "wi": glorot_uniform(ki, (i, 3 * h), dtype),
+            "wh": glorot_uniform(kh, (h, 2 * h), dtype),
+            "whn": glorot_uniform(kn, (h, h), dtype),
+            "b": jnp.zeros((3 * h,), dtype),
+        }
+
+    def initial_state(self, params: dict[str, jax.Array]) -> jax.Array:
+        """Zeros of shape `(H,)` in the params' dtype."""
+        dtype = check_params(self, params, self._shapes())
+        return jnp.zeros((self.hidden_size,), dtype)
+
+    def __call__(
+        self, params: dict[str, jax.Array], h: jax.Array, x: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        dtype = check_params(self, params, self._shapes())
+        x = check_input(self, x, dtype)
+        h = match_state(self, "h", h, _batch(x), self.hidden_size, dtype)
+        xr, xz, xn = jnp.split(affine(x, params["wi"], params["b"]), 3, axis=-1)
+        hr, hz = jnp.split(h @ params["wh"], 2, axis=-1)
+        r = jax.nn.sigmoid(xr + hr)
+        z = jax.nn.sigmoid(xz + hz)
+        n = jnp.tanh(xn + (r * h) @ params["whn"])
+        h = (1 - z) * n + z * h
+        return h, h

@@ -1,0 +1,243 @@
+"""The `Recur` handle: a cell, its params and its carried state, as one immutable pytree."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.tree_util import GetAttrKey
+
+from ._cell import CellFn, PyTree, check_callable, describe
+from ._cells import GRUCell, GRUv3Cell, LSTMCell, RNNCell
+from ._scan import scan
+
+__all__ = ["GRU", "LSTM", "RNN", "GRUv3", "Recur"]
+
+
+@jax.tree_util.register_pytree_with_keys_class
+class Recur:
+    """A stateful view of a cell: `m(x)` runs one step and returns `(new_m, y)`.
+
+    `Recur` holds the `cell` (static: part of the pytree structure, so it must be hashable),
+    its `params`, the original state `state0` and the current state `state`. It never
+    mutates: every method returns a new handle. It is a pytree with children `params`,
+    `state0` and `state`, so it goes through `jax.jit`, `jax.grad`, `jax.vmap`, `jax.tree.map`
+    and optax unchanged::
+
+        m, y = m(x)        # state, y = cell(params, state, x); m.state <- state
+        m, ys = m.scan(xs) # the same for every step of xs; m.state <- the final state
+        m = m.reset()      # state <- state0
+        m = m.truncate()   # state <- stop_gradient(state): no gradient flows further back
+
+    A learnable initial state is `state0` itself: compute the loss after `m.reset()` and
+    differentiate with respect to the whole handle; the gradient reaches `state0` (and is
+    exactly zero for `state`, which `reset` discards). To keep the initial state fixed,
+    differentiate with respect to `m.params` only.
+
+    Args:
+      cell: a library cell or any function `(params, h, x) -> (h, y)`.
+      params: the cell's params; may be omitted when `key` is given.
+      state: the current state; defaults to `cell.initial_state(params)` (plain function
+        cells have no default and need it).
+      state0: the state `reset()` returns to; defaults to `state`.
+      key: a PRNG key to make `params = cell.init(key)`, instead of passing `params`.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, recurjax as rj
+      >>> m = rj.Recur(rj.RNNCell(2, 3), key=jax.random.key(0))
+      >>> m
+      Recur(RNNCell(2 => 3, tanh))
+      >>> x = jnp.ones(2)
+      >>> m1, y1 = m(x)
+      >>> m2, y2 = m1(x)
+      >>> bool(jnp.allclose(y1, y2))   # same input, new state, new output
+      False
+      >>> bool(jnp.allclose(m2.reset().state, m.state0))
+      True
+    """
+
+    __slots__ = ("cell", "params", "state", "state0")
+
+    cell: Any
+    params: PyTree
+    state: PyTree
+    state0: PyTree
+
+    def __init__(
+        self,
+        cell: CellFn,
+        params: PyTree = None,
+        state: PyTree = None,
+        *,
+        state0: PyTree = None,
+        key: jax.Array | None = None,
+    ) -> None:
+        check_callable(cell, "Recur(cell, ...)")
+        name = describe(cell)
+        if key is not None:
+            if params is not None:
+                raise TypeError(f"Recur({name}): pass params or key=, not both.")
+            if not hasattr(cell, "init"):
+                raise TypeError(
+                    f"Recur({name}): key= needs a cell with an init(key) method; a plain "
+                    "function cell needs its params passed: Recur(fn, params, h0)."
+                )
+            params = cell.init(key)  # type: ignore[attr-defined]
+        elif params is None:
+            raise TypeError(
+                f"Recur({name}): expected params (or key= to initialise them), got neither. "
+                f"Write Recur(cell, cell.init(key)) or Recur(cell, key=key)."
+            )
+        if state is None:
+            if not hasattr(cell, "initial_state"):
+                raise TypeError(
+                    f"Recur({name}): a plain function cell has no initial_state(); pass the "
+                    "state explicitly: Recur(fn, params, h0)."
+                )
+            state = cell.initial_state(params)  # type: ignore[attr-defined]
+        for field, value in (
+            ("cell", cell),
+            ("params", params),
+            ("state", state),
+            ("state0", state if state0 is None else state0),
+        ):
+            object.__setattr__(self, field, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(
+            f"Recur is immutable: cannot set {name!r}. Use m.replace({name}=...), which "
+            "returns a new handle."
+        )
+
+    def __repr__(self) -> str:
+        return f"Recur({describe(self.cell)})"
+
+    # --- pytree protocol -------------------------------------------------------------------
+    def tree_flatten_with_keys(self) -> tuple[tuple[tuple[GetAttrKey, PyTree], ...], Any]:
+        children = tuple((GetAttrKey(k), getattr(self, k)) for k in ("params", "state0", "state"))
+        return children, self.cell
+
+    @classmethod
+    def tree_unflatten(cls, cell: Any, children: Any) -> Recur:
+        obj = object.__new__(cls)
+        for field, value in zip(("cell", "params", "state0", "state"), (cell, *children)):
+            object.__setattr__(obj, field, value)
+        return obj
+
+    # --- the API ---------------------------------------------------------------------------
+    def replace(self, **changes: Any) -> Recur:
+        """A copy with some of `cell`, `params`, `state`, `state0` replaced (no checks)."""
+        unknown = set(changes) - set(self.__slots__)
+        if unknown:
+            raise TypeError(f"Recur.replace: unknown fields {sorted(unknown)}.")
+        fields = {k: changes.get(k, getattr(self, k)) for k in ("params", "state0", "state")}
+        return Recur.tree_unflatten(
+            changes.get("cell", self.cell), (fields["params"], fields["state0"], fields["state"])
+        )
+
+    def __call__(self, x: PyTree) -> tuple[Recur, PyTree]:
+        """One step: `(Recur with the new state, y)`; `x: (..., in)`.
+
+        An unbatched state meeting a batched `x` is broadcast to its batch and stays batched;
+        a batched state meeting another batch shape raises `ValueError` (call `reset()`
+        between independent batches).
+        """
+        state, y = self.cell(self.params, self.state, x)
+        before, after = jax.tree.structure(self.state), jax.tree.structure(state)
+        if before != after:
+            raise ValueError(
+                f"{self!r}: the cell returned a state with structure {after}, but the handle "
+                f"holds a state with structure {before}. A cell must return its state in the "
+                "form it takes it."
+            )
+        return self.replace(state=state), y
+
+    def scan(self, xs: PyTree, **kwargs: Any) -> tuple[Recur, PyTree]:
+        """Run every step of `xs`: `(Recur holding the final state, ys)`.
+
+        `xs` is an array `(T, ..., in)` or a list (or plain tuple) of per-step arrays, which
+        are stacked on a new leading time axis; `ys` is always one stacked array. Keyword
+        arguments (`time_axis`, `reverse`, `truncate_every`, `unroll`) are those of
+        `recurjax.scan`, which this calls.
+
+        Examples:
+          >>> import jax, jax.numpy as jnp, recurjax as rj
+          >>> m = rj.GRU(3, 4, key=jax.random.key(0))
+          >>> m, ys = m.scan([jnp.ones(3), jnp.zeros(3)])
+          >>> ys.shape, m.state.shape
+          ((2, 4), (4,))
+        """
+        if type(xs) in (list, tuple):
+            xs = _stack_steps(self, xs)
+        state, ys = scan(self.cell, self.params, self.state, xs, **kwargs)
+        return self.replace(state=state), ys
+
+    def reset(self) -> Recur:
+        """The handle with `state = state0` (Flux's `reset!`); gradients then reach `state0`."""
+        return self.replace(state=self.state0)
+
+    def truncate(self) -> Recur:
+        """The handle with `state = stop_gradient(state)`: same values, no gradient back."""
+        return self.replace(state=jax.tree.map(jax.lax.stop_gradient, self.state))
+
+
+def _stack_steps(m: Recur, steps: list[Any] | tuple[Any, ...]) -> PyTree:
+    if not steps:
+        raise ValueError(
+            f"{m!r}.scan: got an empty list of steps, whose feature shape is unknown. Pass an "
+            "array of shape (0, ..., in) for an empty sequence."
+        )
+    shapes = [jax.tree.map(jnp.shape, s) for s in steps]
+    for t, shape in enumerate(shapes):
+        if shape != shapes[0]:
+            raise ValueError(
+                f"{m!r}.scan: every step of xs must have the same shape, but step 0 has "
+                f"shape {shapes[0]} and step {t} has shape {shape}. Pad or split the sequence."
+            )
+    return jax.tree.map(lambda *a: jnp.stack(a), *steps)
+
+
+def RNN(in_features: int, hidden_size: int, *, key: jax.Array, **kwargs: Any) -> Recur:
+    """`Recur(RNNCell(in_features, hidden_size, **kwargs), key=key)`: Flux's `RNN`.
+
+    Examples:
+      >>> import jax, recurjax as rj
+      >>> rj.RNN(10, 5, key=jax.random.key(0))
+      Recur(RNNCell(10 => 5, tanh))
+    """
+    return Recur(RNNCell(in_features, hidden_size, **kwargs), key=key)
+
+
+def LSTM(in_features: int, hidden_size: int, *, key: jax.Array, **kwargs: Any) -> Recur:
+    """`Recur(LSTMCell(in_features, hidden_size, **kwargs), key=key)`: Flux's `LSTM`.
+
+    Examples:
+      >>> import jax, recurjax as rj
+      >>> rj.LSTM(10, 15, key=jax.random.key(0)).state.h.shape
+      (15,)
+    """
+    return Recur(LSTMCell(in_features, hidden_size, **kwargs), key=key)
+
+
+def GRU(in_features: int, hidden_size: int, *, key: jax.Array) -> Recur:
+    """`Recur(GRUCell(in_features, hidden_size), key=key)`: Flux's `GRU`.
+
+    Examples:
+      >>> import jax, recurjax as rj
+      >>> rj.GRU(10, 5, key=jax.random.key(0))
+      Recur(GRUCell(10 => 5))
+    """
+    return Recur(GRUCell(in_features, hidden_size), key=key)
+
+
+def GRUv3(in_features: int, hidden_size: int, *, key: jax.Array) -> Recur:
+    """`Recur(GRUv3Cell(in_features, hidden_size), key=key)`: Flux's `GRUv3`.
+
+    Examples:
+      >>> import jax, recurjax as rj
+      >>> rj.GRUv3(10, 5, key=jax.random.key(0))
+      Recur(GRUv3Cell(10 => 5))
+    """
+    return Recur(GRUv3Cell(in_features, hidden_size), key=key)
+

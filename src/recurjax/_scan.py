@@ -1,0 +1,204 @@
+"""The scan engine: the one place in recurjax that knows about time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from ._cell import CellFn, PyTree, check_callable, describe
+
+__all__ = ["scan"]
+
+
+def _time_major(cell: object, xs: PyTree, time_axis: int) -> tuple[PyTree, int]:
+    """Move the time axis of every leaf of `xs` to the front; return `(xs, T)`."""
+    name = describe(cell)
+    leaves, treedef = jax.tree.flatten(xs)
+    if not leaves:
+        raise ValueError(f"scan({name}): xs has no arrays; expected an array (T, ..., in).")
+    if any(not hasattr(a, "shape") for a in leaves):
+        bad = [type(a).__name__ for a in leaves if not hasattr(a, "shape")]
+        raise TypeError(
+            f"scan({name}): expected xs to be an array (or a pytree of arrays) with a time "
+            f"axis, got leaves of type {bad}. Stack per-step inputs with jnp.stack(steps), or "
+            "use Recur.scan, which accepts a list of steps."
+        )
+    in_features = getattr(cell, "in_features", None)
+    if in_features is not None and (treedef.num_leaves != 1 or treedef.num_nodes != 1):
+        raise TypeError(
+            f"scan({name}): expected xs to be one array of shape (T, ..., {in_features}), got "
+            f"a {type(xs).__name__}. Stack per-step inputs with jnp.stack(steps), or use "
+            "Recur.scan, which accepts a list of steps."
+        )
+    moved = []
+    for a in leaves:
+        a = jnp.asarray(a)
+        min_ndim = 2 if in_features is not None else 1
+        if a.ndim < min_ndim:
+            raise ValueError(
+                f"scan({name}): xs has no time axis: expected shape (T, ..., "
+                f"{in_features if in_features is not None else 'in'}), got shape "
+                f"{tuple(a.shape)}. For a single step call the cell (or Recur) directly; for "
+                "a one-step sequence use xs[None]."
+            )
+        if not -a.ndim <= time_axis < a.ndim:
+            raise ValueError(
+                f"scan({name}): time_axis={time_axis} is out of range for xs of shape "
+                f"{tuple(a.shape)}. Use time_axis=0 for time-major (T, B, in) or 1 for "
+                "batch-major (B, T, in)."
+            )
+        moved.append(jnp.moveaxis(a, time_axis, 0))
+    lengths = {a.shape[0] for a in moved}
+    if len(lengths) != 1:
+        raise ValueError(
+            f"scan({name}): every leaf of xs needs the same number of steps on time_axis="
+            f"{time_axis}, got {sorted(lengths)}."
+        )
+    return jax.tree.unflatten(treedef, moved), lengths.pop()
+
+
+def _settle_state(cell: CellFn, params: PyTree, h: PyTree, xs: PyTree) -> PyTree:
+    """Give `h` the shapes and dtypes that one step of `cell` returns (the scan carry).
+
+    A library cell broadcasts an unbatched state to the batch of `x` and casts it to the
+    params' dtype; the carry of `lax.scan` must have that form from the first step on. The
+    step is traced once, abstractly (`jax.eval_shape`), so errors surface here, at trace time.
+    """
+    h = jax.tree.map(jnp.asarray, h)
+    x0 = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), xs)
+    new_h, _ = jax.eval_shape(cell, params, h, x0)
+    name = describe(cell)
+    if jax.tree.structure(new_h) != jax.tree.structure(h):
+        raise ValueError(
+            f"scan({name}): the cell returned a state with structure "
+            f"{jax.tree.structure(new_h)}, but was given a state with structure "
+            f"{jax.tree.structure(h)}. A cell must return its state in the form it takes it."
+        )
+
+    def settle(path: Any, old: jax.Array, new: jax.ShapeDtypeStruct) -> jax.Array:
+        if old.shape != new.shape:
+            try:
+                old = jnp.broadcast_to(old, new.shape)
+            except ValueError:
+                raise ValueError(
+                    f"scan({name}): the cell turned state{jax.tree_util.keystr(path)} of "
+                    f"shape {old.shape} into shape {new.shape}; a scanned state must keep "
+                    "its shape from step to step."
+                ) from None
+        return old.astype(new.dtype)
+
+    return jax.tree_util.tree_map_with_path(settle, h, new_h)
+
+
+def _stop(tree: PyTree) -> PyTree:
+    return jax.tree.map(lax.stop_gradient, tree)
+
+
+def scan(
+    cell: CellFn,
+    params: PyTree,
+    h: PyTree,
+    xs: PyTree,
+    *,
+    time_axis: int = 0,
+    reverse: bool = False,
+    truncate_every: int | None = None,
+    unroll: int | bool = 1,
+) -> tuple[PyTree, PyTree]:
+    """Run a cell over a sequence: `lax.scan` with the state first, plus time options.
+
+    Semantically, with `xs` time-major and `T` steps, `scan` is this Python loop (outputs
+    stacked on the time axis)::
+
+        def scan(cell, params, h, xs, truncate_every=None, reverse=False):
+            ys = [None] * T
+            order = reversed(range(T)) if reverse else range(T)
+            for n, t in enumerate(order):
+                if truncate_every and n > 0 and n % truncate_every == 0:
+                    h = jax.lax.stop_gradient(h)  # cut the gradient, keep the value
+                h, ys[t] = cell(params, h, xs[t])
+            return h, jnp.stack(ys)
+
+    An unbatched initial state (`(H,)`, as `cell.initial_state` returns) is broadcast to the
+    batch shape of `xs` before the first step. With `truncate_every=k` the gradient is cut
+    every `k` steps (in processing order) but the values are unchanged, and when `T % k != 0`
+    the last `T % k` steps are still computed: no step is ever dropped. A sequence of zero
+    steps returns `h` (settled to the step's batch and dtype) and an empty `ys`.
+
+    Args:
+      cell: any cell, `cell(params, h, x) -> (h, y)`.
+      params: the cell's params.
+      h: the initial state (unbatched or with the batch shape of `xs`).
+      xs: inputs of shape `(T, ..., in)` (time-major, like `lax.scan`), or a pytree of arrays
+        that all have a time axis, for cells that take structured input.
+      time_axis: the axis of `xs` that is time; `1` for batch-major `(B, T, in)`. The
+        outputs `ys` have their time axis at the same position.
+      reverse: run from the last step to the first (outputs stay in input order).
+      truncate_every: cut the gradient through the carry every this many steps (truncated
+        backpropagation through time within one scan); `None` never cuts.
+      unroll: passed to `lax.scan`: steps per loop iteration (or `True` for all).
+
+    Returns:
+      `(h, ys)`: the final state and the stacked outputs, `ys: (T, ..., out)` (time at
+      `time_axis`).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, recurjax as rj
+      >>> cell = rj.GRUCell(3, 4)
+      >>> params = cell.init(jax.random.key(0))
+      >>> xs = jnp.ones((7, 2, 3))          # T=7 steps, batch of 2
+      >>> h, ys = rj.scan(cell, params, cell.initial_state(params), xs)
+      >>> h.shape, ys.shape
+      ((2, 4), (7, 2, 4))
+      >>> h2, ys2 = rj.scan(cell, params, cell.initial_state(params), xs, truncate_every=3)
+      >>> bool(jnp.allclose(ys, ys2))
+      True
+    """
+    check_callable(cell, "scan(cell, ...)")
+    if truncate_every is not None and (
+        isinstance(truncate_every, bool) or not isinstance(truncate_every, int)
+        or truncate_every < 1
+    ):
+        raise ValueError(
+            f"scan({describe(cell)}): expected truncate_every to be a positive int or None, "
+            f"got {truncate_every!r}."
+        )
+    if not isinstance(unroll, (int, bool)) or (not isinstance(unroll, bool) and unroll < 1):
+        raise ValueError(
+            f"scan({describe(cell)}): expected unroll to be a positive int or a bool, got "
+            f"{unroll!r}."
+        )
+    xs, T = _time_major(cell, xs, time_axis)
+    h = _settle_state(cell, params, h, xs)
+
+    def step(h: PyTree, x: PyTree) -> tuple[PyTree, PyTree]:
+        return cell(params, h, x)
+
+    k = truncate_every
+    if k is None or T <= k:
+        h, ys = lax.scan(step, h, xs, reverse=reverse, unroll=unroll)
+    else:
+        if reverse:
+            xs = jax.tree.map(lambda a: jnp.flip(a, 0), xs)
+        n, r = divmod(T, k)
+        blocks = jax.tree.map(lambda a: a[: n * k].reshape(n, k, *a.shape[1:]), xs)
+
+        def block(h: PyTree, inp: tuple[jax.Array, PyTree]) -> tuple[PyTree, PyTree]:
+            i, xb = inp
+            # Detach at every block boundary but the first; a select keeps values equal.
+            h = jax.tree.map(lambda a: jnp.where(i == 0, a, lax.stop_gradient(a)), h)
+            return lax.scan(step, h, xb, unroll=unroll)
+
+        h, ys = lax.scan(block, h, (jnp.arange(n), blocks))
+        ys = jax.tree.map(lambda a: a.reshape(n * k, *a.shape[2:]), ys)
+        if r:
+            tail = jax.tree.map(lambda a: a[n * k :], xs)
+            h, ys_tail = lax.scan(step, _stop(h), tail, unroll=unroll)
+            ys = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), ys, ys_tail)
+        if reverse:
+            ys = jax.tree.map(lambda a: jnp.flip(a, 0), ys)
+    ys = jax.tree.map(lambda a: jnp.moveaxis(a, 0, time_axis), ys)
+    return h, ys
