@@ -1,0 +1,87 @@
+"""Cells shared by the test modules: every library cell, a chain and a user function cell.
+
+Each case makes params with *non-zero* biases (random normal on every leaf), so tests cannot
+pass by accident on zero-initialised biases, and an initial state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import recurjax as rj
+
+IN, H = 3, 4
+
+
+def elman(params: dict[str, jax.Array], h: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """A user-defined cell: Flux's hand-written RNN, `tanh(x wxh + h whh + b)`, any batch."""
+    h = jnp.broadcast_to(h, (*x.shape[:-1], h.shape[-1]))  # unbatched h meets a batch
+    pre = x @ params["wxh"] + h @ params["whh"]
+    h = jnp.tanh(pre + jnp.broadcast_to(params["b"], pre.shape))
+    return h, h
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    name: str
+    cell: Callable[..., Any]
+    make_params: Callable[[jax.Array], Any]
+    make_state: Callable[[Any], Any]
+    out: int = H
+
+    def params(self, seed: int = 0, dtype: Any = jnp.float32) -> Any:
+        """Params with every leaf drawn from N(0, 0.5^2): biases are non-zero."""
+        p = self.make_params(jax.random.key(seed))
+        leaves, treedef = jax.tree.flatten(p)
+        keys = jax.random.split(jax.random.key(seed + 1000), len(leaves))
+        leaves = [0.5 * jax.random.normal(k, a.shape, dtype) for k, a in zip(keys, leaves)]
+        return jax.tree.unflatten(treedef, leaves)
+
+    def state(self, params: Any) -> Any:
+        return self.make_state(params)
+
+
+def _library(name: str, cell: Any, out: int = H) -> Case:
+    return Case(name, cell, cell.init, cell.initial_state, out)
+
+
+def _elman_params(key: jax.Array) -> dict[str, jax.Array]:
+    k1, k2 = jax.random.split(key)
+    return {
+        "wxh": jax.random.normal(k1, (IN, H)),
+        "whh": jax.random.normal(k2, (H, H)),
+        "b": jnp.zeros((H,)),
+    }
+
+
+CASES = [
+    _library("rnn_tanh", rj.RNNCell(IN, H)),
+    _library("rnn_relu", rj.RNNCell(IN, H, activation=jax.nn.relu)),
+    _library("lstm", rj.LSTMCell(IN, H, forget_bias=1.0)),
+    _library("gru", rj.GRUCell(IN, H)),
+    _library("gruv3", rj.GRUv3Cell(IN, H)),
+    _library("dense", rj.Dense(IN, H, activation=jnp.tanh)),
+    _library("chain", rj.chain(rj.LSTMCell(IN, 5), rj.Dense(5, H))),
+    Case("user_fn", elman, _elman_params, lambda p: jnp.zeros((H,), p["wxh"].dtype)),
+]
+LIBRARY = [c for c in CASES if isinstance(c.cell, rj.Cell)]
+RECURRENT = [c for c in CASES if c.name != "dense"]
+
+
+def ids(cases: list[Case]) -> list[str]:
+    return [c.name for c in cases]
+
+
+def tree_allclose(a: Any, b: Any, rtol: float = 1e-5, atol: float = 1e-6) -> None:
+    """Assert two pytrees have the same structure and numerically close leaves."""
+    assert jax.tree.structure(a) == jax.tree.structure(b), (
+        f"structures differ: {jax.tree.structure(a)} vs {jax.tree.structure(b)}"
+    )
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)

@@ -1,0 +1,282 @@
+"""The cell contract, run on every cell, and each cell's equations against NumPy oracles."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from cases import CASES, IN, LIBRARY, Case, ids, tree_allclose
+from jax.test_util import check_grads
+
+import recurjax as rj
+
+B = 5
+
+
+def _inputs(case: Case, seed: int = 0, batch: tuple[int, ...] = (B,)):
+    params = case.params(seed)
+    x = jax.random.normal(jax.random.key(seed + 7), (*batch, IN), jnp.float32)
+    h0 = case.state(params)
+    # A batched, non-zero state: one step from h0 on other inputs.
+    h, _ = case.cell(
+        params, h0, jax.random.normal(jax.random.key(seed + 8), (*batch, IN), jnp.float32)
+    )
+    return params, h, x
+
+
+# --- the contract suite ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", CASES, ids=ids(CASES))
+def test_shapes_dtype_finite(case: Case):
+    params, h, x = _inputs(case)
+    new_h, y = case.cell(params, h, x)
+    assert y.shape == (B, case.out)
+    assert y.dtype == jnp.float32
+    assert jax.tree.structure(new_h) == jax.tree.structure(h)
+    for a, b in zip(jax.tree.leaves(new_h), jax.tree.leaves(h)):
+        assert a.shape == b.shape and a.dtype == b.dtype
+    assert all(bool(jnp.isfinite(a).all()) for a in jax.tree.leaves((new_h, y)))
+
+
+@pytest.mark.parametrize("case", LIBRARY, ids=ids(LIBRARY))
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_dtype_of_params_is_kept(case: Case, dtype):
+    params = case.params(0, dtype)
+    h0 = case.state(params)
+    h, y = case.cell(params, h0, jnp.ones((2, IN), jnp.float32))
+    assert y.dtype == dtype
+    assert all(a.dtype == dtype for a in jax.tree.leaves(h))
+
+
+@pytest.mark.parametrize("case", CASES, ids=ids(CASES))
+def test_jit_equals_eager(case: Case):
+    params, h, x = _inputs(case)
+    tree_allclose(jax.jit(case.cell)(params, h, x), case.cell(params, h, x))
+
+
+@pytest.mark.parametrize("case", CASES, ids=ids(CASES))
+def test_vmap_equals_batched(case: Case):
+    params, h, x = _inputs(case)
+    vmapped = jax.vmap(case.cell, in_axes=(None, 0, 0))(params, h, x)
+    tree_allclose(vmapped, case.cell(params, h, x))
+
+
+@pytest.mark.parametrize("case", CASES, ids=ids(CASES))
+def test_batched_equals_unbatched_per_example(case: Case):
+    params, h, x = _inputs(case)
+    batched_h, batched_y = case.cell(params, h, x)
+    for b in range(B):
+        hb = jax.tree.map(lambda a, b=b: a[b], h)
+        one_h, one_y = case.cell(params, hb, x[b])
+        tree_allclose(one_y, batched_y[b])
+        tree_allclose(one_h, jax.tree.map(lambda a, b=b: a[b], batched_h))
+
+
+@pytest.mark.parametrize("case", CASES, ids=ids(CASES))
+def test_two_batch_axes(case: Case):
+    params, h, x = _inputs(case, batch=(2, 3))
+    new_h, y = case.cell(params, h, x)
+    assert y.shape == (2, 3, case.out)
+    flat = case.cell(
+        params, jax.tree.map(lambda a: a.reshape(6, *a.shape[2:]), h), x.reshape(6, IN)
+    )
+    tree_allclose((new_h, y), jax.tree.map(lambda a: a.reshape(2, 3, *a.shape[1:]), flat))
+
+
+@pytest.mark.parametrize("case", CASES, ids=ids(CASES))
+def test_check_grads_float64(case: Case):
+    with jax.enable_x64(True):
+        params, h, x = _inputs(case)
+        params, h, x = jax.tree.map(lambda a: a.astype(jnp.float64), (params, h, x))
+        if case.name == "rnn_relu":  # keep pre-activations away from relu's kink
+            params = {**params, "b": params["b"] + 3.0}
+        check_grads(case.cell, (params, h, x), order=1, modes=["fwd", "rev"])
+
+
+@pytest.mark.parametrize("case", CASES, ids=ids(CASES))
+def test_gradients_reach_every_param(case: Case):
+    params, h, x = _inputs(case)
+
+    def loss(p):
+        return jnp.sum(case.cell(p, h, x)[1] ** 2)
+
+    grads = jax.grad(loss)(params)
+    for path, g in jax.tree_util.tree_leaves_with_path(grads):
+        assert bool(jnp.any(g != 0)), f"zero gradient for {jax.tree_util.keystr(path)}"
+
+
+# --- equations against NumPy oracles --------------------------------------------------------
+
+
+def _sig(a):
+    return 1 / (1 + np.exp(-a))
+
+
+def _np(tree):
+    return jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
+
+
+def rnn_oracle(p, h, x, act=np.tanh):
+    return act(x @ p["wi"] + h @ p["wh"] + p["b"])
+
+
+def lstm_oracle(p, h, c, x):
+    H = h.shape[-1]
+    g = x @ p["wi"] + h @ p["wh"] + p["b"]
+    i, f, gg, o = (g[..., k * H : (k + 1) * H] for k in range(4))
+    c = _sig(f) * c + _sig(i) * np.tanh(gg)
+    return _sig(o) * np.tanh(c), c
+
+
+def gru_oracle(p, h, x):
+    H = h.shape[-1]
+    wi, wh, b = p["wi"], p["wh"], p["b"]
+    r = _sig(x @ wi[:, :H] + h @ wh[:, :H] + b[:H])
+    z = _sig(x @ wi[:, H : 2 * H] + h @ wh[:, H : 2 * H] + b[H : 2 * H])
+    n = np.tanh(x @ wi[:, 2 * H :] + b[2 * H :] + r * (h @ wh[:, 2 * H :] + p["bhn"]))
+    return (1 - z) * n + z * h
+
+
+def gruv3_oracle(p, h, x):
+    H = h.shape[-1]
+    wi, wh, b = p["wi"], p["wh"], p["b"]
+    r = _sig(x @ wi[:, :H] + h @ wh[:, :H] + b[:H])
+    z = _sig(x @ wi[:, H : 2 * H] + h @ wh[:, H:] + b[H : 2 * H])
+    n = np.tanh(x @ wi[:, 2 * H :] + (r * h) @ p["whn"] + b[2 * H :])
+    return (1 - z) * n + z * h
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_equations(seed: int):
+    by_name = {c.name: c for c in CASES}
+    x = jax.random.normal(jax.random.key(seed), (B, IN))
+    for name in ["rnn_tanh", "rnn_relu", "gru", "gruv3"]:
+        case = by_name[name]
+        p, h, _ = _inputs(case, seed)
+        new_h, y = case.cell(p, h, x)
+        act = (lambda a: np.maximum(a, 0)) if name == "rnn_relu" else np.tanh
+        want = {
+            "rnn_tanh": lambda p, h, x: rnn_oracle(p, h, x),
+            "rnn_relu": lambda p, h, x, act=act: rnn_oracle(p, h, x, act),
+            "gru": gru_oracle,
+            "gruv3": gruv3_oracle,
+        }[name](_np(p), _np(h), _np(x))
+        np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-6, err_msg=name)
+        np.testing.assert_array_equal(new_h, y)
+    case = by_name["lstm"]
+    p, state, _ = _inputs(case, seed)
+    new_state, y = case.cell(p, state, x)
+    want_h, want_c = lstm_oracle(_np(p), *_np(tuple(state)), _np(x))
+    np.testing.assert_allclose(new_state.h, want_h, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(new_state.c, want_c, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(y, new_state.h)
+    case = by_name["dense"]
+    p = _np(case.params(seed))
+    _, y = case.cell(case.params(seed), (), x)
+    np.testing.assert_allclose(y, np.tanh(_np(x) @ p["w"] + p["b"]), rtol=1e-5, atol=1e-6)
+
+
+def test_gru_with_zero_bhn_is_flux_gru():
+    # Flux's GRU: n = tanh(Wxn x + r * (Whn h) + bn), one bias: GRUCell with bhn = 0.
+    case = next(c for c in CASES if c.name == "gru")
+    p, h, x = _inputs(case)
+    p = {**p, "bhn": jnp.zeros_like(p["bhn"])}
+    pn, hn, xn = _np(p), _np(h), _np(x)
+    H = hn.shape[-1]
+    r = _sig(xn @ pn["wi"][:, :H] + hn @ pn["wh"][:, :H] + pn["b"][:H])
+    z = _sig(xn @ pn["wi"][:, H : 2 * H] + hn @ pn["wh"][:, H : 2 * H] + pn["b"][H : 2 * H])
+    n = np.tanh(xn @ pn["wi"][:, 2 * H :] + r * (hn @ pn["wh"][:, 2 * H :]) + pn["b"][2 * H :])
+    np.testing.assert_allclose(case.cell(p, h, x)[1], (1 - z) * n + z * hn, rtol=1e-5, atol=1e-6)
+
+
+def test_flux_identity_rnn_by_hand():
+    # Flux's own test: 1 -> 1 RNN with identity activation, Wi = 5, Wh = 4, b = 0, state0 = 7,
+    # inputs 2 then 3, loss = output of step 2:
+    #   h1 = 5*2 + 4*7 = 38;  h2 = 5*3 + 4*38 = 167
+    #   h2 = Wi x2 + Wh (Wi x1 + Wh h0) + (1 + Wh) b
+    #   dWi = x2 + Wh x1 = 3 + 8 = 11;  dWh = Wi x1 + 2 Wh h0 + b = 10 + 56 = 66
+    #   db = 1 + Wh = 5;  dh0 = Wh^2 = 16
+    cell = rj.RNNCell(1, 1, activation=lambda a: a)
+    params = {"wi": jnp.array([[5.0]]), "wh": jnp.array([[4.0]]), "b": jnp.array([0.0])}
+    xs = jnp.array([[2.0], [3.0]])
+
+    def loss(params, h0):
+        _, ys = rj.scan(cell, params, h0, xs)
+        return ys[-1, 0]
+
+    value, (g, gh0) = jax.value_and_grad(loss, argnums=(0, 1))(params, jnp.array([7.0]))
+    assert value == 167
+    assert (g["wi"].item(), g["wh"].item(), g["b"].item(), gh0.item()) == (11, 66, 5, 16)
+
+
+# --- initialisation -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "cell, shapes",
+    [
+        (rj.RNNCell(10, 5), {"wi": (10, 5), "wh": (5, 5), "b": (5,)}),
+        (rj.LSTMCell(10, 15), {"wi": (10, 60), "wh": (15, 60), "b": (60,)}),
+        (rj.GRUCell(10, 5), {"wi": (10, 15), "wh": (5, 15), "b": (15,), "bhn": (5,)}),
+        (rj.GRUv3Cell(10, 5), {"wi": (10, 15), "wh": (5, 10), "whn": (5, 5), "b": (15,)}),
+        (rj.Dense(15, 5), {"w": (15, 5), "b": (5,)}),
+    ],
+    ids=str,
+)
+def test_init_layout_glorot_zero_bias(cell, shapes):
+    params = cell.init(jax.random.key(0))
+    assert {k: v.shape for k, v in params.items()} == shapes
+    for name, value in params.items():
+        assert value.dtype == jnp.float32
+        if value.ndim == 1:
+            np.testing.assert_array_equal(value, 0)
+        else:
+            # Glorot uniform on the stacked matrix: U(-l, l), l = sqrt(6 / (fan_in + fan_out)),
+            # whose standard deviation is l / sqrt(3).
+            limit = np.sqrt(6 / sum(value.shape))
+            assert float(jnp.abs(value).max()) <= limit, name
+            assert float(jnp.abs(value).max()) > 0.9 * limit, name
+            np.testing.assert_allclose(float(value.std()), limit / np.sqrt(3), rtol=0.25)
+
+
+def test_lstm_forget_bias_argument():
+    params = rj.LSTMCell(3, 4, forget_bias=1.5).init(jax.random.key(0))
+    np.testing.assert_array_equal(params["b"], np.r_[np.zeros(4), np.full(4, 1.5), np.zeros(8)])
+
+
+def test_init_dtype_and_keys():
+    cell = rj.GRUCell(3, 4)
+    p64 = cell.init(jax.random.key(0), jnp.bfloat16)
+    assert all(v.dtype == jnp.bfloat16 for v in p64.values())
+    a, b = cell.init(jax.random.key(0)), cell.init(jax.random.key(1))
+    assert not np.allclose(a["wi"], b["wi"])
+    tree_allclose(a, cell.init(jax.random.key(0)), rtol=0, atol=0)
+
+
+def test_initial_state_is_unbatched_zeros():
+    for cell in [rj.RNNCell(3, 4), rj.GRUCell(3, 4), rj.GRUv3Cell(3, 4)]:
+        h = cell.initial_state(cell.init(jax.random.key(0)))
+        assert h.shape == (4,) and not h.any()
+    lstm = rj.LSTMCell(3, 4)
+    state = lstm.initial_state(lstm.init(jax.random.key(0)))
+    assert isinstance(state, rj.LSTMState)
+    assert state.h.shape == state.c.shape == (4,)
+
+
+def test_cells_are_hashable_and_compare_by_config():
+    assert rj.LSTMCell(3, 4) == rj.LSTMCell(3, 4)
+    assert hash(rj.GRUCell(3, 4)) == hash(rj.GRUCell(3, 4))
+    assert rj.RNNCell(3, 4) != rj.RNNCell(3, 4, activation=jax.nn.relu)
+
+
+def test_reprs():
+    assert repr(rj.RNNCell(10, 5)) == "RNNCell(10 => 5, tanh)"
+    assert repr(rj.RNNCell(10, 5, activation=jax.nn.relu)) == "RNNCell(10 => 5, relu)"
+    assert repr(rj.LSTMCell(10, 15)) == "LSTMCell(10 => 15)"
+    assert repr(rj.LSTMCell(10, 15, forget_bias=1.0)) == "LSTMCell(10 => 15, forget_bias=1.0)"
+    assert repr(rj.GRUCell(10, 5)) == "GRUCell(10 => 5)"
+    assert repr(rj.GRUv3Cell(10, 5)) == "GRUv3Cell(10 => 5)"
+    assert repr(rj.Dense(15, 5)) == "Dense(15 => 5)"
+    assert repr(rj.Dense(15, 5, activation=jax.nn.relu)) == "Dense(15 => 5, relu)"
