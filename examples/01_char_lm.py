@@ -197,11 +197,7 @@ def make_train_step(optimizer: optax.GradientTransformation) -> TrainStep:
     ) -> tuple[rj.Recur, Any, jax.Array]:
         grad_fn = jax.value_and_grad(loss_of_params, has_aux=True)
         (loss, model), grads = grad_fn(model.params, model, xs, ys)
-        # optax's Adam computes `decay ** count` (a Python float ** an int32 count), which
-        # jax_numpy_dtype_promotion="strict" (the test suite's setting) rejects; allow the
-        # standard promotion for the optimizer only, keeping the model's maths strict.
-        with jax.numpy_dtype_promotion("standard"):
-            updates, opt_state = optimizer.update(grads, opt_state, model.params)
+        updates, opt_state = optimizer.update(grads, opt_state, model.params)
         params = optax.apply_updates(model.params, updates)
         return model.replace(params=params), opt_state, loss
 

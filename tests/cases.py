@@ -40,7 +40,9 @@ class Case:
         p = self.make_params(jax.random.key(seed))
         leaves, treedef = jax.tree.flatten(p)
         keys = jax.random.split(jax.random.key(seed + 1000), len(leaves))
-        leaves = [0.5 * jax.random.normal(k, a.shape, dtype) for k, a in zip(keys, leaves)]
+        leaves = [
+            0.5 * jax.random.normal(k, a.shape, dtype) for k, a in zip(keys, leaves, strict=True)
+        ]
         return jax.tree.unflatten(treedef, leaves)
 
     def state(self, params: Any) -> Any:
@@ -83,5 +85,5 @@ def tree_allclose(a: Any, b: Any, rtol: float = 1e-5, atol: float = 1e-6) -> Non
     assert jax.tree.structure(a) == jax.tree.structure(b), (
         f"structures differ: {jax.tree.structure(a)} vs {jax.tree.structure(b)}"
     )
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)

@@ -35,7 +35,7 @@ def test_shapes_dtype_finite(case: Case):
     assert y.shape == (B, case.out)
     assert y.dtype == jnp.float32
     assert jax.tree.structure(new_h) == jax.tree.structure(h)
-    for a, b in zip(jax.tree.leaves(new_h), jax.tree.leaves(h)):
+    for a, b in zip(jax.tree.leaves(new_h), jax.tree.leaves(h), strict=True):
         assert a.shape == b.shape and a.dtype == b.dtype
     assert all(bool(jnp.isfinite(a).all()) for a in jax.tree.leaves((new_h, y)))
 

@@ -38,7 +38,8 @@ def _vjp_both(f, g, *args):
     leaves, treedef = jax.tree.flatten(out)
     keys = jax.random.split(jax.random.key(42), len(leaves))
     ct = jax.tree.unflatten(
-        treedef, [jax.random.normal(k, a.shape, a.dtype) for k, a in zip(keys, leaves)]
+        treedef,
+        [jax.random.normal(k, a.shape, a.dtype) for k, a in zip(keys, leaves, strict=True)],
     )
 
     # jit the oracle too: an eager loop under vjp is slow, and jit does not change its maths.

@@ -105,7 +105,14 @@ class RNNCell(Cell):
 
 
 class LSTMState(NamedTuple):
-    """The carry of `LSTMCell`: hidden and cell state (Flux and PyTorch order, not Flax's)."""
+    """The carry of `LSTMCell`: hidden and cell state (Flux and PyTorch order, not Flax's).
+
+    Examples:
+      >>> import jax.numpy as jnp, recurjax as rj
+      >>> state = rj.LSTMState(h=jnp.zeros(4), c=jnp.ones(4))
+      >>> state.c.shape
+      (4,)
+    """
 
     h: jax.Array  # shape=(..., H): hidden state, also the cell's output
     c: jax.Array  # shape=(..., H): cell (memory) state

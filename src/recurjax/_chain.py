@@ -168,20 +168,22 @@ class Chain(Cell):
         """A tuple with one params entry per part, from independent keys."""
         parts = self._parts("init")
         keys = jax.random.split(key, len(parts))
-        return tuple(c.init(k, dtype) for c, k in zip(parts, keys))
+        return tuple(c.init(k, dtype) for c, k in zip(parts, keys, strict=True))
 
     def initial_state(self, params: PyTree) -> tuple[PyTree, ...]:
         """A tuple with one initial state per part (`()` for stateless parts)."""
         parts = self._parts("initial_state")
         self._check_tuple("params", params)
-        return tuple(c.initial_state(p) for c, p in zip(parts, params))
+        return tuple(c.initial_state(p) for c, p in zip(parts, params, strict=True))
 
     def _check_tuple(self, name: str, value: object) -> None:
         n = len(self.cells)
         if not isinstance(value, (tuple, list)) or len(value) != n:
-            got = f"{type(value).__name__} of length {len(value)}" if isinstance(
-                value, (tuple, list)
-            ) else type(value).__name__
+            got = (
+                f"{type(value).__name__} of length {len(value)}"
+                if isinstance(value, (tuple, list))
+                else type(value).__name__
+            )
             raise ValueError(
                 f"{self!r}: expected {name} to be a tuple with one entry per part ({n}), "
                 f"got {got}. Use {self!r}.init(key) / .initial_state(params)."
@@ -193,7 +195,7 @@ class Chain(Cell):
         self._check_tuple("params", params)
         self._check_tuple("state", h)
         states = []
-        for cell, p, s in zip(self.cells, params, h):
+        for cell, p, s in zip(self.cells, params, h, strict=True):
             s, x = cell(p, s, x)
             states.append(s)
         return tuple(states), x
@@ -238,7 +240,7 @@ def chain(*parts: Any) -> Any:
         raise TypeError("chain(): expected at least one cell or Recur handle, got none.")
     handles = [isinstance(p, Recur) for p in parts]
     if any(handles) and not all(handles):
-        bare = [describe(p) for p, h in zip(parts, handles) if not h]
+        bare = [describe(p) for p, h in zip(parts, handles, strict=True) if not h]
         raise TypeError(
             f"chain(): got Recur handles mixed with bare cells {bare}. A bare cell has no "
             "params; wrap it as rj.Recur(cell, key=key) (stateless layers too), or pass only "

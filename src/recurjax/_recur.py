@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from jax.tree_util import GetAttrKey
 
 from ._cell import CellFn, PyTree, check_callable, describe
@@ -121,7 +120,9 @@ class Recur:
     @classmethod
     def tree_unflatten(cls, cell: Any, children: Any) -> Recur:
         obj = object.__new__(cls)
-        for field, value in zip(("cell", "params", "state0", "state"), (cell, *children)):
+        for field, value in zip(
+            ("cell", "params", "state0", "state"), (cell, *children), strict=True
+        ):
             object.__setattr__(obj, field, value)
         return obj
 
@@ -168,8 +169,6 @@ class Recur:
           >>> ys.shape, m.state.shape
           ((2, 4), (4,))
         """
-        if type(xs) in (list, tuple):
-            xs = _stack_steps(self, xs)
         state, ys = scan(self.cell, self.params, self.state, xs, **kwargs)
         return self.replace(state=state), ys
 
@@ -180,22 +179,6 @@ class Recur:
     def truncate(self) -> Recur:
         """The handle with `state = stop_gradient(state)`: same values, no gradient back."""
         return self.replace(state=jax.tree.map(jax.lax.stop_gradient, self.state))
-
-
-def _stack_steps(m: Recur, steps: list[Any] | tuple[Any, ...]) -> PyTree:
-    if not steps:
-        raise ValueError(
-            f"{m!r}.scan: got an empty list of steps, whose feature shape is unknown. Pass an "
-            "array of shape (0, ..., in) for an empty sequence."
-        )
-    shapes = [jax.tree.map(jnp.shape, s) for s in steps]
-    for t, shape in enumerate(shapes):
-        if shape != shapes[0]:
-            raise ValueError(
-                f"{m!r}.scan: every step of xs must have the same shape, but step 0 has "
-                f"shape {shapes[0]} and step {t} has shape {shape}. Pad or split the sequence."
-            )
-    return jax.tree.map(lambda *a: jnp.stack(a), *steps)
 
 
 def RNN(in_features: int, hidden_size: int, *, key: jax.Array, **kwargs: Any) -> Recur:
@@ -240,4 +223,3 @@ def GRUv3(in_features: int, hidden_size: int, *, key: jax.Array) -> Recur:
       Recur(GRUv3Cell(10 => 5))
     """
     return Recur(GRUv3Cell(in_features, hidden_size), key=key)
-

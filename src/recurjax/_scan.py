@@ -132,8 +132,9 @@ def scan(
       cell: any cell, `cell(params, h, x) -> (h, y)`.
       params: the cell's params.
       h: the initial state (unbatched or with the batch shape of `xs`).
-      xs: inputs of shape `(T, ..., in)` (time-major, like `lax.scan`), or a pytree of arrays
-        that all have a time axis, for cells that take structured input.
+      xs: inputs of shape `(T, ..., in)` (time-major, like `lax.scan`); or a list (or plain
+        tuple) of `T` per-step inputs, stacked on a new leading axis; or a dict/NamedTuple
+        pytree of arrays that all have a time axis, for cells that take structured input.
       time_axis: the axis of `xs` that is time; `1` for batch-major `(B, T, in)`. The
         outputs `ys` have their time axis at the same position.
       reverse: run from the last step to the first (outputs stay in input order).
@@ -159,7 +160,8 @@ def scan(
     """
     check_callable(cell, "scan(cell, ...)")
     if truncate_every is not None and (
-        isinstance(truncate_every, bool) or not isinstance(truncate_every, int)
+        isinstance(truncate_every, bool)
+        or not isinstance(truncate_every, int)
         or truncate_every < 1
     ):
         raise ValueError(
@@ -171,6 +173,30 @@ def scan(
             f"scan({describe(cell)}): expected unroll to be a positive int or a bool, got "
             f"{unroll!r}."
         )
+    if isinstance(time_axis, bool) or not isinstance(time_axis, int):
+        raise TypeError(
+            f"scan({describe(cell)}): expected time_axis to be an int, got {time_axis!r}."
+        )
+    if type(xs) in (list, tuple):
+        xs = _stack_steps(cell, xs)
+    options = (time_axis, bool(reverse), truncate_every, unroll)
+    try:
+        hash(cell)
+    except TypeError:  # an unhashable cell cannot be a static argument: run it unjitted
+        return _scan(cell, params, h, xs, *options)
+    return _scan_jit(cell, params, h, xs, *options)
+
+
+def _scan(
+    cell: CellFn,
+    params: PyTree,
+    h: PyTree,
+    xs: PyTree,
+    time_axis: int,
+    reverse: bool,
+    truncate_every: int | None,
+    unroll: int | bool,
+) -> tuple[PyTree, PyTree]:
     xs, T = _time_major(cell, xs, time_axis)
     h = _settle_state(cell, params, h, xs)
 
@@ -178,7 +204,7 @@ def scan(
         return cell(params, h, x)
 
     k = truncate_every
-    if k is None or T <= k:
+    if k is None or k >= T:
         h, ys = lax.scan(step, h, xs, reverse=reverse, unroll=unroll)
     else:
         if reverse:
@@ -202,3 +228,26 @@ def scan(
             ys = jax.tree.map(lambda a: jnp.flip(a, 0), ys)
     ys = jax.tree.map(lambda a: jnp.moveaxis(a, 0, time_axis), ys)
     return h, ys
+
+
+# Jitted with the cell and the options static, so that eager calls with the same cell and
+# shapes reuse one compiled program (inside a user's jit this simply inlines).
+_scan_jit = jax.jit(_scan, static_argnums=(0, 4, 5, 6, 7))
+
+
+def _stack_steps(cell: object, steps: list[Any] | tuple[Any, ...]) -> PyTree:
+    """Stack a list of per-step inputs on a new leading time axis."""
+    name = describe(cell)
+    if not steps:
+        raise ValueError(
+            f"scan({name}): got an empty list of steps, whose feature shape is unknown. Pass "
+            "an array of shape (0, ..., in) for an empty sequence."
+        )
+    shapes = [jax.tree.map(jnp.shape, s) for s in steps]
+    for t, shape in enumerate(shapes):
+        if shape != shapes[0]:
+            raise ValueError(
+                f"scan({name}): every step of xs must have the same shape, but step 0 has "
+                f"shape {shapes[0]} and step {t} has shape {shape}. Pad or split the sequence."
+            )
+    return jax.tree.map(lambda *a: jnp.stack(a), *steps)
