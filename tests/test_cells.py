@@ -156,19 +156,22 @@ def test_equations(seed: int):
         case = by_name[name]
         p, h, _ = _inputs(case, seed)
         new_h, y = case.cell(p, h, x)
-        act = (lambda a: np.maximum(a, 0)) if name == "rnn_relu" else np.tanh
-        want = {
-            "rnn_tanh": lambda p, h, x: rnn_oracle(p, h, x),
-            "rnn_relu": lambda p, h, x, act=act: rnn_oracle(p, h, x, act),
-            "gru": gru_oracle,
-            "gruv3": gruv3_oracle,
-        }[name](_np(p), _np(h), _np(x))
+        pn, hn, xn = _np(p), _np(h), _np(x)
+        if name == "rnn_tanh":
+            want = rnn_oracle(pn, hn, xn)
+        elif name == "rnn_relu":
+            want = rnn_oracle(pn, hn, xn, act=lambda a: np.maximum(a, 0))
+        elif name == "gru":
+            want = gru_oracle(pn, hn, xn)
+        else:
+            want = gruv3_oracle(pn, hn, xn)
         np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-6, err_msg=name)
         np.testing.assert_array_equal(new_h, y)
     case = by_name["lstm"]
     p, state, _ = _inputs(case, seed)
     new_state, y = case.cell(p, state, x)
-    want_h, want_c = lstm_oracle(_np(p), *_np(tuple(state)), _np(x))
+    h_np, c_np = _np(tuple(state))
+    want_h, want_c = lstm_oracle(_np(p), h_np, c_np, _np(x))
     np.testing.assert_allclose(new_state.h, want_h, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(new_state.c, want_c, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(y, new_state.h)

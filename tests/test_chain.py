@@ -117,5 +117,7 @@ def test_chain_errors():
     def fn(params, h, x):
         return h, x
 
-    with pytest.raises(TypeError, match=r"init\(\) needs every part .* \['cell function"):
+    with pytest.raises(
+        TypeError, match=r"init\(\) needs every part .* \[.cell function 'test_chain_errors"
+    ):
         rj.chain(rj.LSTMCell(2, 3), fn).init(jax.random.key(0))

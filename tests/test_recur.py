@@ -127,8 +127,8 @@ def test_learnable_initial_state_gets_gradients_through_reset():
     tree_allclose(g.state0, ref)
     # One optax step on the whole handle moves state0 and params, as a learnable state should.
     opt = optax.sgd(0.1)
-    updates, _ = opt.update(g, opt.init(m))
-    new = optax.apply_updates(m, updates)
+    updates, _ = opt.update(g, opt.init(m))  # pyright: ignore[reportArgumentType]
+    new = optax.apply_updates(m, updates)  # pyright: ignore[reportArgumentType]
     assert isinstance(new, rj.Recur) and not np.allclose(new.state0.h, m.state0.h)
 
 
@@ -177,11 +177,13 @@ def test_jitted_step_does_not_retrace():
     # An equal cell in another handle (new params, same shapes) reuses the trace too.
     step(rj.LSTM(IN, 4, key=jax.random.key(1)), x)
     assert len(traces) == 1
-    # A batched input changes the state's shape once (unbatched -> batched), then no more.
+    # A batched input meets the unbatched state once (one trace), which makes the state
+    # batched (one more trace for batched x with a batched state); then no more.
     xb = jnp.ones((2, IN))
-    for _ in range(3):
+    for _ in range(4):
         m, _ = step(m, xb)
-    assert len(traces) == 2
+    assert len(traces) == 3
+    assert m.state.h.shape == (2, 4)
 
 
 def test_eager_scan_reuses_compilation():

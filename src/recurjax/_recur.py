@@ -113,7 +113,7 @@ class Recur:
         return f"Recur({describe(self.cell)})"
 
     # --- pytree protocol -------------------------------------------------------------------
-    def tree_flatten_with_keys(self) -> tuple[tuple[tuple[GetAttrKey, PyTree], ...], Any]:
+    def tree_flatten_with_keys(self) -> tuple[Any, Any]:
         children = tuple((GetAttrKey(k), getattr(self, k)) for k in ("params", "state0", "state"))
         return children, self.cell
 
