@@ -121,3 +121,30 @@ def test_chain_errors():
         TypeError, match=r"init\(\) needs every part .* \[.cell function 'test_chain_errors"
     ):
         rj.chain(rj.LSTMCell(2, 3), fn).init(jax.random.key(0))
+
+
+def test_chain_init_calls_key_only_inits_and_passes_an_explicit_dtype():
+    class Scale(rj.Cell):  # a user cell whose init takes only a key
+        in_features = 3
+
+        def init(self, key):  # type: ignore[override]
+            return {"s": jax.random.uniform(key, (3,))}
+
+        def initial_state(self, params):
+            return ()
+
+        def __call__(self, params, h, x):
+            return (), x * params["s"]
+
+        def __hash__(self):
+            return 0
+
+        def __eq__(self, other):
+            return isinstance(other, Scale)
+
+    c = rj.chain(Scale(), rj.RNNCell(3, 2))
+    params = c.init(jax.random.key(0))
+    assert params[0]["s"].shape == (3,) and params[1]["wi"].dtype == jnp.float32
+    with jax.enable_x64(True):
+        p64 = rj.chain(rj.RNNCell(3, 2), rj.Dense(2, 1)).init(jax.random.key(0), jnp.float64)
+    assert {a.dtype for a in jax.tree.leaves(p64)} == {jnp.dtype(jnp.float64)}

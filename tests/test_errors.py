@@ -6,6 +6,7 @@ import re
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import recurjax as rj
@@ -149,3 +150,64 @@ def test_bad_scan_options_and_sequences():
             jnp.zeros(1),
             {"a": jnp.ones((3, 1)), "b": jnp.ones((4, 1))},
         )
+
+
+def test_function_cell_may_not_broadcast_a_stale_batch():
+    def elman(params, h, x):  # broadcasts h against x without any check
+        h = jnp.tanh(x @ params + jnp.broadcast_to(h, x.shape))
+        return h, h
+
+    params = jnp.eye(3)
+    stale = jnp.zeros((1, 3))  # a batch of 1 left over from the previous batch
+    msg = r"turned state of shape \(1, 3\) into shape \(5, 3\).*call reset\(\)"
+    with pytest.raises(ValueError, match=msg):
+        rj.scan(elman, params, stale, jnp.ones((4, 5, 3)))
+    with pytest.raises(ValueError, match=msg):
+        rj.Recur(elman, params, stale)(jnp.ones((5, 3)))
+    # Adding leading batch axes to an unbatched state is the one allowed change.
+    m, y = rj.Recur(elman, params, jnp.zeros(3))(jnp.ones((5, 3)))
+    assert m.state.shape == y.shape == (5, 3)
+    h, ys = rj.scan(elman, params, jnp.zeros(3), jnp.ones((4, 5, 3)))
+    assert h.shape == (5, 3) and ys.shape == (4, 5, 3)
+
+
+def test_class_or_handle_is_not_a_cell():
+    with pytest.raises(TypeError, match=r"got the class RNNCell itself. Instantiate it"):
+        rj.Recur(rj.RNNCell, {})  # type: ignore[arg-type]
+    m = rj.GRU(2, 3, key=KEY)
+    msg = r"got the handle Recur\(GRUCell\(2 => 3\)\).*its cell is m.cell"
+    with pytest.raises(TypeError, match=msg):
+        rj.scan(m, m.params, m.state, jnp.ones((4, 2)))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=msg):
+        rj.Recur(m, m.params)  # type: ignore[arg-type]
+
+
+def test_numpy_integers_are_ints():
+    cell = rj.LSTMCell(np.int64(10), np.int32(5))  # type: ignore[arg-type]
+    assert cell == rj.LSTMCell(10, 5) and type(cell.hidden_size) is int
+    assert repr(rj.Dense(np.int64(3), np.int64(2))) == "Dense(3 => 2)"  # type: ignore[arg-type]
+    params = cell.init(KEY)
+    xs = jnp.ones((2, 7, 10))
+    h1, ys1 = rj.scan(cell, params, cell.initial_state(params), xs, time_axis=1, truncate_every=3)
+    h2, ys2 = rj.scan(
+        cell,
+        params,
+        cell.initial_state(params),
+        xs,
+        time_axis=np.int64(1),  # type: ignore[arg-type]
+        truncate_every=np.int32(3),  # type: ignore[arg-type]
+        unroll=np.int64(2),  # type: ignore[arg-type]
+    )
+    np.testing.assert_array_equal(ys1, ys2)
+    np.testing.assert_array_equal(h1.c, h2.c)
+    with pytest.raises(TypeError, match=r"expected hidden_size to be a positive int, got np.float32\(2.0\)"):
+        rj.GRUCell(3, np.float32(2.0))  # type: ignore[arg-type]
+
+
+def test_chain_state_as_a_list_says_to_make_it_a_tuple():
+    c = rj.chain(rj.RNNCell(3, 4), rj.Dense(4, 2))
+    params = c.init(KEY)
+    state = list(c.initial_state(params))
+    msg = r"expected state to be a tuple with one entry per part \(2\), got list of length 2. "
+    with pytest.raises(ValueError, match=msg + r"Convert it with tuple\(state\)"):
+        c(params, state, jnp.ones(3))  # type: ignore[arg-type]

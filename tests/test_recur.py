@@ -266,3 +266,37 @@ def test_casting_rule_float64_and_integer_inputs():
         np.testing.assert_array_equal(y, ref_y)
         _, ys = rj.scan(cell, params, h0.astype(jnp.float64), jnp.stack([x64, x64]))
         assert ys.dtype == jnp.float32
+
+
+def test_copy_and_deepcopy_give_an_equal_handle():
+    import copy
+
+    m = rj.LSTM(IN, 4, key=jax.random.key(0))
+    m, _ = m(jnp.ones(IN))
+    for dup in (copy.copy(m), copy.deepcopy(m)):
+        assert isinstance(dup, rj.Recur) and dup.cell == m.cell
+        tree_allclose(dup, m, rtol=0, atol=0)
+        with pytest.raises(AttributeError, match="immutable"):
+            dup.params = {}  # type: ignore[misc]
+
+
+def test_slots_class_cell_runs_in_scan():
+    class Scaled:  # a callable cell that cannot be weakly referenced
+        __slots__ = ("a",)
+
+        def __init__(self, a):
+            self.a = a
+
+        def __call__(self, params, h, x):
+            h = self.a * h + x @ params
+            return h, h
+
+    cell = Scaled(0.5)
+    params = jnp.eye(3)
+    h, ys = rj.scan(cell, params, jnp.zeros(3), jnp.ones((4, 3)))
+    expected, hh = [], np.zeros(3)
+    for _ in range(4):
+        hh = 0.5 * hh + np.ones(3)
+        expected.append(hh)
+    np.testing.assert_allclose(ys, np.stack(expected), rtol=1e-6)
+    np.testing.assert_allclose(h, expected[-1], rtol=1e-6)

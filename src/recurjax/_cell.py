@@ -8,6 +8,7 @@ errors read alike whichever cell raised them.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -27,13 +28,38 @@ def describe(cell: object) -> str:
 
 
 def check_callable(cell: object, where: str) -> None:
-    """Raise `TypeError` unless `cell` can be called as `cell(params, h, x)`."""
+    """Raise `TypeError` unless `cell` can be called as `cell(params, h, x)`.
+
+    Two callables that are not cells are rejected by name: a class (`rj.RNNCell` where
+    `rj.RNNCell(10, 5)` was meant) and a `Recur` handle (whose call takes only `x`).
+    """
+    from ._recur import Recur  # imported here: _recur imports this module
+
+    if isinstance(cell, type):
+        raise TypeError(
+            f"{where}: expected a cell, got the class {cell.__name__} itself. Instantiate it, "
+            f"e.g. {cell.__name__}(10, 5), or pass a function (params, h, x) -> (h, y)."
+        )
+    if isinstance(cell, Recur):
+        raise TypeError(
+            f"{where}: expected a cell, got the handle {cell!r}. A handle is called with x "
+            "alone (m, y = m(x); m, ys = m.scan(xs)); its cell is m.cell, with params "
+            "m.params and state m.state."
+        )
     if not callable(cell):
         raise TypeError(
             f"{where}: expected a cell, a callable `cell(params, h, x) -> (h, y)`, "
             f"got {type(cell).__name__} {cell!r}. Pass a library cell such as "
             "rj.LSTMCell(10, 15) or a function with that signature."
         )
+
+
+def index_or_none(value: object) -> int | None:
+    """`operator.index(value)` for Python and NumPy integers; `None` for anything else
+    (bools included), so that callers can raise their own message."""
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        return None
+    return operator.index(value)  # type: ignore[arg-type]
 
 
 def shape_of(a: object) -> tuple[int, ...] | str:

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ._cell import Cell, affine, check_input, check_params, match_state
+from ._cell import Cell, affine, check_input, check_params, index_or_none, match_state
 from ._init import glorot_uniform
 
 __all__ = ["GRUCell", "GRUv3Cell", "LSTMCell", "LSTMState", "RNNCell"]
@@ -23,13 +23,19 @@ def _name(fn: Callable[..., Any]) -> str:
     return getattr(fn, "__name__", None) or repr(fn)
 
 
-def _check_sizes(cls_name: str, in_features: object, hidden_size: object) -> None:
-    for arg, value in (("in_features", in_features), ("hidden_size", hidden_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+def _check_sizes(cell: object, *names: str) -> None:
+    """Check that the named size fields of a frozen dataclass are positive ints; store them
+    as Python ints (a NumPy integer is accepted, a bool or float is not)."""
+    cls_name = type(cell).__name__
+    for name in names:
+        value = getattr(cell, name)
+        number = index_or_none(value)
+        if number is None or number < 1:
             raise TypeError(
-                f"{cls_name}: expected {arg} to be a positive int, got {value!r}. "
-                f"Write e.g. {cls_name}(10, 5) for 10 input features and 5 hidden units."
+                f"{cls_name}: expected {name} to be a positive int, got {value!r}. "
+                f"Write e.g. {cls_name}(10, 5) for 10 input features and 5 output features."
             )
+        object.__setattr__(cell, name, number)
 
 
 def _batch(x: jax.Array) -> tuple[int, ...]:
@@ -70,7 +76,7 @@ class RNNCell(Cell):
     activation: Callable[[jax.Array], jax.Array] = jnp.tanh
 
     def __post_init__(self) -> None:
-        _check_sizes("RNNCell", self.in_features, self.hidden_size)
+        _check_sizes(self, "in_features", "hidden_size")
 
     def __repr__(self) -> str:
         return f"RNNCell({self.in_features} => {self.hidden_size}, {_name(self.activation)})"
@@ -140,8 +146,10 @@ class LSTMCell(Cell):
     Args:
       in_features: size of the last axis of `x`.
       hidden_size: `H`.
-      forget_bias: initial value of the forget-gate bias block, `0.0` by default (Flux since
-        v0.12); `1.0` is the common choice that helps long memories early in training.
+      forget_bias: initial value of the forget-gate bias block. `0.0` by default, as Flux
+        since v0.15 and PyTorch's zero-centred init; Flux v0.8 to v0.14 used `1.0`, the
+        common choice (Jozefowicz et al., 2015) that helps long memories early in training:
+        pass `forget_bias=1.0` for it.
 
     Examples:
       >>> import jax, jax.numpy as jnp, recurjax as rj
@@ -159,7 +167,7 @@ class LSTMCell(Cell):
     forget_bias: float = 0.0
 
     def __post_init__(self) -> None:
-        _check_sizes("LSTMCell", self.in_features, self.hidden_size)
+        _check_sizes(self, "in_features", "hidden_size")
 
     def __repr__(self) -> str:
         extra = f", forget_bias={self.forget_bias}" if self.forget_bias else ""
@@ -245,7 +253,7 @@ class GRUCell(Cell):
     hidden_size: int
 
     def __post_init__(self) -> None:
-        _check_sizes("GRUCell", self.in_features, self.hidden_size)
+        _check_sizes(self, "in_features", "hidden_size")
 
     def __repr__(self) -> str:
         return f"GRUCell({self.in_features} => {self.hidden_size})"
@@ -322,7 +330,7 @@ class GRUv3Cell(Cell):
     hidden_size: int
 
     def __post_init__(self) -> None:
-        _check_sizes("GRUv3Cell", self.in_features, self.hidden_size)
+        _check_sizes(self, "in_features", "hidden_size")
 
     def __repr__(self) -> str:
         return f"GRUv3Cell({self.in_features} => {self.hidden_size})"

@@ -59,7 +59,7 @@ class Dense(Cell):
     activation: Callable[[jax.Array], jax.Array] | None = None
 
     def __post_init__(self) -> None:
-        _check_sizes("Dense", self.in_features, self.out_features)
+        _check_sizes(self, "in_features", "out_features")
 
     def __repr__(self) -> str:
         act = f", {_name(self.activation)}" if self.activation is not None else ""
@@ -164,10 +164,16 @@ class Chain(Cell):
             )
         return list(self.cells)
 
-    def init(self, key: jax.Array, dtype: Any = jnp.float32) -> tuple[PyTree, ...]:
-        """A tuple with one params entry per part, from independent keys."""
+    def init(self, key: jax.Array, dtype: Any = None) -> tuple[PyTree, ...]:
+        """A tuple with one params entry per part, from independent keys.
+
+        `dtype=None` calls each part's `init(key)` with its own default dtype (so user cells
+        whose `init` takes only a key work); a dtype is passed on to every part.
+        """
         parts = self._parts("init")
         keys = jax.random.split(key, len(parts))
+        if dtype is None:
+            return tuple(c.init(k) for c, k in zip(parts, keys, strict=True))
         return tuple(c.init(k, dtype) for c, k in zip(parts, keys, strict=True))
 
     def initial_state(self, params: PyTree) -> tuple[PyTree, ...]:
@@ -178,15 +184,20 @@ class Chain(Cell):
 
     def _check_tuple(self, name: str, value: object) -> None:
         n = len(self.cells)
-        if not isinstance(value, (tuple, list)) or len(value) != n:
+        if type(value) is not tuple or len(value) != n:
             got = (
                 f"{type(value).__name__} of length {len(value)}"
                 if isinstance(value, (tuple, list))
                 else type(value).__name__
             )
+            fix = (
+                f"Convert it with tuple({name}): a chain's {name} is a plain tuple."
+                if isinstance(value, list) and len(value) == n
+                else f"Use {self!r}.init(key) / .initial_state(params)."
+            )
             raise ValueError(
                 f"{self!r}: expected {name} to be a tuple with one entry per part ({n}), "
-                f"got {got}. Use {self!r}.init(key) / .initial_state(params)."
+                f"got {got}. {fix}"
             )
 
     def __call__(

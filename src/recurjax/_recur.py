@@ -9,7 +9,7 @@ from jax.tree_util import GetAttrKey
 
 from ._cell import CellFn, PyTree, check_callable, describe
 from ._cells import GRUCell, GRUv3Cell, LSTMCell, RNNCell
-from ._scan import scan
+from ._scan import check_state_change, scan
 
 __all__ = ["GRU", "LSTM", "RNN", "GRUv3", "Recur"]
 
@@ -126,6 +126,11 @@ class Recur:
             object.__setattr__(obj, field, value)
         return obj
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # copy.copy, copy.deepcopy (and pickle, for transient use) rebuild through the pytree
+        # constructor; the default protocol would go through the forbidden __setattr__.
+        return Recur.tree_unflatten, (self.cell, (self.params, self.state0, self.state))
+
     # --- the API ---------------------------------------------------------------------------
     def replace(self, **changes: Any) -> Recur:
         """A copy with some of `cell`, `params`, `state`, `state0` replaced (no checks)."""
@@ -142,16 +147,12 @@ class Recur:
 
         An unbatched state meeting a batched `x` is broadcast to its batch and stays batched;
         a batched state meeting another batch shape raises `ValueError` (call `reset()`
-        between independent batches).
+        between independent batches). For any cell, function cells included, the returned
+        state must have the structure and shapes of the one given, except that an unbatched
+        state may gain leading batch axes; anything else raises `ValueError`.
         """
         state, y = self.cell(self.params, self.state, x)
-        before, after = jax.tree.structure(self.state), jax.tree.structure(state)
-        if before != after:
-            raise ValueError(
-                f"{self!r}: the cell returned a state with structure {after}, but the handle "
-                f"holds a state with structure {before}. A cell must return its state in the "
-                "form it takes it."
-            )
+        check_state_change(repr(self), self.state, state)
         return self.replace(state=state), y
 
     def scan(self, xs: PyTree, **kwargs: Any) -> tuple[Recur, PyTree]:

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ._cell import CellFn, PyTree, check_callable, describe
+from ._cell import CellFn, PyTree, check_callable, describe, index_or_none
 
 __all__ = ["scan"]
 
@@ -66,31 +66,48 @@ def _settle_state(cell: CellFn, params: PyTree, h: PyTree, xs: PyTree) -> PyTree
     A library cell broadcasts an unbatched state to the batch of `x` and casts it to the
     params' dtype; the carry of `lax.scan` must have that form from the first step on. The
     step is traced once, abstractly (`jax.eval_shape`), so errors surface here, at trace time.
+    The only shape change allowed is adding leading batch axes (`(H,)` to `(B, H)`); any other
+    (say `(1, H)` to `(5, H)`, a function cell broadcasting a stale batch) is an error.
     """
     h = jax.tree.map(jnp.asarray, h)
     x0 = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), xs)
-    new_h, _ = jax.eval_shape(cell, params, h, x0)
+    # Through a lambda: eval_shape keeps a weak reference to the function it traces, which
+    # some callables (e.g. instances of classes with __slots__) do not allow.
+    new_h, _ = jax.eval_shape(lambda p, s, x: cell(p, s, x), params, h, x0)
     name = describe(cell)
-    if jax.tree.structure(new_h) != jax.tree.structure(h):
+    check_state_change(f"scan({name})", h, new_h)
+    return jax.tree.map(
+        lambda old, new: jnp.broadcast_to(old, new.shape).astype(new.dtype), h, new_h
+    )
+
+
+def check_state_change(where: str, old: PyTree, new: PyTree) -> None:
+    """Check that one step kept the state's structure and shapes, up to new leading axes.
+
+    `old` is the state given to the step and `new` the one it returned (arrays or
+    `ShapeDtypeStruct`s). A new state may add leading batch axes to an unbatched one; any
+    other change raises `ValueError` naming the leaf.
+    """
+    if jax.tree.structure(new) != jax.tree.structure(old):
         raise ValueError(
-            f"scan({name}): the cell returned a state with structure "
-            f"{jax.tree.structure(new_h)}, but was given a state with structure "
-            f"{jax.tree.structure(h)}. A cell must return its state in the form it takes it."
+            f"{where}: the cell returned a state with structure {jax.tree.structure(new)}, but "
+            f"was given a state with structure {jax.tree.structure(old)}. A cell must return "
+            "its state in the form it takes it."
         )
-
-    def settle(path: Any, old: jax.Array, new: jax.ShapeDtypeStruct) -> jax.Array:
-        if old.shape != new.shape:
-            try:
-                old = jnp.broadcast_to(old, new.shape)
-            except ValueError:
-                raise ValueError(
-                    f"scan({name}): the cell turned state{jax.tree_util.keystr(path)} of "
-                    f"shape {old.shape} into shape {new.shape}; a scanned state must keep "
-                    "its shape from step to step."
-                ) from None
-        return old.astype(new.dtype)
-
-    return jax.tree_util.tree_map_with_path(settle, h, new_h)
+    for (path, a), b in zip(
+        jax.tree_util.tree_leaves_with_path(old), jax.tree.leaves(new), strict=True
+    ):
+        before, after = tuple(jnp.shape(a)), tuple(jnp.shape(b))
+        if before == after or (
+            len(before) < len(after) and after[len(after) - len(before) :] == before
+        ):
+            continue
+        raise ValueError(
+            f"{where}: the cell turned state{jax.tree_util.keystr(path)} of shape {before} "
+            f"into shape {after}; a state must keep its shape from step to step (only an "
+            "unbatched state may gain leading batch axes). If the state holds the previous "
+            "batch, call reset() (or start from a fresh initial state) between batches."
+        )
 
 
 def _stop(tree: PyTree) -> PyTree:
@@ -128,6 +145,12 @@ def scan(
     the last `T % k` steps are still computed: no step is ever dropped. A sequence of zero
     steps returns `h` (settled to the step's batch and dtype) and an empty `ys`.
 
+    Outside `jit`, `scan` compiles once per cell, options and input shapes and reuses the
+    program (inside a user's `jit` it simply inlines). The cell is a static argument,
+    compared by equality: library cells compare by their configuration, functions by
+    identity, so define a function cell once; a fresh `lambda` on every call recompiles on
+    every call. An unhashable cell runs without this cache.
+
     Args:
       cell: any cell, `cell(params, h, x) -> (h, y)`.
       params: the cell's params.
@@ -159,24 +182,26 @@ def scan(
       True
     """
     check_callable(cell, "scan(cell, ...)")
-    if truncate_every is not None and (
-        isinstance(truncate_every, bool)
-        or not isinstance(truncate_every, int)
-        or truncate_every < 1
-    ):
-        raise ValueError(
-            f"scan({describe(cell)}): expected truncate_every to be a positive int or None, "
-            f"got {truncate_every!r}."
-        )
-    if not isinstance(unroll, (int, bool)) or (not isinstance(unroll, bool) and unroll < 1):
-        raise ValueError(
-            f"scan({describe(cell)}): expected unroll to be a positive int or a bool, got "
-            f"{unroll!r}."
-        )
-    if isinstance(time_axis, bool) or not isinstance(time_axis, int):
-        raise TypeError(
-            f"scan({describe(cell)}): expected time_axis to be an int, got {time_axis!r}."
-        )
+    name = describe(cell)
+    if truncate_every is not None:
+        k = index_or_none(truncate_every)
+        if k is None or k < 1:
+            raise ValueError(
+                f"scan({name}): expected truncate_every to be a positive int or None, "
+                f"got {truncate_every!r}."
+            )
+        truncate_every = k
+    if not isinstance(unroll, bool):
+        n = index_or_none(unroll)
+        if n is None or n < 1:
+            raise ValueError(
+                f"scan({name}): expected unroll to be a positive int or a bool, got {unroll!r}."
+            )
+        unroll = n
+    axis = index_or_none(time_axis)
+    if axis is None:
+        raise TypeError(f"scan({name}): expected time_axis to be an int, got {time_axis!r}.")
+    time_axis = axis
     if type(xs) in (list, tuple):
         xs = _stack_steps(cell, xs)
     options = (time_axis, bool(reverse), truncate_every, unroll)
