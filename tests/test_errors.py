@@ -200,7 +200,9 @@ def test_numpy_integers_are_ints():
     )
     np.testing.assert_array_equal(ys1, ys2)
     np.testing.assert_array_equal(h1.c, h2.c)
-    with pytest.raises(TypeError, match=r"expected hidden_size to be a positive int, got np.float32\(2.0\)"):
+    with pytest.raises(
+        TypeError, match=r"expected hidden_size to be a positive int, got np.float32\(2.0\)"
+    ):
         rj.GRUCell(3, np.float32(2.0))  # type: ignore[arg-type]
 
 

@@ -300,3 +300,17 @@ def test_slots_class_cell_runs_in_scan():
         expected.append(hh)
     np.testing.assert_allclose(ys, np.stack(expected), rtol=1e-6)
     np.testing.assert_allclose(h, expected[-1], rtol=1e-6)
+
+
+def test_batched_gives_state_and_state0_batch_axes():
+    m = rj.LSTM(IN, 4, key=jax.random.key(0))
+    mb = m.batched((2, 3))
+    assert mb.state.h.shape == mb.state0.c.shape == (2, 3, 4)
+    np.testing.assert_array_equal(mb.state.h[1, 2], m.state.h)
+    x = jnp.ones((2, 3, IN))
+    tree_allclose(mb(x)[1], m(x)[1])  # the same computation, with the batch up front
+    assert rj.GRU(IN, 4, key=jax.random.key(0)).batched(np.int64(5)).state.shape == (5, 4)
+    with pytest.raises(ValueError, match=r"state is already batched .* right after making"):
+        mb.batched(2)
+    with pytest.raises(TypeError, match=r"expected batch to be an int or a tuple of ints, got"):
+        m.batched(2.0)  # type: ignore[arg-type]

@@ -2,7 +2,8 @@
 
 Flux.jl's recurrent-model design in JAX: cells are pure functions `(params, h, x) -> (h, y)`;
 `Recur` is an immutable pytree handle holding a cell, its params and its state; `scan` runs a
-cell over a sequence; `chain` composes cells and stateless layers into one cell.
+cell over a sequence; `chain` composes cells and stateless layers into one cell; `tbptt`
+walks a long sequence in chunks for truncated backpropagation through time.
 """
 
 from ._cell import Cell
@@ -10,6 +11,7 @@ from ._cells import GRUCell, GRUv3Cell, LSTMCell, LSTMState, RNNCell
 from ._chain import Chain, Dense, Stateless, chain, stateless
 from ._recur import GRU, LSTM, RNN, GRUv3, Recur
 from ._scan import scan
+from ._tbptt import chunks, tbptt
 
 __version__ = "0.1.0"
 
@@ -30,6 +32,8 @@ __all__ = [
     "Stateless",
     "__version__",
     "chain",
+    "chunks",
     "scan",
     "stateless",
+    "tbptt",
 ]

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from jax.tree_util import GetAttrKey
 
-from ._cell import CellFn, PyTree, check_callable, describe
+from ._cell import CellFn, PyTree, check_callable, describe, index_or_none
 from ._cells import GRUCell, GRUv3Cell, LSTMCell, RNNCell
 from ._scan import check_state_change, scan
 
@@ -172,6 +173,50 @@ class Recur:
         """
         state, ys = scan(self.cell, self.params, self.state, xs, **kwargs)
         return self.replace(state=state), ys
+
+    def batched(self, batch: int | tuple[int, ...]) -> Recur:
+        """The handle with `state` and `state0` broadcast to leading batch axes `batch`.
+
+        A handle starts unbatched (`state: (H,)`) and its state becomes `(*batch, H)` on the
+        first batched step, so a jitted step traces once more for that first call, and again
+        after each `reset()` to the unbatched `state0`. Batching both up front keeps every
+        shape fixed from the first step: one compile per input shape. (A learnable initial
+        state shared by all examples stays unbatched: keep `state0` as is in that case.)
+
+        Args:
+          batch: the batch shape, an int `B` or a tuple such as `(B,)` or `(B1, B2)`.
+
+        Examples:
+          >>> import jax, recurjax as rj
+          >>> m = rj.LSTM(3, 4, key=jax.random.key(0)).batched(8)
+          >>> m.state.h.shape, m.state0.c.shape, m.reset().state.h.shape
+          ((8, 4), (8, 4), (8, 4))
+        """
+        parts = (batch,) if index_or_none(batch) is not None else batch
+        sizes = [index_or_none(n) for n in parts] if isinstance(parts, tuple) else [None]
+        if any(n is None or n < 0 for n in sizes):
+            raise TypeError(
+                f"{self!r}.batched: expected batch to be an int or a tuple of ints, got {batch!r}."
+            )
+        shape = tuple(n for n in sizes if n is not None)
+        if hasattr(self.cell, "initial_state"):
+            unbatched = jax.eval_shape(self.cell.initial_state, self.params)
+            for name in ("state", "state0"):
+                ranks = [jnp.ndim(a) for a in jax.tree.leaves(getattr(self, name))]
+                if ranks != [len(a.shape) for a in jax.tree.leaves(unbatched)]:
+                    raise ValueError(
+                        f"{self!r}.batched: {name} is already batched (leaf shapes "
+                        f"{[jnp.shape(a) for a in jax.tree.leaves(getattr(self, name))]}); "
+                        "batched() adds batch axes to an unbatched handle. Call it right after "
+                        "making the handle."
+                    )
+
+        def grow(a: Any) -> jax.Array:
+            return jnp.broadcast_to(a, (*shape, *jnp.shape(a)))
+
+        return self.replace(
+            state=jax.tree.map(grow, self.state), state0=jax.tree.map(grow, self.state0)
+        )
 
     def reset(self) -> Recur:
         """The handle with `state = state0` (Flux's `reset!`); gradients then reach `state0`."""
