@@ -10,6 +10,7 @@ from pathlib import Path
 from types import ModuleType
 
 import jax
+import numpy as np
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -31,37 +32,63 @@ def load_example(filename: str) -> ModuleType:
     return module
 
 
-def _char_lm_args(corpus: Path, out: Path) -> list[str]:
+def _char_lm_args(corpus: Path, out: Path, epochs: int) -> list[str]:
     return [
         "--data", str(corpus),
-        "--steps", "150",
+        "--epochs", str(epochs),
         "--hidden", "32",
         "--embed", "8",
         "--batch", "8",
         "--seq", "16",
         "--lr", "1e-2",
-        "--evals", "1",
         "--sample-len", "20",
         "--out", str(out),
         "--quiet",
     ]  # fmt: skip
 
 
-def test_char_lm_learns_repeated_text(tmp_path: Path) -> None:
+def _corpus(tmp_path: Path) -> Path:
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(TEXT * 40)  # ~5 KB; the last tenth is held out
+    return corpus
+
+
+def test_char_lm_learns_repeated_text(tmp_path: Path) -> None:
     out = tmp_path / "run"
     lm = load_example("01_char_lm.py")
     # The suite is strict about dtype promotion (conftest.py) for recurjax's own code; optax's
     # Adam computes `decay ** count` (float ** int32), which only standard promotion allows.
     with jax.numpy_dtype_promotion("standard"):
-        metrics = lm.main(_char_lm_args(corpus, out))
+        metrics = lm.main(_char_lm_args(_corpus(tmp_path), out, epochs=4))
     assert set(metrics) >= {"train_bpc", "val_bpc", "unigram_bits"}
     assert all(math.isfinite(v) for v in metrics.values()), metrics
     # Repeated text is predictable from context: the model must beat the order-0 entropy.
     assert metrics["val_bpc"] < metrics["unigram_bits"] - 0.5, metrics
     assert metrics["train_bpc"] < metrics["unigram_bits"], metrics
     log = json.loads((out / "log.json").read_text())
-    assert len(log["train_bpc"]) == 150
-    assert log["train_bpc"][-1] < log["train_bpc"][0]
+    # 4,752 training bytes in 8 streams: 593 steps, 37 chunks of 16 and one of 1 per epoch.
+    assert len(log["train_bpc"]) == 4 * 38
+    assert [e["epoch"] for e in log["epochs"]] == [1, 2, 3, 4]
+    assert log["epochs"][-1]["train_bpc"] < log["epochs"][0]["train_bpc"]
     assert log["final"]["val_bpc"] == metrics["val_bpc"]
+    png = (out / "loss.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+
+def test_char_lm_resume_continues_exactly(tmp_path: Path) -> None:
+    lm = load_example("01_char_lm.py")
+    corpus = _corpus(tmp_path)
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    with jax.numpy_dtype_promotion("standard"):
+        lm.main(_char_lm_args(corpus, straight, epochs=2))
+        lm.main(_char_lm_args(corpus, split, epochs=1))
+        resumed = lm.main([*_char_lm_args(corpus, split, epochs=2), "--resume"])
+    a = np.load(straight / "checkpoint.npz", allow_pickle=False)
+    b = np.load(split / "checkpoint.npz", allow_pickle=False)
+    assert sorted(a.keys()) == sorted(b.keys())
+    assert any("mu" in k for k in a)  # the optimizer state is in the checkpoint
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    log = json.loads((split / "log.json").read_text())
+    assert [e["epoch"] for e in log["epochs"]] == [1, 2]
+    assert log["final"]["val_bpc"] == resumed["val_bpc"]
