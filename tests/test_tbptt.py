@@ -75,15 +75,18 @@ def test_chunks_cover_every_step_once():
 
 
 def test_every_step_contributes_to_exactly_one_chunk_loss():
-    seen = []
+    seen, called = [], []
 
     def step(carry, chunk):
         seen.append(np.asarray(chunk))
         return carry + 1, chunk.shape[0]
 
-    count, sizes = rj.tbptt(step, 0, np.arange(T), K)
+    count, sizes = rj.tbptt(
+        step, 0, np.arange(T), K, callback=lambda i, aux: called.append((i, aux))
+    )
     assert count == 3 and sizes == [4, 4, 3]
     np.testing.assert_array_equal(np.concatenate(seen), np.arange(T))
+    assert called == [(0, 4), (1, 4), (2, 3)]  # after each chunk, in order
 
 
 @pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
