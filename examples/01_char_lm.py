@@ -53,6 +53,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.typing import ArrayLike
 from tqdm import tqdm
 
 import recurjax as rj
@@ -152,10 +153,10 @@ def build_model(key: jax.Array, hidden: int, embed: int) -> rj.Recur:
     return rj.Recur(cell, key=key)
 
 
-def chunk_nll(model: rj.Recur, xs: jax.Array, ys: jax.Array) -> tuple[jax.Array, rj.Recur]:
+def chunk_nll(model: rj.Recur, xs: ArrayLike, ys: ArrayLike) -> tuple[jax.Array, rj.Recur]:
     """Summed next-byte cross-entropy (nats) over a chunk `xs, ys: (k, B)`; and the new handle."""
     model, logits = model.scan(xs)  # logits: (k, B, VOCAB)
-    nll = optax.softmax_cross_entropy_with_integer_labels(logits, ys.astype(jnp.int32))
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.asarray(ys, jnp.int32))
     return nll.sum(), model
 
 
@@ -199,7 +200,7 @@ def evaluate(model: rj.Recur, streams: Streams) -> float:
 
 def save_checkpoint(path: Path, params: Any, opt_state: Any, epoch: int, log: dict) -> None:
     """Write every leaf of `(params, opt_state)` under its key path, plus the epoch and log."""
-    arrays = {
+    arrays: dict[str, Any] = {
         jax.tree_util.keystr(k): np.asarray(v)
         for k, v in jax.tree_util.tree_leaves_with_path((params, opt_state))
     }

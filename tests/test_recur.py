@@ -309,7 +309,7 @@ def test_batched_gives_state_and_state0_batch_axes():
     np.testing.assert_array_equal(mb.state.h[1, 2], m.state.h)
     x = jnp.ones((2, 3, IN))
     tree_allclose(mb(x)[1], m(x)[1])  # the same computation, with the batch up front
-    assert rj.GRU(IN, 4, key=jax.random.key(0)).batched(np.int64(5)).state.shape == (5, 4)
+    assert rj.GRU(IN, 4, key=jax.random.key(0)).batched(np.int64(5)).state.shape == (5, 4)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"state is already batched .* right after making"):
         mb.batched(2)
     with pytest.raises(TypeError, match=r"expected batch to be an int or a tuple of ints, got"):
