@@ -283,3 +283,49 @@ def test_reprs():
     assert repr(rj.GRUv3Cell(10, 5)) == "GRUv3Cell(10 => 5)"
     assert repr(rj.Dense(15, 5)) == "Dense(15 => 5)"
     assert repr(rj.Dense(15, 5, activation=jax.nn.relu)) == "Dense(15 => 5, relu)"
+
+
+def test_flux_lstm_equations_by_hand():
+    # Flux's LSTM equations on one unit, with numbers chosen so every value is exact:
+    # all weights zero, bias [i, f, g, o] = [0, 0, ln 2, 0], c0 = 1, h0 = 0, any x.
+    #   i = f = o = sigmoid(0) = 1/2;  g = tanh(ln 2) = (2 - 1/2) / (2 + 1/2) = 3/5
+    #   c1 = f c0 + i g = 1/2 + 3/10 = 4/5;  loss = c1
+    #   d/db_i = sigmoid'(0) g = 1/4 * 3/5 = 3/20;  d/db_f = sigmoid'(0) c0 = 1/4
+    #   d/db_g = i (1 - g^2) = 1/2 * 16/25 = 8/25;  d/db_o = 0 (c1 does not use o)
+    #   d/dc0 = f = 1/2;  d/dwi = x * d/db (x = 2 here)
+    cell = rj.LSTMCell(1, 1)
+    params = {
+        "wi": jnp.zeros((1, 4)),
+        "wh": jnp.zeros((1, 4)),
+        "b": jnp.array([0.0, 0.0, np.log(2.0), 0.0], jnp.float32),
+    }
+
+    def loss(params, c0):
+        state, _ = cell(params, rj.LSTMState(jnp.zeros(1), c0), jnp.array([2.0]))
+        return state.c[0]
+
+    value, (g, gc0) = jax.value_and_grad(loss, argnums=(0, 1))(params, jnp.array([1.0]))
+    np.testing.assert_allclose(value, 4 / 5, rtol=1e-6)
+    np.testing.assert_allclose(g["b"], [3 / 20, 1 / 4, 8 / 25, 0], rtol=1e-6)
+    np.testing.assert_allclose(g["wi"][0], [6 / 20, 2 / 4, 16 / 25, 0], rtol=1e-6)
+    np.testing.assert_allclose(gc0, [1 / 2], rtol=1e-6)
+
+
+@pytest.mark.parametrize("cell", [rj.GRUCell(1, 1), rj.GRUv3Cell(1, 1)], ids=repr)
+def test_flux_gru_equations_by_hand(cell):
+    # Both GRU forms on one unit, all weights zero, b = [b_r, b_z, b_n] = [0, 0, ln 2], h0 = 1:
+    #   r = z = sigmoid(0) = 1/2;  n = tanh(ln 2) = 3/5  (the reset gate meets a zero matmul)
+    #   h1 = (1 - z) n + z h0 = 3/10 + 1/2 = 4/5
+    #   d/db_z = sigmoid'(0) (h0 - n) = 1/4 * 2/5 = 1/10;  d/db_n = (1 - z)(1 - n^2) = 8/25
+    #   d/db_r = 0 (r multiplies zero);  d/dh0 = z = 1/2 (every matmul is zero)
+    params = jax.tree.map(jnp.zeros_like, cell.init(jax.random.key(0)))
+    params["b"] = jnp.array([0.0, 0.0, np.log(2.0)], jnp.float32)
+
+    def loss(params, h0):
+        h, _ = cell(params, h0, jnp.array([2.0]))
+        return h[0]
+
+    value, (g, gh0) = jax.value_and_grad(loss, argnums=(0, 1))(params, jnp.array([1.0]))
+    np.testing.assert_allclose(value, 4 / 5, rtol=1e-6)
+    np.testing.assert_allclose(g["b"], [0, 1 / 10, 8 / 25], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(gh0, [1 / 2], rtol=1e-6)
