@@ -245,6 +245,43 @@ def time_all(impls: list[Impl], what: str, rounds: int) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def streaming(hidden: int = 256, rounds: int = 200) -> list[str]:
+    """A jitted single step of a `Recur` LSTM handle (B=1) against a jitted bare matmul of the
+    same size, `[x, h] (1, 2H) @ W (2H, 4H)`; also counts traces (no retracing between steps).
+    """
+    traces = 0
+
+    def step(m: rj.Recur, x: jax.Array) -> tuple[rj.Recur, jax.Array]:
+        nonlocal traces
+        traces += 1
+        return m(x)
+
+    m = rj.LSTM(hidden, hidden, key=jax.random.key(0)).batched(1)
+    x = jnp.ones((1, hidden))
+    w = jax.random.normal(jax.random.key(1), (2 * hidden, 4 * hidden))
+    xh = jnp.ones((1, 2 * hidden))
+    jstep, jmat = jax.jit(step), jax.jit(lambda a, w: a @ w)
+    m, _ = _block(jstep(m, x))
+    _block(jmat(xh, w))
+    t_step, t_mat = [], []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        m, y = jstep(m, x)
+        _block(y)
+        t_step.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        _block(jmat(xh, w))
+        t_mat.append(time.perf_counter() - t0)
+    us_step, us_mat = statistics.median(t_step) * 1e6, statistics.median(t_mat) * 1e6
+    return [
+        f"## Streaming: one jitted `Recur` LSTM step, B=1, H={hidden}",
+        "",
+        "| step us | bare matmul us | ratio | traces over all steps |",
+        "|---|---|---|---|",
+        f"| {us_step:.1f} | {us_mat:.1f} | {us_step / us_mat:.2f} | {traces} |",
+    ]
+
+
 def matmul_peak(rounds: int = 10) -> float:
     """GFLOP/s of a 2048 x 2048 float32 matmul under jit, median of `rounds`."""
     n = 2048
@@ -314,6 +351,9 @@ def main() -> None:
                 )
             print("\n".join(rows), flush=True)
             lines += [*rows, ""]
+    rows = streaming(rounds=20 if args.quick else 200)
+    print("\n".join(rows), flush=True)
+    lines += [*rows, ""]
     if not args.quick:
         Path(args.out).write_text("\n".join(lines))
         print(f"wrote {args.out}")
