@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._cell import shape_of
 from .._cells import RNNCell
 
 Params = dict[str, jax.Array]
@@ -37,10 +38,6 @@ def as_numpy(value: Any) -> np.ndarray:
     """A writable, C-contiguous NumPy copy of a JAX or NumPy array (`torch.from_numpy` needs
     a writable one)."""
     return np.array(value, order="C", copy=True)
-
-
-def shape_of(value: Any) -> tuple[int, ...]:
-    return tuple(int(d) for d in np.shape(value))
 
 
 def expect_shape(where: str, name: str, value: Any, shape: tuple[int, ...]) -> None:
@@ -87,8 +84,3 @@ def expect_cell(where: str, cell: object, kinds: tuple[type, ...], why: str = ""
         raise TypeError(
             f"{where}: expected one of the cells {names}, got {cell!r}.{' ' + why if why else ''}"
         )
-
-
-def split_gates(a: jax.Array, n: int) -> list[jax.Array]:
-    """Split the last axis of `a` into `n` equal gate blocks."""
-    return list(jnp.split(a, n, axis=-1))

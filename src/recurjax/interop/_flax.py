@@ -41,35 +41,34 @@ def _unwrap(params: Any) -> Mapping[str, Any]:
     return params
 
 
+def _concat(p: Mapping[str, Any], names: list[str], field: str) -> jax.Array:
+    """`p[name][field]` for each name, concatenated along the last axis (gate blocks)."""
+    return jnp.concatenate([as_array(p[n][field]) for n in names], -1)
+
+
 def _linen_lstm(where: str, p: Mapping[str, Any]) -> tuple[LSTMCell, dict[str, jax.Array]]:
-    expect_keys(
-        where, p, [f"i{g}" for g in _LSTM_GATES] + [f"h{g}" for g in _LSTM_GATES], "params"
-    )
-    wi = [as_array(p[f"i{g}"]["kernel"]) for g in _LSTM_GATES]
-    wh = [as_array(p[f"h{g}"]["kernel"]) for g in _LSTM_GATES]
-    b = [as_array(p[f"h{g}"]["bias"]) for g in _LSTM_GATES]
-    cell = LSTMCell(wi[0].shape[0], wh[0].shape[0])
+    ins, hs = [f"i{g}" for g in _LSTM_GATES], [f"h{g}" for g in _LSTM_GATES]
+    expect_keys(where, p, ins + hs, "params")
     params = {
-        "wi": jnp.concatenate(wi, -1),
-        "wh": jnp.concatenate(wh, -1),
-        "b": jnp.concatenate(b),
+        "wi": _concat(p, ins, "kernel"),
+        "wh": _concat(p, hs, "kernel"),
+        "b": _concat(p, hs, "bias"),
     }
+    cell = LSTMCell(params["wi"].shape[0], params["wh"].shape[0])
     check_params(cell, params, cell._shapes())
     return cell, params
 
 
 def _linen_gru(where: str, p: Mapping[str, Any]) -> tuple[GRUCell, dict[str, jax.Array]]:
-    expect_keys(where, p, ["ir", "iz", "in", "hr", "hz", "hn"], "params")
-    wi = [as_array(p[f"i{g}"]["kernel"]) for g in _GRU_GATES]
-    wh = [as_array(p[f"h{g}"]["kernel"]) for g in _GRU_GATES]
-    b = [as_array(p[f"i{g}"]["bias"]) for g in _GRU_GATES]
-    cell = GRUCell(wi[0].shape[0], wh[0].shape[0])
+    ins, hs = [f"i{g}" for g in _GRU_GATES], [f"h{g}" for g in _GRU_GATES]
+    expect_keys(where, p, ins + hs, "params")
     params = {
-        "wi": jnp.concatenate(wi, -1),
-        "wh": jnp.concatenate(wh, -1),
-        "b": jnp.concatenate(b),
+        "wi": _concat(p, ins, "kernel"),
+        "wh": _concat(p, hs, "kernel"),
+        "b": _concat(p, ins, "bias"),
         "bhn": as_array(p["hn"]["bias"]),
     }
+    cell = GRUCell(params["wi"].shape[0], params["wh"].shape[0])
     check_params(cell, params, cell._shapes())
     return cell, params
 
