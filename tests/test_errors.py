@@ -188,7 +188,16 @@ def test_numpy_integers_are_ints():
     assert repr(rj.Dense(np.int64(3), np.int64(2))) == "Dense(3 => 2)"  # type: ignore[arg-type]
     params = cell.init(KEY)
     xs = jnp.ones((2, 7, 10))
-    h1, ys1 = rj.scan(cell, params, cell.initial_state(params), xs, time_axis=1, truncate_every=3)
+    # unroll > 1 runs the sequential strategy: compare with it, bit for bit.
+    h1, ys1 = rj.scan(
+        cell,
+        params,
+        cell.initial_state(params),
+        xs,
+        time_axis=1,
+        truncate_every=3,
+        strategy="sequential",
+    )
     h2, ys2 = rj.scan(
         cell,
         params,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -9,8 +10,11 @@ import jax.numpy as jnp
 from jax import lax
 
 from ._cell import CellFn, PyTree, check_callable, describe, index_or_none
+from ._kernels import Kernel, kernel_for
 
 __all__ = ["scan"]
+
+STRATEGIES = ("auto", "fused", "sequential")
 
 
 def _time_major(cell: object, xs: PyTree, time_axis: int) -> tuple[PyTree, int]:
@@ -124,6 +128,7 @@ def scan(
     reverse: bool = False,
     truncate_every: int | None = None,
     unroll: int | bool = 1,
+    strategy: str = "auto",
 ) -> tuple[PyTree, PyTree]:
     """Run a cell over a sequence: `lax.scan` with the state first, plus time options.
 
@@ -163,7 +168,23 @@ def scan(
       reverse: run from the last step to the first (outputs stay in input order).
       truncate_every: cut the gradient through the carry every this many steps (truncated
         backpropagation through time within one scan); `None` never cuts.
-      unroll: passed to `lax.scan`: steps per loop iteration (or `True` for all).
+      unroll: passed to `lax.scan`: steps per loop iteration (or `True` for all). Only the
+        sequential strategy unrolls, so `unroll > 1` selects it.
+      strategy: how to evaluate; every strategy computes the same function (tested to
+        float rounding).
+
+        - `"sequential"`: `lax.scan` of `cell` itself, differentiated by JAX. Works for
+          every cell and every transformation, forward-mode (`jax.jvp`, `jax.jacfwd`,
+          `jax.hessian`) included.
+        - `"fused"`: for `LSTMCell`, `GRUCell` and `RNNCell` (and chains, layer by layer), a
+          hand-written kernel with a `jax.custom_vjp`: the backward pass runs the recurrence
+          once and computes the weight and input gradients as single large matmuls over all
+          steps. Reverse-mode only: forward-mode autodiff of it raises JAX's "can't apply
+          forward-mode autodiff (jvp) to a custom_vjp function"; use `"sequential"` there.
+        - `"auto"` (default): `"fused"` where the cell has a kernel and `unroll == 1`,
+          otherwise `"sequential"`. A `Chain` runs part by part over the whole sequence
+          (each layer's outputs are the next one's inputs), each part with its own best
+          strategy; a `Dense` part is then one matmul over all steps.
 
     Returns:
       `(h, ys)`: the final state and the stacked outputs, `ys: (T, ..., out)` (time at
@@ -202,9 +223,19 @@ def scan(
     if axis is None:
         raise TypeError(f"scan({name}): expected time_axis to be an int, got {time_axis!r}.")
     time_axis = axis
+    if strategy not in STRATEGIES:
+        raise ValueError(
+            f"scan({name}): expected strategy to be one of {STRATEGIES}, got {strategy!r}."
+        )
+    if strategy == "fused" and not _has_kernel(cell):
+        raise ValueError(
+            f"scan({name}): strategy='fused' needs a cell with a fused kernel (LSTMCell, "
+            "GRUCell, RNNCell, or a chain of them and Dense layers); this cell has none. Use "
+            "strategy='auto' (which falls back to 'sequential') or 'sequential'."
+        )
     if type(xs) in (list, tuple):
         xs = _stack_steps(cell, xs)
-    options = (time_axis, bool(reverse), truncate_every, unroll)
+    options = (time_axis, bool(reverse), truncate_every, unroll, strategy)
     try:
         hash(cell)
     except TypeError:  # an unhashable cell cannot be a static argument: run it unjitted
@@ -221,9 +252,84 @@ def _scan(
     reverse: bool,
     truncate_every: int | None,
     unroll: int | bool,
+    strategy: str,
 ) -> tuple[PyTree, PyTree]:
     xs, T = _time_major(cell, xs, time_axis)
     h = _settle_state(cell, params, h, xs)
+    h, ys = _run(cell, params, h, xs, reverse, truncate_every, unroll, strategy)
+    ys = jax.tree.map(lambda a: jnp.moveaxis(a, 0, time_axis), ys)
+    return h, ys
+
+
+def _run(
+    cell: CellFn,
+    params: PyTree,
+    h: PyTree,
+    xs: PyTree,
+    reverse: bool,
+    truncate_every: int | None,
+    unroll: int | bool,
+    strategy: str,
+) -> tuple[PyTree, PyTree]:
+    """Time-major `xs`, settled `h`: pick the strategy and run it."""
+    from ._chain import Chain  # imported here: _chain imports _recur, which imports this
+
+    if strategy != "sequential" and unroll == 1:
+        if type(cell) is Chain:
+            return _run_chain(cell, params, h, xs, reverse, truncate_every, strategy)
+        kernel = kernel_for(cell)
+        if kernel is not None:
+            dtype = jax.tree.leaves(h)[0].dtype
+            return _fused(kernel, params, h, xs.astype(dtype), reverse, truncate_every)
+    return _sequential(cell, params, h, xs, reverse, truncate_every, unroll)
+
+
+def _run_chain(
+    chain: Any,
+    params: tuple[PyTree, ...],
+    h: tuple[PyTree, ...],
+    xs: PyTree,
+    reverse: bool,
+    truncate_every: int | None,
+    strategy: str,
+) -> tuple[PyTree, PyTree]:
+    """A chain part by part: each part runs over the whole sequence, then feeds the next.
+
+    Equal to running the chain step by step, because a part's step depends only on its own
+    state and the previous part's output at the same step.
+    """
+    from ._chain import Dense
+
+    states = []
+    for part, p, s in zip(chain.cells, params, h, strict=True):
+        if type(part) is Dense:  # stateless and time-parallel: one matmul over all steps
+            s, xs = part(p, s, xs)
+        else:
+            s = _settle_state(part, p, s, xs)
+            s, xs = _run(part, p, s, xs, reverse, truncate_every, 1, strategy)
+        states.append(s)
+    return tuple(states), xs
+
+
+def _has_kernel(cell: object) -> bool:
+    from ._chain import Chain
+
+    if type(cell) is Chain:
+        return any(_has_kernel(c) for c in cell.cells)
+    return kernel_for(cell) is not None
+
+
+def _sequential(
+    cell: CellFn,
+    params: PyTree,
+    h: PyTree,
+    xs: PyTree,
+    reverse: bool,
+    truncate_every: int | None,
+    unroll: int | bool,
+) -> tuple[PyTree, PyTree]:
+    """`lax.scan` of the cell itself (with truncation blocks): the reference strategy."""
+    T = jax.tree.leaves(xs)[0].shape[0]
 
     def step(h: PyTree, x: PyTree) -> tuple[PyTree, PyTree]:
         return cell(params, h, x)
@@ -251,13 +357,12 @@ def _scan(
             ys = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), ys, ys_tail)
         if reverse:
             ys = jax.tree.map(lambda a: jnp.flip(a, 0), ys)
-    ys = jax.tree.map(lambda a: jnp.moveaxis(a, 0, time_axis), ys)
     return h, ys
 
 
 # Jitted with the cell and the options static, so that eager calls with the same cell and
 # shapes reuse one compiled program (inside a user's jit this simply inlines).
-_scan_jit = jax.jit(_scan, static_argnums=(0, 4, 5, 6, 7))
+_scan_jit = jax.jit(_scan, static_argnums=(0, 4, 5, 6, 7, 8))
 
 
 def _stack_steps(cell: object, steps: list[Any] | tuple[Any, ...]) -> PyTree:
@@ -276,3 +381,105 @@ def _stack_steps(cell: object, steps: list[Any] | tuple[Any, ...]) -> PyTree:
                 f"shape {shapes[0]} and step {t} has shape {shape}. Pad or split the sequence."
             )
     return jax.tree.map(lambda *a: jnp.stack(a), *steps)
+
+
+# --- the fused strategy ----------------------------------------------------------------------
+
+
+def _fused(
+    kernel: Kernel,
+    params: PyTree,
+    h: PyTree,
+    xs: jax.Array,
+    reverse: bool,
+    truncate_every: int | None,
+) -> tuple[PyTree, jax.Array]:
+    """`lax.scan` of a library cell through its fused kernel, in the cell's layout.
+
+    `xs: (T, *batch, in)` time-major and `h` settled to `(*batch, H)` leaves. The batch is
+    flattened to `N` columns and the loop runs feature-major (`(H, N)` states), then the
+    results are put back.
+    """
+    T, batch, n_in = xs.shape[0], xs.shape[1:-1], xs.shape[-1]
+    N = 1
+    for d in batch:
+        N *= d
+    xs_fm = jnp.transpose(xs.reshape(T, N, n_in), (0, 2, 1))
+    h_fm = jax.tree.map(lambda a: a.reshape(N, a.shape[-1]).T, h)
+    h_fm, ys_fm = _fused_core(kernel, reverse, truncate_every, params, h_fm, xs_fm)
+    ys = jnp.transpose(ys_fm, (0, 2, 1)).reshape(T, *batch, ys_fm.shape[1])
+    return jax.tree.map(lambda a: a.T.reshape(*batch, a.shape[0]), h_fm), ys
+
+
+def _fused_forward(
+    kernel: Kernel, reverse: bool, params: PyTree, h: PyTree, xs: jax.Array
+) -> tuple[PyTree, jax.Array, PyTree]:
+    kp = kernel.prepare(params)
+
+    def step(h: PyTree, x: jax.Array) -> tuple[PyTree, tuple[jax.Array, PyTree]]:
+        h, y, res = kernel.step(kp, h, x)  # type: ignore[arg-type]
+        return h, (y, res)
+
+    h, (ys, res) = lax.scan(step, h, xs, reverse=reverse)
+    return h, ys, res
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _fused_core(
+    kernel: Kernel,
+    reverse: bool,
+    truncate_every: int | None,
+    params: PyTree,
+    h: PyTree,
+    xs: jax.Array,
+) -> tuple[PyTree, jax.Array]:
+    kp = kernel.prepare(params)
+
+    def step(h: PyTree, x: jax.Array) -> tuple[PyTree, jax.Array]:
+        h, y, _ = kernel.step(kp, h, x)  # type: ignore[arg-type]
+        return h, y
+
+    return lax.scan(step, h, xs, reverse=reverse)
+
+
+def _fused_core_fwd(
+    kernel: Kernel,
+    reverse: bool,
+    truncate_every: int | None,
+    params: PyTree,
+    h: PyTree,
+    xs: jax.Array,
+) -> tuple[tuple[PyTree, jax.Array], tuple[PyTree, jax.Array, PyTree]]:
+    h, ys, res = _fused_forward(kernel, reverse, params, h, xs)
+    return (h, ys), (params, xs, res)
+
+
+def _fused_core_bwd(
+    kernel: Kernel,
+    reverse: bool,
+    truncate_every: int | None,
+    saved: tuple[PyTree, jax.Array, PyTree],
+    cts: tuple[PyTree, jax.Array],
+) -> tuple[PyTree, PyTree, jax.Array]:
+    params, xs, res = saved
+    dh, dys = cts
+    T = xs.shape[0]
+    # keep[t] = 0 where the state entering step t was cut (`truncate_every`): the gradient
+    # stops there, as `stop_gradient` on the carry does in the sequential strategy.
+    order = jnp.arange(T)
+    n = T - 1 - order if reverse else order
+    k = truncate_every
+    keep = jnp.ones((T,), bool) if k is None else (n == 0) | (n % k != 0)
+
+    def step(dh: PyTree, inp: tuple[PyTree, jax.Array, jax.Array]) -> tuple[PyTree, PyTree]:
+        res_t, dy, keep_t = inp
+        dh, dg = kernel.step_bwd(params, res_t, dh, dy)  # type: ignore[arg-type]
+        dh = jax.tree.map(lambda a: jnp.where(keep_t, a, jnp.zeros_like(a)), dh)
+        return dh, dg
+
+    dh0, dg = lax.scan(step, dh, (res, dys, keep), reverse=not reverse)
+    dparams, dxs = kernel.grads(params, xs, res, dg)  # type: ignore[arg-type]
+    return dparams, dh0, dxs
+
+
+_fused_core.defvjp(_fused_core_fwd, _fused_core_bwd)
