@@ -79,7 +79,7 @@ class LSTMKernel(NamedTuple):
 
     def step_bwd(self, params: dict[str, Array], res: Any, dstate: LSTMState, dy: Array) -> Any:
         H = self.H
-        h, c, acts, tc = res
+        _, c, acts, tc = res
         dh, dc = dstate
         dh = dh + dy
         i, f, g, o = acts[:H], acts[H : 2 * H], acts[2 * H : 3 * H], acts[3 * H :]

@@ -254,7 +254,7 @@ def _scan(
     unroll: int | bool,
     strategy: str,
 ) -> tuple[PyTree, PyTree]:
-    xs, T = _time_major(cell, xs, time_axis)
+    xs, _ = _time_major(cell, xs, time_axis)
     h = _settle_state(cell, params, h, xs)
     h, ys = _run(cell, params, h, xs, reverse, truncate_every, unroll, strategy)
     ys = jax.tree.map(lambda a: jnp.moveaxis(a, 0, time_axis), ys)
