@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
 import jax
@@ -400,10 +401,8 @@ def _fused(
     flattened to `N` columns and the loop runs feature-major (`(H, N)` states), then the
     results are put back.
     """
-    T, batch, n_in = xs.shape[0], xs.shape[1:-1], xs.shape[-1]
-    N = 1
-    for d in batch:
-        N *= d
+    T, batch, n_in = xs.shape[0], tuple(xs.shape[1:-1]), xs.shape[-1]
+    N = math.prod(batch)
     xs_fm = jnp.transpose(xs.reshape(T, N, n_in), (0, 2, 1))
     h_fm = jax.tree.map(lambda a: a.reshape(N, a.shape[-1]).T, h)
     h_fm, ys_fm = _fused_core(kernel, reverse, truncate_every, params, h_fm, xs_fm)
