@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -405,7 +405,8 @@ def _fused(
     N = math.prod(batch)
     xs_fm = jnp.transpose(xs.reshape(T, N, n_in), (0, 2, 1))
     h_fm = jax.tree.map(lambda a: a.reshape(N, a.shape[-1]).T, h)
-    h_fm, ys_fm = _fused_core(kernel, reverse, truncate_every, params, h_fm, xs_fm)
+    out = _fused_core(kernel, reverse, truncate_every, params, h_fm, xs_fm)
+    h_fm, ys_fm = cast("tuple[PyTree, jax.Array]", out)
     ys = jnp.transpose(ys_fm, (0, 2, 1)).reshape(T, *batch, ys_fm.shape[1])
     return jax.tree.map(lambda a: a.T.reshape(*batch, a.shape[0]), h_fm), ys
 
