@@ -68,9 +68,9 @@ class LSTMKernel(NamedTuple):
     def step(self, kp: dict[str, Array], state: LSTMState, x: Array) -> Any:
         H = self.H
         h, c = state
-        a = jnp.tanh(kp["wiT"] @ x + kp["b"] + kp["whT"] @ h)
-        i, f, o = (0.5 + 0.5 * a[:H]), (0.5 + 0.5 * a[H : 2 * H]), (0.5 + 0.5 * a[3 * H :])
-        g = a[2 * H : 3 * H]
+        z = kp["wiT"] @ x + kp["b"] + kp["whT"] @ h
+        i, f, o = (0.5 + 0.5 * jnp.tanh(z[k]) for k in (slice(0, H), slice(H, 2 * H), slice(3 * H, None)))
+        g = jnp.tanh(z[2 * H : 3 * H])
         c_new = f * c + i * g
         tc = jnp.tanh(c_new)
         h_new = o * tc
