@@ -1,23 +1,25 @@
 """Fused kernels of the library cells: one time step forward and backward, by hand.
 
 The scan engine's fused strategy (`_scan.py`) runs these instead of autodiff through
-`lax.scan`. Each kernel works *feature-major*: a state leaf is `(H, N)` and an input `(in, N)`
-with the batch flattened to `N` columns, because on XLA:CPU the recurrent matmul `Wh^T h^T`
-ran 1.6-1.8x faster in that layout than `h Wh` (benchmarks/RESULTS.md). A kernel has:
+`lax.scan`. Inside the loop the state is *feature-major*, `(H, N)` with the batch flattened
+to `N` columns, because on XLA:CPU the recurrent matmul `Wh^T h` ran 1.6-1.8x faster in
+that layout than `h Wh` at B=32, H=256; per-step outputs, residuals kept for the weight
+gradients, and gate cotangents are stored batch-major, `(N, .)`, so that the whole-sequence
+matmuls afterwards read them without a transpose. A kernel has:
 
 - `prepare(params) -> kp`: the weights as the loop uses them (transposed; for LSTM and GRU
-  the sigmoid blocks pre-scaled by 1/2 so that one `tanh` pass gives every gate, through
+  the sigmoid blocks pre-scaled by 1/2 so that `tanh` gives every gate, through
   `sigmoid(a) = (1 + tanh(a / 2)) / 2`);
-- `step(kp, state, x) -> (state, y, res)`: one step, and the residuals `res` its backward
-  needs (activated gates, never a matmul to redo);
+- `step(kp, state, x) -> (state, y, res)`: one step for `x: (in, N)`, with `y: (N, H)` and
+  the residuals `res` its backward needs (activated gates: no matmul is redone);
 - `step_bwd(params, res, dstate, dy) -> (dstate_prev, dg)`: the cotangent of the previous
-  state and the per-step gate cotangents `dg`; the only matmul is `Wh dg` for the state;
+  state and the step's gate cotangents `dg: (N, G)`; the only matmul is `Wh dg` for the state;
 - `grads(params, xs, res, dg) -> (dparams, dxs)`: the weight and input cotangents of the
-  whole sequence at once, as single large matmuls over all steps (cuDNN's order), instead of
-  one small matmul per step accumulated through the loop.
+  whole sequence (`xs: (T, N, in)`, `dg: (T, N, G)`) as single large matmuls over all `T*N`
+  rows (cuDNN's order), instead of one small matmul per step accumulated through the loop.
 
-Every kernel equals its cell's `__call__` (tests/test_fused.py compares outputs and
-gradients with the sequential strategy and a Python loop).
+Every kernel equals its cell's `__call__` to float rounding (tests/test_fused.py compares
+outputs and gradients with the sequential strategy and a Python loop).
 """
 
 from __future__ import annotations
@@ -42,14 +44,20 @@ def _scaled_T(w: Array, s: Array) -> Array:
     return s[:, None] * w.T
 
 
-def _sum_steps(a: Array) -> Array:
-    """Sum `(T, G, N)` over steps and batch: `(G,)`."""
-    return a.sum(axis=(0, 2))
+def _rows(a: Array) -> Array:
+    """`(T, N, G)` -> `(T*N, G)`: every step of every sequence as one row."""
+    return a.reshape(-1, a.shape[-1])
 
 
 def _outer_steps(u: Array, v: Array) -> Array:
-    """`sum_t u_t v_t^T` for `u: (T, P, N)`, `v: (T, G, N)`: one `(P, G)` matmul over T*N."""
-    return jnp.einsum("tpn,tgn->pg", u, v)
+    """`sum_{t,n} u[t,n]^T v[t,n]` for `u: (T, N, P)`, `v: (T, N, G)`: one `(P, G)` matmul."""
+    return _rows(u).T @ _rows(v)
+
+
+def _input_grads(params: dict[str, Array], xs: Array, dgx: Array) -> tuple[Any, Array]:
+    """The cotangents of `x Wi + b` for `xs: (T, N, in)`, `dgx: (T, N, G)`."""
+    dxs = (_rows(dgx) @ params["wi"].T).reshape(xs.shape)
+    return {"wi": _outer_steps(xs, dgx), "b": _rows(dgx).sum(axis=0)}, dxs
 
 
 class LSTMKernel(NamedTuple):
@@ -69,35 +77,32 @@ class LSTMKernel(NamedTuple):
         H = self.H
         h, c = state
         z = kp["wiT"] @ x + kp["b"] + kp["whT"] @ h
-        i, f, o = (0.5 + 0.5 * jnp.tanh(z[k]) for k in (slice(0, H), slice(H, 2 * H), slice(3 * H, None)))
+        # One tanh per block (not one over all 4H): XLA then fuses each gate into its use.
+        i, f, o = (
+            0.5 + 0.5 * jnp.tanh(z[k]) for k in (slice(0, H), slice(H, 2 * H), slice(3 * H, None))
+        )
         g = jnp.tanh(z[2 * H : 3 * H])
         c_new = f * c + i * g
-        tc = jnp.tanh(c_new)
-        h_new = o * tc
-        acts = jnp.concatenate([i, f, g, o])
-        return LSTMState(h_new, c_new), h_new, (h, c, acts, tc)
+        h_new = o * jnp.tanh(c_new)
+        return LSTMState(h_new, c_new), h_new.T, (h.T, c, jnp.concatenate([i, f, g, o]))
 
     def step_bwd(self, params: dict[str, Array], res: Any, dstate: LSTMState, dy: Array) -> Any:
         H = self.H
-        _, c, acts, tc = res
+        _, c, acts = res
         dh, dc = dstate
-        dh = dh + dy
+        dh = dh + dy.T
         i, f, g, o = acts[:H], acts[H : 2 * H], acts[2 * H : 3 * H], acts[3 * H :]
+        tc = jnp.tanh(f * c + i * g)  # recomputed: cheaper than storing it
         do = dh * tc
         dc = dc + dh * o * (1 - tc * tc)
         dg = jnp.concatenate(
             [dc * g * i * (1 - i), dc * c * f * (1 - f), dc * i * (1 - g * g), do * o * (1 - o)]
         )
-        return LSTMState(params["wh"] @ dg, dc * f), dg
+        return LSTMState(params["wh"] @ dg, dc * f), dg.T
 
     def grads(self, params: dict[str, Array], xs: Array, res: Any, dg: Array) -> Any:
-        h_prev = res[0]
-        dparams = {
-            "wi": _outer_steps(xs, dg),
-            "wh": _outer_steps(h_prev, dg),
-            "b": _sum_steps(dg),
-        }
-        return dparams, jnp.einsum("ig,tgn->tin", params["wi"], dg)
+        dparams, dxs = _input_grads(params, xs, dg)
+        return {**dparams, "wh": _outer_steps(res[0], dg)}, dxs
 
 
 class GRUKernel(NamedTuple):
@@ -123,29 +128,24 @@ class GRUKernel(NamedTuple):
         hn = ah[2 * H :] + kp["bhn"]
         n = jnp.tanh(ax[2 * H :] + r * hn)
         h_new = n + z * (h - n)
-        return h_new, h_new, (h, r, z, n, hn)
+        return h_new, h_new.T, (h.T, r, z, n, hn)
 
     def step_bwd(self, params: dict[str, Array], res: Any, dh: Array, dy: Array) -> Any:
-        h, r, z, n, hn = res
-        dh = dh + dy
-        dn = dh * (1 - z)
-        dan = dn * (1 - n * n)
+        h_rows, r, z, n, hn = res
+        dh = dh + dy.T
+        dan = dh * (1 - z) * (1 - n * n)
         dar = dan * hn * r * (1 - r)
-        daz = dh * (h - n) * z * (1 - z)
+        daz = dh * (h_rows.T - n) * z * (1 - z)
         dgh = jnp.concatenate([dar, daz, dan * r])  # cotangent of h Wh (+ bhn)
-        return dh * z + params["wh"] @ dgh, (dgh, dan)
+        return dh * z + params["wh"] @ dgh, (dgh.T, dan.T)
 
     def grads(self, params: dict[str, Array], xs: Array, res: Any, dg: Any) -> Any:
         H = self.H
         dgh, dan = dg
-        dgx = jnp.concatenate([dgh[:, : 2 * H], dan], axis=1)  # cotangent of x Wi + b
-        dparams = {
-            "wi": _outer_steps(xs, dgx),
-            "wh": _outer_steps(res[0], dgh),
-            "b": _sum_steps(dgx),
-            "bhn": _sum_steps(dgh[:, 2 * H :]),
-        }
-        return dparams, jnp.einsum("ig,tgn->tin", params["wi"], dgx)
+        dgx = jnp.concatenate([dgh[..., : 2 * H], dan], axis=-1)  # cotangent of x Wi + b
+        dparams, dxs = _input_grads(params, xs, dgx)
+        wh_grads = {"wh": _outer_steps(res[0], dgh), "bhn": _rows(dgh[..., 2 * H :]).sum(axis=0)}
+        return {**dparams, **wh_grads}, dxs
 
 
 class RNNKernel(NamedTuple):
@@ -159,21 +159,17 @@ class RNNKernel(NamedTuple):
     def step(self, kp: dict[str, Array], h: Array, x: Array) -> Any:
         a = kp["wiT"] @ x + kp["b"] + kp["whT"] @ h
         h_new = self.activation(a)
-        return h_new, h_new, (h, a)
+        return h_new, h_new.T, (h.T, a)
 
     def step_bwd(self, params: dict[str, Array], res: Any, dh: Array, dy: Array) -> Any:
         _, a = res
         _, act_vjp = jax.vjp(self.activation, a)
-        (da,) = act_vjp(dh + dy)
-        return params["wh"] @ da, da
+        (da,) = act_vjp(dh + dy.T)
+        return params["wh"] @ da, da.T
 
     def grads(self, params: dict[str, Array], xs: Array, res: Any, dg: Array) -> Any:
-        dparams = {
-            "wi": _outer_steps(xs, dg),
-            "wh": _outer_steps(res[0], dg),
-            "b": _sum_steps(dg),
-        }
-        return dparams, jnp.einsum("ig,tgn->tin", params["wi"], dg)
+        dparams, dxs = _input_grads(params, xs, dg)
+        return {**dparams, "wh": _outer_steps(res[0], dg)}, dxs
 
 
 Kernel = LSTMKernel | GRUKernel | RNNKernel
