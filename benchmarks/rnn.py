@@ -110,6 +110,14 @@ def build(
         return rj.scan(cell, p, h0, xs, time_axis=1)[1]
 
     impls.append(jax_impl("recurjax", rj_fwd, params, xs))
+
+    def rj_seq_fwd(p: Any, xs: jax.Array) -> jax.Array:
+        h0 = jax.tree.map(
+            lambda a: jnp.broadcast_to(a, (xs.shape[0], *a.shape)), cell.initial_state(p)
+        )
+        return rj.scan(cell, p, h0, xs, time_axis=1, strategy="sequential")[1]
+
+    impls.append(jax_impl("recurjax strategy='sequential'", rj_seq_fwd, params, xs))
     refs: dict[str, Any] = {"recurjax": lambda: np.asarray(jax.jit(rj_fwd)(params, xs))}
 
     # Flax linen: nn.RNN over LSTMCell / OptimizedLSTMCell / GRUCell, batch-major.

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ._cell import CellFn, PyTree, check_callable, describe, index_or_none
-from ._kernels import Kernel, kernel_for
+from ._kernels import GRUKernel, Kernel, kernel_for
 
 __all__ = ["scan"]
 
@@ -130,6 +130,7 @@ def scan(
     truncate_every: int | None = None,
     unroll: int | bool = 1,
     strategy: str = "auto",
+    remat: int | None = None,
 ) -> tuple[PyTree, PyTree]:
     """Run a cell over a sequence: `lax.scan` with the state first, plus time options.
 
@@ -183,9 +184,18 @@ def scan(
           steps. Reverse-mode only: forward-mode autodiff of it raises JAX's "can't apply
           forward-mode autodiff (jvp) to a custom_vjp function"; use `"sequential"` there.
         - `"auto"` (default): `"fused"` where the cell has a kernel and `unroll == 1`,
-          otherwise `"sequential"`. A `Chain` runs part by part over the whole sequence
-          (each layer's outputs are the next one's inputs), each part with its own best
-          strategy; a `Dense` part is then one matmul over all steps.
+          otherwise `"sequential"`; except where the sequential one measured faster on
+          XLA:CPU (`benchmarks/RESULTS.md`): a `GRUCell` with 128 or more sequences in the
+          batch, and the forward pass alone of 4 or fewer sequences. A `Chain` runs part
+          by part over the whole sequence (each layer's outputs are the next one's
+          inputs), each part with its own best strategy; a `Dense` part is then one matmul
+          over all steps.
+      remat: rematerialise every this many steps to save memory: the backward pass stores
+        only the state at the start of each block of `remat` steps and recomputes the
+        block's forward pass (`jax.checkpoint`), so memory for the backward pass grows as
+        `T / remat + remat` steps' worth instead of `T`, for one more forward pass of compute.
+        `None` (default) stores every step. Must be a multiple of `truncate_every` when both
+        are given.
 
     Returns:
       `(h, ys)`: the final state and the stacked outputs, `ys: (T, ..., out)` (time at
@@ -224,6 +234,19 @@ def scan(
     if axis is None:
         raise TypeError(f"scan({name}): expected time_axis to be an int, got {time_axis!r}.")
     time_axis = axis
+    if remat is not None:
+        r = index_or_none(remat)
+        if r is None or r < 1:
+            raise ValueError(
+                f"scan({name}): expected remat to be a positive int or None, got {remat!r}."
+            )
+        if truncate_every is not None and r % truncate_every:
+            raise ValueError(
+                f"scan({name}): remat={r} must be a multiple of truncate_every="
+                f"{truncate_every}, so that every cut falls inside a block or on its start. "
+                f"Use e.g. remat={r - r % truncate_every or truncate_every}."
+            )
+        remat = r
     if strategy not in STRATEGIES:
         raise ValueError(
             f"scan({name}): expected strategy to be one of {STRATEGIES}, got {strategy!r}."
@@ -236,7 +259,7 @@ def scan(
         )
     if type(xs) in (list, tuple):
         xs = _stack_steps(cell, xs)
-    options = (time_axis, bool(reverse), truncate_every, unroll, strategy)
+    options = (time_axis, bool(reverse), truncate_every, unroll, strategy, remat)
     try:
         hash(cell)
     except TypeError:  # an unhashable cell cannot be a static argument: run it unjitted
@@ -254,10 +277,11 @@ def _scan(
     truncate_every: int | None,
     unroll: int | bool,
     strategy: str,
+    remat: int | None,
 ) -> tuple[PyTree, PyTree]:
     xs, _ = _time_major(cell, xs, time_axis)
     h = _settle_state(cell, params, h, xs)
-    h, ys = _run(cell, params, h, xs, reverse, truncate_every, unroll, strategy)
+    h, ys = _run(cell, params, h, xs, reverse, truncate_every, unroll, strategy, remat)
     ys = jax.tree.map(lambda a: jnp.moveaxis(a, 0, time_axis), ys)
     return h, ys
 
@@ -271,18 +295,71 @@ def _run(
     truncate_every: int | None,
     unroll: int | bool,
     strategy: str,
+    remat: int | None = None,
 ) -> tuple[PyTree, PyTree]:
     """Time-major `xs`, settled `h`: pick the strategy and run it."""
     from ._chain import Chain  # imported here: _chain imports _recur, which imports this
 
+    T = jax.tree.leaves(xs)[0].shape[0]
+    if remat is not None and remat < T:
+        return _remat_blocks(cell, params, h, xs, reverse, truncate_every, unroll, strategy, remat)
     if strategy != "sequential" and unroll == 1:
         if type(cell) is Chain:
             return _run_chain(cell, params, h, xs, reverse, truncate_every, strategy)
         kernel = kernel_for(cell)
-        if kernel is not None:
+        n = math.prod(xs.shape[1:-1]) if kernel is not None else 0
+        if kernel is not None and (strategy == "fused" or _fused_pays(kernel, n)):
             dtype = jax.tree.leaves(h)[0].dtype
-            return _fused(kernel, params, h, xs.astype(dtype), reverse, truncate_every)
+            # Without differentiation, a batch of a few sequences runs faster through the
+            # cell itself (measured); the kernel's forward loop is used under `grad`.
+            primal = cell if strategy == "auto" and n <= SMALL_BATCH else None
+            return _fused(kernel, primal, params, h, xs.astype(dtype), reverse, truncate_every)
     return _sequential(cell, params, h, xs, reverse, truncate_every, unroll)
+
+
+def _remat_blocks(
+    cell: CellFn,
+    params: PyTree,
+    h: PyTree,
+    xs: PyTree,
+    reverse: bool,
+    truncate_every: int | None,
+    unroll: int | bool,
+    strategy: str,
+    remat: int,
+) -> tuple[PyTree, PyTree]:
+    """Checkpoint every `remat` steps: the backward pass keeps only the state at each block
+    start and recomputes a block's forward pass when it reaches it (`jax.checkpoint`).
+
+    Blocks run in processing order; `truncate_every` divides `remat` (checked in `scan`), so
+    a cut falls on a block start exactly when that block's first step is a multiple of it.
+    """
+    T = jax.tree.leaves(xs)[0].shape[0]
+    if reverse:
+        xs = jax.tree.map(lambda a: jnp.flip(a, 0), xs)
+    m, r = divmod(T, remat)
+    k = truncate_every
+
+    def run(h: PyTree, xb: PyTree, start: jax.Array) -> tuple[PyTree, PyTree]:
+        if k is not None:  # the state entering the block at step `start` is cut
+            cut = (start > 0) & (start % k == 0)
+            h = jax.tree.map(lambda a: jnp.where(cut, lax.stop_gradient(a), a), h)
+        return _run(cell, params, h, xb, False, k, unroll, strategy)
+
+    def block(h: PyTree, inp: tuple[PyTree, jax.Array]) -> tuple[PyTree, PyTree]:
+        xb, start = inp
+        return run(h, xb, start)
+
+    blocks = jax.tree.map(lambda a: a[: m * remat].reshape(m, remat, *a.shape[1:]), xs)
+    h, ys = lax.scan(jax.checkpoint(block), h, (blocks, jnp.arange(m) * remat))
+    ys = jax.tree.map(lambda a: a.reshape(m * remat, *a.shape[2:]), ys)
+    if r:
+        tail = jax.tree.map(lambda a: a[m * remat :], xs)
+        h, ys_tail = run(h, tail, jnp.asarray(m * remat))
+        ys = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), ys, ys_tail)
+    if reverse:
+        ys = jax.tree.map(lambda a: jnp.flip(a, 0), ys)
+    return h, ys
 
 
 def _run_chain(
@@ -363,7 +440,7 @@ def _sequential(
 
 # Jitted with the cell and the options static, so that eager calls with the same cell and
 # shapes reuse one compiled program (inside a user's jit this simply inlines).
-_scan_jit = jax.jit(_scan, static_argnums=(0, 4, 5, 6, 7, 8))
+_scan_jit = jax.jit(_scan, static_argnums=(0, 4, 5, 6, 7, 8, 9))
 
 
 def _stack_steps(cell: object, steps: list[Any] | tuple[Any, ...]) -> PyTree:
@@ -387,8 +464,22 @@ def _stack_steps(cell: object, steps: list[Any] | tuple[Any, ...]) -> PyTree:
 # --- the fused strategy ----------------------------------------------------------------------
 
 
+# The automatic choice, from benchmarks/RESULTS.md on a 2-core x86 CPU (XLA:CPU); other
+# backends have not been measured and use the same rules. The fused GRU lost to the
+# sequential one at B=128, H=512 (f+b 762 vs 701 ms; the LSTM tied there), and without
+# differentiation the fused loop lost at B=1 (GRU fwd 6.4 vs 5.0 ms, LSTM 10.0 vs 9.1 ms).
+SMALL_BATCH = 4
+LARGE_GRU_BATCH = 128
+
+
+def _fused_pays(kernel: Kernel, n: int) -> bool:
+    """Whether `strategy="auto"` runs this kernel for a flattened batch of `n` sequences."""
+    return not (isinstance(kernel, GRUKernel) and n >= LARGE_GRU_BATCH)
+
+
 def _fused(
     kernel: Kernel,
+    primal: CellFn | None,
     params: PyTree,
     h: PyTree,
     xs: jax.Array,
@@ -403,7 +494,9 @@ def _fused(
     T, batch, n_in = xs.shape[0], tuple(xs.shape[1:-1]), xs.shape[-1]
     N = math.prod(batch)
     h_fm = jax.tree.map(lambda a: a.reshape(N, a.shape[-1]).T, h)
-    out = _fused_core(kernel, reverse, truncate_every, params, h_fm, xs.reshape(T, N, n_in))
+    out = _fused_core(
+        kernel, primal, reverse, truncate_every, params, h_fm, xs.reshape(T, N, n_in)
+    )
     h_fm, ys = cast("tuple[PyTree, jax.Array]", out)
     h = jax.tree.map(lambda a: a.T.reshape(*batch, a.shape[0]), h_fm)
     return h, ys.reshape(T, *batch, ys.shape[-1])
@@ -424,21 +517,27 @@ def _fused_loop(
     return (h, *out) if keep_res else (h, out, None)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
 def _fused_core(
     kernel: Kernel,
+    primal: CellFn | None,
     reverse: bool,
     truncate_every: int | None,
     params: PyTree,
     h: PyTree,
     xs: jax.Array,
 ) -> tuple[PyTree, jax.Array]:
+    if primal is not None:  # the cell itself, batch-major, when nothing differentiates
+        h = jax.tree.map(lambda a: a.T, h)
+        h, ys = lax.scan(lambda h, x: primal(params, h, x), h, xs, reverse=reverse)
+        return jax.tree.map(lambda a: a.T, h), ys
     h, ys, _ = _fused_loop(kernel, reverse, params, h, xs, keep_res=False)
     return h, ys
 
 
 def _fused_core_fwd(
     kernel: Kernel,
+    primal: CellFn | None,
     reverse: bool,
     truncate_every: int | None,
     params: PyTree,
@@ -451,6 +550,7 @@ def _fused_core_fwd(
 
 def _fused_core_bwd(
     kernel: Kernel,
+    primal: CellFn | None,
     reverse: bool,
     truncate_every: int | None,
     saved: tuple[PyTree, jax.Array, PyTree],
