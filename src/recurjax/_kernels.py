@@ -44,20 +44,24 @@ def _scaled_T(w: Array, s: Array) -> Array:
     return s[:, None] * w.T
 
 
-def _rows(a: Array) -> Array:
-    """`(T, N, G)` -> `(T*N, G)`: every step of every sequence as one row."""
-    return a.reshape(-1, a.shape[-1])
-
-
 def _outer_steps(u: Array, v: Array) -> Array:
-    """`sum_{t,n} u[t,n]^T v[t,n]` for `u: (T, N, P)`, `v: (T, N, G)`: one `(P, G)` matmul."""
-    return _rows(u).T @ _rows(v)
+    """`sum_{t,n} u[t,n]^T v[t,n]` for `u: (T, N, P)`, `v: (T, N, G)`: one `(P, G)` matmul.
+
+    Contracting both leading axes (not reshaping to `T*N` rows first) keeps a batch axis that
+    is sharded over devices sharded: each device contracts its rows, then one all-reduce.
+    """
+    return jnp.einsum("tnp,tng->pg", u, v)
+
+
+def _sum_steps(a: Array) -> Array:
+    """Sum `(T, N, G)` over steps and batch: `(G,)`."""
+    return a.sum(axis=(0, 1))
 
 
 def _input_grads(params: dict[str, Array], xs: Array, dgx: Array) -> tuple[Any, Array]:
     """The cotangents of `x Wi + b` for `xs: (T, N, in)`, `dgx: (T, N, G)`."""
-    dxs = (_rows(dgx) @ params["wi"].T).reshape(xs.shape)
-    return {"wi": _outer_steps(xs, dgx), "b": _rows(dgx).sum(axis=0)}, dxs
+    dxs = jnp.einsum("tng,ig->tni", dgx, params["wi"])
+    return {"wi": _outer_steps(xs, dgx), "b": _sum_steps(dgx)}, dxs
 
 
 class LSTMKernel(NamedTuple):
@@ -144,7 +148,7 @@ class GRUKernel(NamedTuple):
         dgh, dan = dg
         dgx = jnp.concatenate([dgh[..., : 2 * H], dan], axis=-1)  # cotangent of x Wi + b
         dparams, dxs = _input_grads(params, xs, dgx)
-        wh_grads = {"wh": _outer_steps(res[0], dgh), "bhn": _rows(dgh[..., 2 * H :]).sum(axis=0)}
+        wh_grads = {"wh": _outer_steps(res[0], dgh), "bhn": _sum_steps(dgh[..., 2 * H :])}
         return {**dparams, **wh_grads}, dxs
 
 
