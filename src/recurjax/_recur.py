@@ -161,8 +161,8 @@ class Recur:
 
         `xs` is an array `(T, ..., in)` or a list (or plain tuple) of per-step arrays, which
         are stacked on a new leading time axis; `ys` is always one stacked array. Keyword
-        arguments (`time_axis`, `reverse`, `truncate_every`, `unroll`) are those of
-        `recurjax.scan`, which this calls.
+        arguments (`time_axis`, `reverse`, `truncate_every`, `unroll`, `strategy`, `remat`)
+        are those of `recurjax.scan`, which this calls.
 
         Examples:
           >>> import jax, jax.numpy as jnp, recurjax as rj
