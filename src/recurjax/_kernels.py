@@ -34,14 +34,16 @@ from ._cells import GRUCell, LSTMCell, LSTMState, RNNCell
 Array = jax.Array
 
 
-def _half_scale(blocks: str, H: int, dtype: Any) -> Array:
-    """Per-column scale of a fused weight: 1/2 for sigmoid blocks (`s`), 1 for tanh (`t`)."""
-    return jnp.concatenate([jnp.full((H,), 0.5 if b == "s" else 1.0, dtype) for b in blocks])
-
-
-def _scaled_T(w: Array, s: Array) -> Array:
-    """`(w * s)^T` for `w: (rows, G)`, `s: (G,)`: `(G, rows)`."""
-    return s[:, None] * w.T
+def _prepare(params: dict[str, Array], blocks: str, H: int) -> dict[str, Array]:
+    """`wiT`, `whT` and the column `b` of a fused cell, each gate block scaled by 1/2 where it
+    feeds a sigmoid (`s`) and left as is where it feeds a tanh (`t`)."""
+    dtype = params["wh"].dtype
+    s = jnp.concatenate([jnp.full((H,), 0.5 if b == "s" else 1.0, dtype) for b in blocks])
+    return {
+        "wiT": s[:, None] * params["wi"].T,
+        "whT": s[:, None] * params["wh"].T,
+        "b": (s * params["b"])[:, None],
+    }
 
 
 def _outer_steps(u: Array, v: Array) -> Array:
@@ -70,12 +72,7 @@ class LSTMKernel(NamedTuple):
     H: int
 
     def prepare(self, params: dict[str, Array]) -> dict[str, Array]:
-        s = _half_scale("ssts", self.H, params["wh"].dtype)
-        return {
-            "wiT": _scaled_T(params["wi"], s),
-            "whT": _scaled_T(params["wh"], s),
-            "b": (s * params["b"])[:, None],
-        }
+        return _prepare(params, "ssts", self.H)
 
     def step(self, kp: dict[str, Array], state: LSTMState, x: Array) -> Any:
         H = self.H
@@ -115,13 +112,7 @@ class GRUKernel(NamedTuple):
     H: int
 
     def prepare(self, params: dict[str, Array]) -> dict[str, Array]:
-        s = _half_scale("sst", self.H, params["wh"].dtype)
-        return {
-            "wiT": _scaled_T(params["wi"], s),
-            "whT": _scaled_T(params["wh"], s),
-            "b": (s * params["b"])[:, None],
-            "bhn": params["bhn"][:, None],
-        }
+        return {**_prepare(params, "sst", self.H), "bhn": params["bhn"][:, None]}
 
     def step(self, kp: dict[str, Array], h: Array, x: Array) -> Any:
         H = self.H

@@ -115,10 +115,6 @@ def check_state_change(where: str, old: PyTree, new: PyTree) -> None:
         )
 
 
-def _stop(tree: PyTree) -> PyTree:
-    return jax.tree.map(lax.stop_gradient, tree)
-
-
 def scan(
     cell: CellFn,
     params: PyTree,
@@ -331,35 +327,55 @@ def _remat_blocks(
     """Checkpoint every `remat` steps: the backward pass keeps only the state at each block
     start and recomputes a block's forward pass when it reaches it (`jax.checkpoint`).
 
-    Blocks run in processing order; `truncate_every` divides `remat` (checked in `scan`), so
-    a cut falls on a block start exactly when that block's first step is a multiple of it.
+    `truncate_every` divides `remat` (checked in `scan`), so a cut falls on a block start
+    exactly when that block's first step is a multiple of it; inside a block the strategy
+    cuts as usual.
+    """
+    k = truncate_every
+
+    def run(h: PyTree, xb: PyTree, start: jax.Array) -> tuple[PyTree, PyTree]:
+        if k is not None:
+            h = _cut_at(h, start, k)
+        return _run(cell, params, h, xb, False, k, unroll, strategy)
+
+    return _in_blocks(run, h, xs, remat, reverse, checkpoint=True)
+
+
+def _in_blocks(
+    run: Any, h: PyTree, xs: PyTree, size: int, reverse: bool, checkpoint: bool = False
+) -> tuple[PyTree, PyTree]:
+    """Walk time-major `xs` in processing order in blocks of `size` steps, then a shorter
+    tail: `run(h, xb, start) -> (h, ys)` for each, `start` being the block's first step in
+    processing order. Outputs come back in input order. With `checkpoint`, every full block
+    is rematerialised in the backward pass (`jax.checkpoint`).
     """
     T = jax.tree.leaves(xs)[0].shape[0]
     if reverse:
         xs = jax.tree.map(lambda a: jnp.flip(a, 0), xs)
-    m, r = divmod(T, remat)
-    k = truncate_every
-
-    def run(h: PyTree, xb: PyTree, start: jax.Array) -> tuple[PyTree, PyTree]:
-        if k is not None:  # the state entering the block at step `start` is cut
-            cut = (start > 0) & (start % k == 0)
-            h = jax.tree.map(lambda a: jnp.where(cut, lax.stop_gradient(a), a), h)
-        return _run(cell, params, h, xb, False, k, unroll, strategy)
+    m, r = divmod(T, size)
 
     def block(h: PyTree, inp: tuple[PyTree, jax.Array]) -> tuple[PyTree, PyTree]:
         xb, start = inp
         return run(h, xb, start)
 
-    blocks = jax.tree.map(lambda a: a[: m * remat].reshape(m, remat, *a.shape[1:]), xs)
-    h, ys = lax.scan(jax.checkpoint(block), h, (blocks, jnp.arange(m) * remat))
-    ys = jax.tree.map(lambda a: a.reshape(m * remat, *a.shape[2:]), ys)
+    blocks = jax.tree.map(lambda a: a[: m * size].reshape(m, size, *a.shape[1:]), xs)
+    body = jax.checkpoint(block) if checkpoint else block
+    h, ys = lax.scan(body, h, (blocks, jnp.arange(m) * size))
+    ys = jax.tree.map(lambda a: a.reshape(m * size, *a.shape[2:]), ys)
     if r:
-        tail = jax.tree.map(lambda a: a[m * remat :], xs)
-        h, ys_tail = run(h, tail, jnp.asarray(m * remat))
+        tail = jax.tree.map(lambda a: a[m * size :], xs)
+        h, ys_tail = run(h, tail, jnp.asarray(m * size))
         ys = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), ys, ys_tail)
     if reverse:
         ys = jax.tree.map(lambda a: jnp.flip(a, 0), ys)
     return h, ys
+
+
+def _cut_at(h: PyTree, start: jax.Array, k: int) -> PyTree:
+    """Detach `h` when it enters step `start` (processing order) and `start` is a positive
+    multiple of `k`; a select, so the values stay equal."""
+    cut = (start > 0) & (start % k == 0)
+    return jax.tree.map(lambda a: jnp.where(cut, lax.stop_gradient(a), a), h)
 
 
 def _run_chain(
@@ -414,28 +430,12 @@ def _sequential(
 
     k = truncate_every
     if k is None or k >= T:
-        h, ys = lax.scan(step, h, xs, reverse=reverse, unroll=unroll)
-    else:
-        if reverse:
-            xs = jax.tree.map(lambda a: jnp.flip(a, 0), xs)
-        n, r = divmod(T, k)
-        blocks = jax.tree.map(lambda a: a[: n * k].reshape(n, k, *a.shape[1:]), xs)
+        return lax.scan(step, h, xs, reverse=reverse, unroll=unroll)
 
-        def block(h: PyTree, inp: tuple[jax.Array, PyTree]) -> tuple[PyTree, PyTree]:
-            i, xb = inp
-            # Detach at every block boundary but the first; a select keeps values equal.
-            h = jax.tree.map(lambda a: jnp.where(i == 0, a, lax.stop_gradient(a)), h)
-            return lax.scan(step, h, xb, unroll=unroll)
+    def run(h: PyTree, xb: PyTree, start: jax.Array) -> tuple[PyTree, PyTree]:
+        return lax.scan(step, _cut_at(h, start, k), xb, unroll=unroll)
 
-        h, ys = lax.scan(block, h, (jnp.arange(n), blocks))
-        ys = jax.tree.map(lambda a: a.reshape(n * k, *a.shape[2:]), ys)
-        if r:
-            tail = jax.tree.map(lambda a: a[n * k :], xs)
-            h, ys_tail = lax.scan(step, _stop(h), tail, unroll=unroll)
-            ys = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), ys, ys_tail)
-        if reverse:
-            ys = jax.tree.map(lambda a: jnp.flip(a, 0), ys)
-    return h, ys
+    return _in_blocks(run, h, xs, k, reverse)
 
 
 # Jitted with the cell and the options static, so that eager calls with the same cell and
@@ -564,12 +564,13 @@ def _fused_core_bwd(
     order = jnp.arange(T)
     n = T - 1 - order if reverse else order
     k = truncate_every
-    keep = jnp.ones((T,), bool) if k is None else (n == 0) | (n % k != 0)
+    keep = None if k is None else (n == 0) | (n % k != 0)
 
-    def step(dh: PyTree, inp: tuple[PyTree, jax.Array, jax.Array]) -> tuple[PyTree, PyTree]:
+    def step(dh: PyTree, inp: tuple[PyTree, jax.Array, Any]) -> tuple[PyTree, PyTree]:
         res_t, dy, keep_t = inp
         dh, dg = kernel.step_bwd(params, res_t, dh, dy)  # type: ignore[arg-type]
-        dh = jax.tree.map(lambda a: jnp.where(keep_t, a, jnp.zeros_like(a)), dh)
+        if keep_t is not None:
+            dh = jax.tree.map(lambda a: jnp.where(keep_t, a, jnp.zeros_like(a)), dh)
         return dh, dg
 
     dh0, dg = _scan_prefetched(step, dh, (res, dys, keep), reverse=not reverse)
