@@ -51,12 +51,20 @@ def check(diffs: dict[str, float], tol: float) -> None:
 # --- parity: outputs and gradients over whole sequences -------------------------------------
 
 
-@pytest.mark.parametrize(("seed", "batched"), [(0, True), (1, False)])
-@pytest.mark.parametrize(("ref", "kind"), CASES, ids=[f"{r}-{k}" for r, k in CASES])
-def test_parity_float32(ref, kind, seed, batched):
+# Batched and unbatched inputs alternate over the cases (each run compiles both libraries'
+# programs, so running every case both ways doubled this test's time for no new path).
+F32_GRID = [(ref, kind, i % 2 == 0) for i, (ref, kind) in enumerate(CASES)]
+
+
+@pytest.mark.parametrize(
+    ("ref", "kind", "batched"),
+    F32_GRID,
+    ids=[f"{r}-{k}-{'batched' if b else 'unbatched'}" for r, k, b in F32_GRID],
+)
+def test_parity_float32(ref, kind, batched):
     need(LIBRARY[ref])
     fn = PARITY[ref][0]
-    check(fn(kind, seed=seed, batched=batched), F32)
+    check(fn(kind, seed=0 if batched else 1, batched=batched), F32)
 
 
 @pytest.mark.parametrize(("ref", "kind"), CASES, ids=[f"{r}-{k}" for r, k in CASES])

@@ -8,7 +8,20 @@ walks a long sequence in chunks for truncated backpropagation through time.
 
 from ._cell import Cell
 from ._cells import GRUCell, GRUv3Cell, LSTMCell, LSTMState, RNNCell
-from ._chain import Chain, Dense, Stateless, chain, stateless
+from ._chain import (
+    Bidirectional,
+    Chain,
+    Dense,
+    Residual,
+    Stateless,
+    bidirectional,
+    chain,
+    residual,
+    seed_dropout,
+    stacked,
+    stateless,
+)
+from ._dropout import Dropout, VariationalDropout
 from ._recur import GRU, LSTM, RNN, GRUv3, Recur
 from ._scan import scan
 from ._tbptt import chunks, tbptt
@@ -19,9 +32,11 @@ __all__ = [
     "GRU",
     "LSTM",
     "RNN",
+    "Bidirectional",
     "Cell",
     "Chain",
     "Dense",
+    "Dropout",
     "GRUCell",
     "GRUv3",
     "GRUv3Cell",
@@ -29,11 +44,17 @@ __all__ = [
     "LSTMState",
     "RNNCell",
     "Recur",
+    "Residual",
     "Stateless",
+    "VariationalDropout",
     "__version__",
+    "bidirectional",
     "chain",
     "chunks",
+    "residual",
     "scan",
+    "seed_dropout",
+    "stacked",
     "stateless",
     "tbptt",
 ]

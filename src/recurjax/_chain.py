@@ -13,12 +13,33 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ._cell import Cell, PyTree, affine, check_callable, check_input, check_params, describe
+from ._cell import (
+    Cell,
+    PyTree,
+    affine,
+    check_callable,
+    check_input,
+    check_params,
+    describe,
+    index_or_none,
+)
 from ._cells import _check_sizes, _name
 from ._init import glorot_uniform
 from ._recur import Recur
 
-__all__ = ["Chain", "Dense", "Stateless", "chain", "stateless"]
+__all__ = [
+    "Bidirectional",
+    "Chain",
+    "Dense",
+    "Residual",
+    "Stateless",
+    "bidirectional",
+    "chain",
+    "residual",
+    "seed_dropout",
+    "stacked",
+    "stateless",
+]
 
 
 def _check_empty_state(cell: object, h: object) -> None:
@@ -267,3 +288,295 @@ def chain(*parts: Any) -> Any:
     for i, p in enumerate(parts):
         check_callable(p, f"chain() part {i}")
     return Chain(tuple(parts))
+
+
+def _merge_concat(yf: jax.Array, yb: jax.Array) -> jax.Array:
+    return jnp.concatenate([yf, yb], axis=-1)
+
+
+def _merge_sum(yf: jax.Array, yb: jax.Array) -> jax.Array:
+    return yf + yb
+
+
+MERGES: dict[str, Callable[[Any, Any], Any]] = {"concat": _merge_concat, "sum": _merge_sum}
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class Bidirectional(Cell):
+    """Two cells over one sequence, one forward and one backward. Made by `bidirectional`."""
+
+    forward: Callable[..., Any]
+    backward: Callable[..., Any]
+    merge: str | Callable[[Any, Any], Any] = "concat"
+
+    def __post_init__(self) -> None:
+        check_callable(self.forward, "bidirectional(forward, ...)")
+        check_callable(self.backward, "bidirectional(..., backward)")
+        if not (
+            self.merge in MERGES or (callable(self.merge) and not isinstance(self.merge, str))
+        ):
+            raise ValueError(
+                f"bidirectional: expected merge to be one of {sorted(MERGES)} or a function "
+                f"(y_forward, y_backward) -> y, got {self.merge!r}."
+            )
+
+    def __repr__(self) -> str:
+        merge = self.merge if isinstance(self.merge, str) else _name(self.merge)
+        return f"bidirectional({describe(self.forward)}, {describe(self.backward)}, {merge})"
+
+    @property
+    def in_features(self) -> int:  # type: ignore[override]
+        """The forward cell's `in_features`."""
+        return self.forward.in_features  # type: ignore[attr-defined]
+
+    def merged(self, yf: PyTree, yb: PyTree) -> PyTree:
+        """The outputs of both directions at every step, merged (`merge`)."""
+        fn = MERGES[self.merge] if isinstance(self.merge, str) else self.merge
+        return fn(yf, yb)
+
+    def init(self, key: jax.Array, dtype: Any = None) -> tuple[PyTree, PyTree]:
+        """`(forward params, backward params)` from independent keys."""
+        return Chain((self.forward, self.backward)).init(key, dtype)  # type: ignore[return-value]
+
+    def initial_state(self, params: PyTree) -> tuple[PyTree, PyTree]:
+        """`(forward state, backward state)`."""
+        return Chain((self.forward, self.backward)).initial_state(params)  # type: ignore[return-value]
+
+    def _check_tuple(self, name: str, value: object) -> None:
+        if type(value) is not tuple or len(value) != 2:
+            raise ValueError(
+                f"{self!r}: expected {name} to be a tuple (forward, backward), got "
+                f"{type(value).__name__}. Use .init(key) / .initial_state(params)."
+            )
+
+    def __call__(self, params: PyTree, h: PyTree, x: PyTree) -> tuple[PyTree, PyTree]:
+        raise TypeError(
+            f"{self!r}: a bidirectional layer reads the whole sequence (its backward cell "
+            "starts at the last step), so it cannot run one step at a time. Run it with "
+            "rj.scan(cell, params, h, xs) or Recur.scan(xs), alone or inside a chain."
+        )
+
+
+def bidirectional(forward: Any, backward: Any, merge: Any = "concat") -> Bidirectional:
+    """A layer that runs `forward` over a sequence and `backward` over it in reverse.
+
+    Under `rj.scan` (alone, or as a part of a `chain`) it computes::
+
+        hf, yf = scan(forward, pf, sf, xs, lengths=lengths)
+        hb, yb = scan(backward, pb, sb, xs, lengths=lengths, reverse=True)
+        return (hf, hb), merge(yf, yb)       # yf[t], yb[t]: both read step t
+
+    With `lengths`, the backward cell starts at each sequence's own last valid step (the
+    padding stays at the end) and padded outputs are zero. Its params and state are pairs
+    `(forward, backward)`; the final backward state is the one after step 0. It cannot be
+    stepped one input at a time (a `TypeError` says so).
+
+    Args:
+      forward: the cell run from the first step to the last.
+      backward: the cell run from the last (valid) step to the first.
+      merge: `"concat"` (default: features `out_f + out_b`), `"sum"`, or a function
+        `(y_forward, y_backward) -> y` applied to the stacked outputs `(T, ..., out)`.
+
+    Returns:
+      A `Bidirectional` cell with `init`, `initial_state` and `in_features`.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, recurjax as rj
+      >>> bi = rj.bidirectional(rj.LSTMCell(3, 4), rj.LSTMCell(3, 4))
+      >>> params = bi.init(jax.random.key(0))
+      >>> xs = jnp.ones((6, 2, 3))                      # T=6, batch of 2
+      >>> (hf, hb), ys = rj.scan(bi, params, bi.initial_state(params), xs,
+      ...                        lengths=jnp.array([6, 3]))
+      >>> ys.shape, bool((ys[3:, 1] == 0).all())        # padding gives zeros
+      ((6, 2, 8), True)
+    """
+    return Bidirectional(forward, backward, merge)
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class Residual(Cell):
+    """A cell with a skip connection, `y = x + cell(x)`. Made by `residual`."""
+
+    cell: Callable[..., Any]
+
+    def __post_init__(self) -> None:
+        check_callable(self.cell, "residual(cell)")
+
+    def __repr__(self) -> str:
+        return f"residual({describe(self.cell)})"
+
+    @property
+    def in_features(self) -> int:  # type: ignore[override]
+        """The wrapped cell's `in_features`."""
+        return self.cell.in_features  # type: ignore[attr-defined]
+
+    def init(self, key: jax.Array, dtype: Any = None) -> PyTree:
+        """The wrapped cell's params (`dtype=None`: its own default)."""
+        init = self.cell.init  # type: ignore[attr-defined]
+        return init(key) if dtype is None else init(key, dtype)
+
+    def initial_state(self, params: PyTree) -> PyTree:
+        """The wrapped cell's initial state."""
+        return self.cell.initial_state(params)  # type: ignore[attr-defined]
+
+    def check_shapes(self, x: PyTree, y: PyTree) -> None:
+        """`ValueError` unless the output has the input's structure and shapes."""
+        if jax.tree.structure(x) != jax.tree.structure(y) or jax.tree.map(
+            jnp.shape, x
+        ) != jax.tree.map(jnp.shape, y):
+            raise ValueError(
+                f"{self!r}: a residual connection adds the input to the output, so they need "
+                f"one shape; got input {jax.tree.map(jnp.shape, x)} and output "
+                f"{jax.tree.map(jnp.shape, y)}. Wrap only layers whose output size equals "
+                "their input size (with bidirectional concat, out = 2 * hidden)."
+            )
+
+    def add(self, x: PyTree, y: PyTree) -> PyTree:
+        """`x + y`, with `x` cast to the output's dtype (the cell's compute dtype)."""
+        return jax.tree.map(lambda a, b: jnp.asarray(a).astype(b.dtype) + b, x, y)
+
+    def __call__(self, params: PyTree, h: PyTree, x: PyTree) -> tuple[PyTree, PyTree]:
+        h, y = self.cell(params, h, x)
+        self.check_shapes(x, y)
+        return h, self.add(x, y)
+
+
+def residual(cell: Any) -> Residual:
+    r"""Wrap a cell with a skip connection: `(h, y) = cell(params, h, x)`; output `x + y`.
+
+    .. math::
+
+        (h', y) = \mathrm{cell}(\theta, h, x), \qquad \text{output } x + y
+
+    Params and state are the wrapped cell's. The output must have the input's shape (a
+    `ValueError` at trace time says so otherwise); `x` is cast to the output's dtype.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, recurjax as rj
+      >>> cell = rj.residual(rj.GRUCell(4, 4))
+      >>> params = cell.init(jax.random.key(0))
+      >>> h, y = cell(params, cell.initial_state(params), jnp.ones(4))
+      >>> bool(jnp.allclose(y - h, jnp.ones(4)))   # a GRU's output is its state
+      True
+    """
+    return Residual(cell)
+
+
+def stacked(
+    make_cell: Callable[[int, int], Any],
+    in_features: int,
+    hidden_size: int,
+    *,
+    num_layers: int,
+    residual: bool = False,
+    dropout: float = 0.0,
+    bidirectional: bool = False,
+    merge: str = "concat",
+) -> Chain:
+    """A deep RNN in one line: `num_layers` cells as a `chain`, like PyTorch's `num_layers`.
+
+    Layer 0 maps `in_features` to `hidden_size`; each later layer reads the previous one's
+    output (`hidden_size`, or `2 * hidden_size` for bidirectional layers with `"concat"`).
+    With `residual=True`, every layer whose output size equals its input size (all but the
+    first, usually) adds its input to its output (`residual`). With `dropout > 0`, a
+    `Dropout(dropout)` sits between consecutive layers (not after the last, as in
+    PyTorch); it is off until the state is seeded (`seed_dropout`).
+
+    Args:
+      make_cell: `(in, out) -> cell`, e.g. `rj.LSTMCell` or `rj.GRUCell`.
+      in_features: input features of the first layer.
+      hidden_size: each layer's output size (per direction).
+      num_layers: the number of recurrent layers, at least 1.
+      residual: skip connections around the layers whose input and output sizes match.
+      dropout: dropout rate between layers.
+      bidirectional: every layer a `bidirectional` pair of `make_cell` cells.
+      merge: how bidirectional layers merge their outputs (see `bidirectional`).
+
+    Returns:
+      A `Chain`; its params and state have one entry per part (layers and dropouts).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, recurjax as rj
+      >>> net = rj.stacked(rj.LSTMCell, 10, 32, num_layers=3, residual=True, dropout=0.1)
+      >>> net
+      Chain(LSTMCell(10 => 32), Dropout(0.1), residual(LSTMCell(32 => 32)), Dropout(0.1), \
+residual(LSTMCell(32 => 32)))
+      >>> params = net.init(jax.random.key(0))
+      >>> h, ys = rj.scan(net, params, net.initial_state(params), jnp.ones((5, 2, 10)))
+      >>> ys.shape
+      (5, 2, 32)
+    """
+    from ._dropout import Dropout
+
+    layers = index_or_none(num_layers)
+    if layers is None or layers < 1:
+        raise ValueError(f"stacked: expected num_layers to be a positive int, got {num_layers!r}.")
+    if not callable(make_cell):
+        raise TypeError(
+            f"stacked: expected make_cell to be a cell class or a function (in, out) -> cell, "
+            f"such as rj.LSTMCell, got {make_cell!r}."
+        )
+    parts: list[Any] = []
+    width = in_features
+    for i in range(layers):
+        if bidirectional:
+            cell: Any = Bidirectional(
+                make_cell(width, hidden_size), make_cell(width, hidden_size), merge
+            )
+            out = 2 * hidden_size if merge == "concat" else hidden_size
+        else:
+            cell, out = make_cell(width, hidden_size), hidden_size
+        if i > 0 and dropout:
+            parts.append(Dropout(dropout))
+        parts.append(Residual(cell) if residual and out == width else cell)
+        width = out
+    return Chain(tuple(parts))
+
+
+def seed_dropout(cell: Any, state: PyTree, key: jax.Array | None) -> PyTree:
+    """The state with every dropout slot given a fresh key (dropout on), or `None` (off).
+
+    Walks `cell` (chains, `bidirectional`, `residual`, `VariationalDropout`) and replaces
+    the key of every `Dropout` and `VariationalDropout` with an independent key split from
+    `key`; everything else in `state` is returned as is. Pass a new key for every batch:
+    the masks are a function of the key. `key=None` turns dropout off (inference).
+
+    Args:
+      cell: the model's cell.
+      state: its state (e.g. `cell.initial_state(params)`).
+      key: a PRNG key (`jax.random.key(seed)`), or `None`.
+
+    Returns:
+      The state, with keys (or `None`) in the dropout slots.
+
+    Examples:
+      >>> import jax, recurjax as rj
+      >>> net = rj.chain(rj.GRUCell(3, 4), rj.Dropout(0.5), rj.Dense(4, 2))
+      >>> params = net.init(jax.random.key(0))
+      >>> state = rj.seed_dropout(net, net.initial_state(params), jax.random.key(1))
+      >>> state[1].dtype
+      key<fry>
+      >>> rj.seed_dropout(net, state, None)[1] is None
+      True
+    """
+    from ._dropout import Dropout, VariationalDropout, _check_key
+
+    _check_key("seed_dropout", key)
+
+    def split(n: int) -> list[Any]:
+        return [None] * n if key is None else list(jax.random.split(key, n))
+
+    kind = type(cell)
+    if kind is Dropout:
+        return key
+    if kind is VariationalDropout:
+        k1, k2 = split(2)
+        return (seed_dropout(cell.cell, state[0], k1), k2)
+    if kind is Residual:
+        return seed_dropout(cell.cell, state, key)
+    if kind is Chain or kind is Bidirectional:
+        parts = cell.cells if kind is Chain else (cell.forward, cell.backward)
+        cell._check_tuple("state", state)
+        keys = split(len(parts))
+        return tuple(seed_dropout(c, s, k) for c, s, k in zip(parts, state, keys, strict=True))
+    return state

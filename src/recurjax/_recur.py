@@ -161,8 +161,9 @@ class Recur:
 
         `xs` is an array `(T, ..., in)` or a list (or plain tuple) of per-step arrays, which
         are stacked on a new leading time axis; `ys` is always one stacked array. Keyword
-        arguments (`time_axis`, `reverse`, `truncate_every`, `unroll`, `strategy`, `remat`)
-        are those of `recurjax.scan`, which this calls.
+        arguments (`time_axis`, `reverse`, `truncate_every`, `unroll`, `strategy`, `remat`,
+        `lengths`, `resets`, `state0`) are those of `recurjax.scan`, which this calls;
+        `resets` return the state to the handle's `state0` unless `state0=` is given.
 
         Examples:
           >>> import jax, jax.numpy as jnp, recurjax as rj
@@ -171,6 +172,8 @@ class Recur:
           >>> ys.shape, m.state.shape
           ((2, 4), (4,))
         """
+        if kwargs.get("resets") is not None:
+            kwargs.setdefault("state0", self.state0)
         state, ys = scan(self.cell, self.params, self.state, xs, **kwargs)
         return self.replace(state=state), ys
 
@@ -221,6 +224,27 @@ class Recur:
     def reset(self) -> Recur:
         """The handle with `state = state0` (Flux's `reset!`); gradients then reach `state0`."""
         return self.replace(state=self.state0)
+
+    def seed_dropout(self, key: jax.Array | None) -> Recur:
+        """The handle with dropout on (a fresh key in every dropout slot) or off (`None`).
+
+        Sets both `state` and `state0` (`rj.seed_dropout` on each, from independent keys),
+        so `reset()` keeps dropout on; seed again with a new key for every batch, since the
+        masks are a function of the key.
+
+        Examples:
+          >>> import jax, recurjax as rj
+          >>> m = rj.Recur(rj.chain(rj.GRUCell(3, 4), rj.Dropout(0.5)), key=jax.random.key(0))
+          >>> m.state[1] is None, m.seed_dropout(jax.random.key(1)).state[1].dtype
+          (True, key<fry>)
+        """
+        from ._chain import seed_dropout  # imported here: _chain imports this module
+
+        k0, k1 = (None, None) if key is None else jax.random.split(key)
+        return self.replace(
+            state=seed_dropout(self.cell, self.state, k0),
+            state0=seed_dropout(self.cell, self.state0, k1),
+        )
 
     def truncate(self) -> Recur:
         """The handle with `state = stop_gradient(state)`: same values, no gradient back."""

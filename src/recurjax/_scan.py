@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from ._cell import CellFn, PyTree, check_callable, describe, index_or_none
@@ -73,17 +74,48 @@ def _settle_state(cell: CellFn, params: PyTree, h: PyTree, xs: PyTree) -> PyTree
     step is traced once, abstractly (`jax.eval_shape`), so errors surface here, at trace time.
     The only shape change allowed is adding leading batch axes (`(H,)` to `(B, H)`); any other
     (say `(1, H)` to `(5, H)`, a function cell broadcasting a stale batch) is an error.
+    Composite cells (chains, `bidirectional`, `residual`) are settled part by part, so that a
+    part which only runs over whole sequences (`bidirectional`) is never stepped.
     """
     h = jax.tree.map(jnp.asarray, h)
     x0 = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), xs)
+    return _settle(cell, params, h, x0)[0]
+
+
+def _settle(cell: CellFn, params: PyTree, h: PyTree, x0: PyTree) -> tuple[PyTree, PyTree]:
+    """`_settle_state` for one step's input shapes `x0`; also returns the output's shapes."""
+    from ._chain import Bidirectional, Chain, Residual
+
+    kind = type(cell)
+    if kind is Chain or kind is Bidirectional:
+        cell._check_tuple("params", params)  # type: ignore[attr-defined]
+        cell._check_tuple("state", h)  # type: ignore[attr-defined]
+    if kind is Chain:
+        states = []
+        for part, p, s in zip(cell.cells, params, h, strict=True):  # type: ignore[attr-defined]
+            s, x0 = _settle(part, p, s, x0)
+            states.append(s)
+        return tuple(states), x0
+    if kind is Bidirectional:
+        bi = cast("Any", cell)
+        sf, yf = _settle(bi.forward, params[0], h[0], x0)
+        sb, yb = _settle(bi.backward, params[1], h[1], x0)
+        return (sf, sb), jax.eval_shape(bi.merged, yf, yb)
+    if kind is Residual:
+        s, y0 = _settle(cast("Any", cell).cell, params, h, x0)
+        cast("Any", cell).check_shapes(x0, y0)
+        return s, y0
     # Through a lambda: eval_shape keeps a weak reference to the function it traces, which
     # some callables (e.g. instances of classes with __slots__) do not allow.
-    new_h, _ = jax.eval_shape(lambda p, s, x: cell(p, s, x), params, h, x0)
-    name = describe(cell)
-    check_state_change(f"scan({name})", h, new_h)
-    return jax.tree.map(
-        lambda old, new: jnp.broadcast_to(old, new.shape).astype(new.dtype), h, new_h
-    )
+    new_h, y0 = jax.eval_shape(lambda p, s, x: cell(p, s, x), params, h, x0)
+    check_state_change(f"scan({describe(cell)})", h, new_h)
+
+    def settle(old: jax.Array, new: Any) -> jax.Array:
+        if old.shape != new.shape:
+            old = jnp.broadcast_to(old, new.shape)
+        return old if old.dtype == new.dtype else old.astype(new.dtype)  # keys: no astype
+
+    return jax.tree.map(settle, h, new_h), y0
 
 
 def check_state_change(where: str, old: PyTree, new: PyTree) -> None:
@@ -127,18 +159,26 @@ def scan(
     unroll: int | bool = 1,
     strategy: str = "auto",
     remat: int | None = None,
+    lengths: Any = None,
+    resets: Any = None,
+    state0: PyTree = None,
 ) -> tuple[PyTree, PyTree]:
     """Run a cell over a sequence: `lax.scan` with the state first, plus time options.
 
-    Semantically, with `xs` time-major and `T` steps, `scan` is this Python loop (outputs
-    stacked on the time axis)::
+    Semantically, with `xs` time-major and `T` steps, `scan` is this Python loop for one
+    sequence (outputs stacked on the time axis; with a batch, every sequence runs it with
+    its own length and flags)::
 
-        def scan(cell, params, h, xs, truncate_every=None, reverse=False):
-            ys = [None] * T
-            order = reversed(range(T)) if reverse else range(T)
+        def scan(cell, params, h, xs, truncate_every=None, reverse=False,
+                 length=T, resets=None, state0=None):
+            ys = [zeros_like_output] * T        # padded steps output zeros
+            order = range(length)               # steps past `length` are never run
+            order = reversed(order) if reverse else order
             for n, t in enumerate(order):
                 if truncate_every and n > 0 and n % truncate_every == 0:
                     h = jax.lax.stop_gradient(h)  # cut the gradient, keep the value
+                if resets is not None and resets[t]:
+                    h = state0                  # a new episode: no gradient flows back
                 h, ys[t] = cell(params, h, xs[t])
             return h, jnp.stack(ys)
 
@@ -192,6 +232,24 @@ def scan(
         `T / remat + remat` steps' worth instead of `T`, for one more forward pass of compute.
         `None` (default) stores every step. Must be a multiple of `truncate_every` when both
         are given.
+      lengths: for right-padded batches, an integer array with the batch shape of `xs` (one
+        length per sequence, any number of batch axes; a scalar for an unbatched `xs`).
+        Past its length a sequence's state is frozen and its outputs are zero, so the
+        returned state is each sequence's state after its own last valid step (length 0
+        returns the initial state) and padded steps contribute exactly zero gradient. With
+        `reverse=True` each sequence runs from its own last valid step back to step 0; the
+        padding stays at the end. Padded inputs are never read (NaN padding is harmless).
+        Lengths outside `[0, T]` raise `ValueError`; under `jit`, where the values are not
+        known at trace time, such a sequence's state and outputs are NaN instead.
+      resets: episode boundaries, a boolean array shaped like `xs` without its feature axis
+        (`(T, *batch)`, time at `time_axis`): where true, the state entering that step is
+        replaced by `state0` (Haiku's `ResetCore`), so no gradient flows across the
+        boundary and the result equals running each episode separately. Flags are read in
+        processing order (with `reverse`, before the step is processed in reverse), and
+        are ignored past a sequence's length.
+      state0: the state `resets` return to (unbatched or batched, like `h`); defaults to
+        `cell.initial_state(params)`. `Recur.scan` passes the handle's `state0`. Gradients
+        reach it from every reset.
 
     Returns:
       `(h, ys)`: the final state and the stacked outputs, `ys: (T, ..., out)` (time at
@@ -255,12 +313,37 @@ def scan(
         )
     if type(xs) in (list, tuple):
         xs = _stack_steps(cell, xs)
+    if lengths is not None:
+        _check_length_values(cell, xs, lengths, time_axis)
     options = (time_axis, bool(reverse), truncate_every, unroll, strategy, remat)
+    args = (cell, params, h, xs, lengths, resets, state0, *options)
     try:
         hash(cell)
     except TypeError:  # an unhashable cell cannot be a static argument: run it unjitted
-        return _scan(cell, params, h, xs, *options)
-    return _scan_jit(cell, params, h, xs, *options)
+        return _scan(*args)
+    return _scan_jit(*args)
+
+
+def _check_length_values(cell: object, xs: PyTree, lengths: Any, time_axis: int) -> None:
+    """Outside a trace, check that every length is in `[0, T]` (`ValueError` if not)."""
+    leaves = jax.tree.leaves(xs)
+    shape = getattr(leaves[0], "shape", None) if leaves else None
+    if shape is None or not -len(shape) <= time_axis < len(shape):
+        return  # _time_major raises the error about xs
+    T = shape[time_axis]
+    try:
+        values = np.asarray(lengths)
+    except jax.errors.TracerArrayConversionError:  # under a trace: checked by NaN instead
+        return
+    if values.size and np.issubdtype(values.dtype, np.integer):
+        lo, hi = int(values.min()), int(values.max())
+        if lo < 0 or hi > T:
+            bad = values[(values < 0) | (values > T)]
+            raise ValueError(
+                f"scan({describe(cell)}): lengths must be in [0, T] with T={T} steps on "
+                f"time_axis={time_axis}, got {bad.tolist()[:5]}. A length counts the valid "
+                "steps of a right-padded sequence; pad xs to the longest sequence."
+            )
 
 
 def _scan(
@@ -268,6 +351,9 @@ def _scan(
     params: PyTree,
     h: PyTree,
     xs: PyTree,
+    lengths: Any,
+    resets: Any,
+    state0: PyTree,
     time_axis: int,
     reverse: bool,
     truncate_every: int | None,
@@ -275,11 +361,178 @@ def _scan(
     strategy: str,
     remat: int | None,
 ) -> tuple[PyTree, PyTree]:
-    xs, _ = _time_major(cell, xs, time_axis)
+    xs, T = _time_major(cell, xs, time_axis)
     h = _settle_state(cell, params, h, xs)
-    h, ys = _run(cell, params, h, xs, reverse, truncate_every, unroll, strategy, remat)
+    ctl = _controls(cell, xs, T, lengths, resets, time_axis)
+    s0 = None
+    if ctl is not None and ctl.reset is not None:
+        s0 = _reset_state(cell, params, h, state0, xs)
+    if ctl is not None and (valid := ctl.valid) is not None:  # padding never reaches a cell
+        xs = jax.tree.map(lambda a: _select(valid, a, jnp.zeros_like(a)), xs)
+    opts = _Opts(bool(reverse), truncate_every, unroll, strategy, remat)
+    h, ys = _run(cell, params, h, xs, opts, ctl, s0)
+    if ctl is not None and ctl.lengths is not None and lengths is not None:
+        h, ys = _poison_out_of_range(jnp.asarray(lengths), T, h, ys)
     ys = jax.tree.map(lambda a: jnp.moveaxis(a, 0, time_axis), ys)
     return h, ys
+
+
+class _Opts(NamedTuple):
+    """The static options of a run (see `scan`)."""
+
+    reverse: bool
+    truncate_every: int | None
+    unroll: int | bool
+    strategy: str
+    remat: int | None = None
+
+
+class _Ctl(NamedTuple):
+    """Per-step controls of a run over right-padded or episodic batches, time-major."""
+
+    valid: jax.Array | None  # (T, *batch) bool: step t is within the sequence's length
+    reset: jax.Array | None  # (T, *batch) bool: the state becomes s0 before step t (and valid)
+    lengths: jax.Array | None  # (*batch,) int32, clipped to [0, T]
+
+
+def _batch_of(cell: object, xs: PyTree, shape: tuple[int, ...], what: str) -> None:
+    """Check that `shape` (of `lengths`, or `resets` without time) is the batch of `xs`."""
+    name = describe(cell)
+    leaves = jax.tree.leaves(xs)
+    if getattr(cell, "in_features", None) is not None:
+        batch = tuple(leaves[0].shape[1:-1])
+        if shape != batch:
+            raise ValueError(
+                f"scan({name}): expected {what} with the batch shape of xs, {batch} (one "
+                f"entry per sequence), got {shape}. xs has shape {tuple(leaves[0].shape)} "
+                "(time-major); batch axes are those between time and features."
+            )
+        return
+    for a in leaves:
+        if tuple(a.shape[1 : 1 + len(shape)]) != shape:
+            raise ValueError(
+                f"scan({name}): {what} gives batch shape {shape}, but a leaf of xs has shape "
+                f"{tuple(a.shape)} (time-major); every leaf needs those leading batch axes "
+                "right after time."
+            )
+
+
+def _controls(
+    cell: CellFn, xs: PyTree, T: int, lengths: Any, resets: Any, time_axis: int
+) -> _Ctl | None:
+    """Check `lengths` and `resets` and turn them into time-major step masks."""
+    if lengths is None and resets is None:
+        return None
+    name = describe(cell)
+    valid = reset = lens = None
+    if lengths is not None:
+        if not hasattr(lengths, "dtype"):
+            lengths = jnp.asarray(lengths)
+        if not jnp.issubdtype(lengths.dtype, jnp.integer):
+            raise TypeError(
+                f"scan({name}): expected lengths to be an integer array (one length per "
+                f"sequence), got dtype {lengths.dtype}. Convert it with "
+                "lengths.astype(jnp.int32)."
+            )
+        lengths = jnp.asarray(lengths)
+        _batch_of(cell, xs, tuple(lengths.shape), "lengths")
+        lens = jnp.clip(lengths, 0, T).astype(jnp.int32)
+        t = jnp.arange(T, dtype=jnp.int32).reshape(T, *(1,) * lens.ndim)
+        valid = t < lens[None]
+    if resets is not None:
+        if not hasattr(resets, "dtype"):
+            resets = jnp.asarray(resets)
+        if resets.dtype != jnp.bool_:
+            raise TypeError(
+                f"scan({name}): expected resets to be a boolean array (True where an episode "
+                f"starts), got dtype {resets.dtype}. Convert it with resets.astype(bool) or "
+                "resets == 1."
+            )
+        resets = jnp.asarray(resets)
+        if not -resets.ndim <= time_axis < resets.ndim:
+            raise ValueError(
+                f"scan({name}): resets of shape {tuple(resets.shape)} has no time_axis="
+                f"{time_axis}; expected one flag per step and sequence, shaped like xs "
+                "without its feature axis."
+            )
+        reset = jnp.moveaxis(resets, time_axis, 0)
+        if reset.shape[0] != T:
+            raise ValueError(
+                f"scan({name}): resets has {reset.shape[0]} steps on time_axis={time_axis} "
+                f"but xs has {T}; expected one flag per step and sequence."
+            )
+        _batch_of(cell, xs, tuple(reset.shape[1:]), "resets (without its time axis)")
+        if lens is not None and reset.shape[1:] != lens.shape:
+            raise ValueError(
+                f"scan({name}): lengths has shape {tuple(lens.shape)} but resets has batch "
+                f"shape {tuple(reset.shape[1:])}; both have one entry per sequence."
+            )
+        if valid is not None:
+            reset = reset & valid  # past its length a sequence is frozen: no reset there
+    return _Ctl(valid, reset, lens)
+
+
+def _reset_state(cell: CellFn, params: PyTree, h: PyTree, state0: PyTree, xs: PyTree) -> PyTree:
+    """The state that `resets` return to, settled to the carry's shapes and dtypes."""
+    name = describe(cell)
+    if state0 is None:
+        if not hasattr(cell, "initial_state"):
+            raise TypeError(
+                f"scan({name}): resets= needs the state to reset to: a function cell has no "
+                "initial_state(), so pass state0= (e.g. the initial state h)."
+            )
+        state0 = cell.initial_state(params)  # type: ignore[attr-defined]
+    s0 = _settle_state(cell, params, state0, xs)
+    shapes = jax.tree.map(lambda a: (a.shape, a.dtype), s0)
+    if jax.tree.structure(s0) != jax.tree.structure(h) or shapes != jax.tree.map(
+        lambda a: (a.shape, a.dtype), h
+    ):
+        raise ValueError(
+            f"scan({name}): state0 (what resets return to) must have the form of the state, "
+            f"{jax.tree.map(jnp.shape, h)}, got {jax.tree.map(jnp.shape, state0)}."
+        )
+    return s0
+
+
+def _select(mask: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:
+    """`where(mask, a, b)` for `mask: (*batch)` and leaves `(*batch, ...)`, batch leading."""
+    if tuple(a.shape[: mask.ndim]) != tuple(mask.shape):
+        raise ValueError(
+            f"scan: lengths/resets select per sequence, so every state and output leaf needs "
+            f"the batch shape {tuple(mask.shape)} as leading axes; got a leaf of shape "
+            f"{tuple(a.shape)}. Give the cell's state and output one row per sequence."
+        )
+    m = mask.reshape(*mask.shape, *(1,) * (a.ndim - mask.ndim))
+    return jnp.where(m, a, b)
+
+
+def _poison_out_of_range(
+    lengths: jax.Array, T: int, h: PyTree, ys: PyTree
+) -> tuple[PyTree, PyTree]:
+    """NaN in the state and outputs of a sequence whose length is not in [0, T].
+
+    Outside `jit` such lengths raise `ValueError` in `scan`; under a trace their values are
+    unknown, so the result says it loudly instead of silently clipping them.
+    """
+    bad = (lengths < 0) | (lengths > T)
+
+    def poison(a: jax.Array, time: bool) -> jax.Array:
+        if not jnp.issubdtype(a.dtype, jnp.inexact):
+            return a
+        m = jnp.broadcast_to(bad, (a.shape[0], *bad.shape)) if time else bad
+        return _select(m, jnp.full_like(a, jnp.nan), a)
+
+    return (
+        jax.tree.map(lambda a: poison(a, False), h),
+        jax.tree.map(lambda a: poison(a, True), ys),
+    )
+
+
+def _steps_of(tree: PyTree, ctl: _Ctl | None) -> Any:
+    """The per-step data of a run: `(xs, valid, reset)` (masks `None` where absent)."""
+    if ctl is None:
+        return (tree, None, None)
+    return (tree, ctl.valid, ctl.reset)
 
 
 def _run(
@@ -287,30 +540,73 @@ def _run(
     params: PyTree,
     h: PyTree,
     xs: PyTree,
-    reverse: bool,
-    truncate_every: int | None,
-    unroll: int | bool,
-    strategy: str,
-    remat: int | None = None,
+    opts: _Opts,
+    ctl: _Ctl | None = None,
+    s0: PyTree = None,
 ) -> tuple[PyTree, PyTree]:
-    """Time-major `xs`, settled `h`: pick the strategy and run it."""
-    from ._chain import Chain  # imported here: _chain imports _recur, which imports this
+    """Time-major `xs`, settled `h` (and `s0`): pick the strategy and run it."""
+    from ._chain import Bidirectional, Chain, Dense, Residual
 
     T = jax.tree.leaves(xs)[0].shape[0]
-    if remat is not None and remat < T:
-        return _remat_blocks(cell, params, h, xs, reverse, truncate_every, unroll, strategy, remat)
-    if strategy != "sequential" and unroll == 1:
-        if type(cell) is Chain:
-            return _run_chain(cell, params, h, xs, reverse, truncate_every, strategy)
+    if opts.reverse and ctl is not None and ctl.lengths is not None:
+        # Padding stays at the end: reverse each sequence within its own length, run forward,
+        # and put the outputs back (the permutation is its own inverse).
+        order = _reversed_within(ctl.lengths, T)
+        flip = functools.partial(_take_steps, order)
+        ctl = ctl._replace(reset=None if ctl.reset is None else flip(ctl.reset), lengths=None)
+        forward = opts._replace(reverse=False)
+        h, ys = _run(cell, params, h, jax.tree.map(flip, xs), forward, ctl, s0)
+        return h, jax.tree.map(flip, ys)
+    if opts.remat is not None and opts.remat < T:
+        return _remat_blocks(cell, params, h, xs, opts, ctl, s0)
+    kind = type(cell)
+    fast = opts.strategy != "sequential" and opts.unroll == 1
+    if kind in (Chain, Bidirectional, Residual) or (kind is Dense and fast):
+        if kind is Chain:
+            h, ys = _run_chain(cast("Any", cell), params, h, xs, opts, ctl, s0)
+        elif kind is Bidirectional:
+            bi = cast("Any", cell)
+            back = opts._replace(reverse=not opts.reverse)
+            sf, yf = _run(bi.forward, params[0], h[0], xs, opts, ctl, _part(s0, 0))
+            sb, yb = _run(bi.backward, params[1], h[1], xs, back, ctl, _part(s0, 1))
+            h, ys = (sf, sb), bi.merged(yf, yb)
+        elif kind is Residual:
+            res = cast("Any", cell)
+            h, ys = _run(res.cell, params, h, xs, opts, ctl, s0)
+            ys = res.add(xs, ys)
+        else:  # a Dense layer is stateless and time-parallel: one matmul over all steps
+            h, ys = cell(params, h, xs)
+        if ctl is not None and ctl.valid is not None:
+            valid = ctl.valid
+            ys = jax.tree.map(lambda a: _select(valid, a, jnp.zeros_like(a)), ys)
+        return h, ys
+    if fast:
         kernel = kernel_for(cell)
         n = math.prod(xs.shape[1:-1]) if kernel is not None else 0
-        if kernel is not None and (strategy == "fused" or _fused_pays(kernel, n)):
+        if kernel is not None and (opts.strategy == "fused" or _fused_pays(kernel, n)):
             dtype = jax.tree.leaves(h)[0].dtype
             # Without differentiation, a batch of a few sequences runs faster through the
             # cell itself (measured); the kernel's forward loop is used under `grad`.
-            primal = cell if strategy == "auto" and n <= SMALL_BATCH else None
-            return _fused(kernel, primal, params, h, xs.astype(dtype), reverse, truncate_every)
-    return _sequential(cell, params, h, xs, reverse, truncate_every, unroll)
+            small = opts.strategy == "auto" and n <= SMALL_BATCH and ctl is None
+            primal = cell if small else None
+            return _fused(kernel, primal, params, h, xs.astype(dtype), opts, ctl, s0)
+    return _sequential(cell, params, h, xs, opts, ctl, s0)
+
+
+def _part(tree: PyTree, i: int) -> PyTree:
+    return None if tree is None else tree[i]
+
+
+def _reversed_within(lengths: jax.Array, T: int) -> jax.Array:
+    """`order[t, b] = L_b - 1 - t` for `t < L_b`, else `t`: each sequence reversed in place."""
+    t = jnp.arange(T, dtype=jnp.int32).reshape(T, *(1,) * lengths.ndim)
+    return jnp.where(t < lengths[None], lengths[None] - 1 - t, t)
+
+
+def _take_steps(order: jax.Array, a: jax.Array) -> jax.Array:
+    """`a[order[t, b], b, ...]` for time-major `a: (T, *batch, ...)`."""
+    idx = order.reshape(*order.shape, *(1,) * (a.ndim - order.ndim))
+    return jnp.take_along_axis(a, jnp.broadcast_to(idx, (*order.shape, *a.shape[order.ndim :])), 0)
 
 
 def _remat_blocks(
@@ -318,11 +614,9 @@ def _remat_blocks(
     params: PyTree,
     h: PyTree,
     xs: PyTree,
-    reverse: bool,
-    truncate_every: int | None,
-    unroll: int | bool,
-    strategy: str,
-    remat: int,
+    opts: _Opts,
+    ctl: _Ctl | None,
+    s0: PyTree,
 ) -> tuple[PyTree, PyTree]:
     """Checkpoint every `remat` steps: the backward pass keeps only the state at each block
     start and recomputes a block's forward pass when it reaches it (`jax.checkpoint`).
@@ -331,14 +625,18 @@ def _remat_blocks(
     exactly when that block's first step is a multiple of it; inside a block the strategy
     cuts as usual.
     """
-    k = truncate_every
+    k = opts.truncate_every
+    inner = opts._replace(reverse=False, remat=None)
 
-    def run(h: PyTree, xb: PyTree, start: jax.Array) -> tuple[PyTree, PyTree]:
+    def run(h: PyTree, data: Any, start: jax.Array) -> tuple[PyTree, PyTree]:
+        xb, valid, reset = data
         if k is not None:
             h = _cut_at(h, start, k)
-        return _run(cell, params, h, xb, False, k, unroll, strategy)
+        block_ctl = None if ctl is None else _Ctl(valid, reset, None)
+        return _run(cell, params, h, xb, inner, block_ctl, s0)
 
-    return _in_blocks(run, h, xs, remat, reverse, checkpoint=True)
+    assert opts.remat is not None
+    return _in_blocks(run, h, _steps_of(xs, ctl), opts.remat, opts.reverse, checkpoint=True)
 
 
 def _in_blocks(
@@ -383,33 +681,33 @@ def _run_chain(
     params: tuple[PyTree, ...],
     h: tuple[PyTree, ...],
     xs: PyTree,
-    reverse: bool,
-    truncate_every: int | None,
-    strategy: str,
+    opts: _Opts,
+    ctl: _Ctl | None,
+    s0: PyTree,
 ) -> tuple[PyTree, PyTree]:
     """A chain part by part: each part runs over the whole sequence, then feeds the next.
 
     Equal to running the chain step by step, because a part's step depends only on its own
-    state and the previous part's output at the same step.
+    state and the previous part's output at the same step (with `lengths`, every part
+    freezes past a sequence's length, so padded steps give zeros at every level).
     """
-    from ._chain import Dense
-
     states = []
-    for part, p, s in zip(chain.cells, params, h, strict=True):
-        if type(part) is Dense:  # stateless and time-parallel: one matmul over all steps
-            s, xs = part(p, s, xs)
-        else:
-            s = _settle_state(part, p, s, xs)
-            s, xs = _run(part, p, s, xs, reverse, truncate_every, 1, strategy)
+    part_opts = opts._replace(unroll=1)
+    for i, (part, p, s) in enumerate(zip(chain.cells, params, h, strict=True)):
+        s, xs = _run(part, p, s, xs, part_opts, ctl, _part(s0, i))
         states.append(s)
     return tuple(states), xs
 
 
 def _has_kernel(cell: object) -> bool:
-    from ._chain import Chain
+    from ._chain import Bidirectional, Chain, Residual
 
     if type(cell) is Chain:
-        return any(_has_kernel(c) for c in cell.cells)
+        return any(_has_kernel(c) for c in cell.cells)  # type: ignore[attr-defined]
+    if type(cell) is Bidirectional:
+        return _has_kernel(cell.forward) or _has_kernel(cell.backward)  # type: ignore[attr-defined]
+    if type(cell) is Residual:
+        return _has_kernel(cell.cell)  # type: ignore[attr-defined]
     return kernel_for(cell) is not None
 
 
@@ -418,29 +716,37 @@ def _sequential(
     params: PyTree,
     h: PyTree,
     xs: PyTree,
-    reverse: bool,
-    truncate_every: int | None,
-    unroll: int | bool,
+    opts: _Opts,
+    ctl: _Ctl | None = None,
+    s0: PyTree = None,
 ) -> tuple[PyTree, PyTree]:
-    """`lax.scan` of the cell itself (with truncation blocks): the reference strategy."""
+    """`lax.scan` of the cell itself (with truncation blocks and masks): the reference."""
     T = jax.tree.leaves(xs)[0].shape[0]
 
-    def step(h: PyTree, x: PyTree) -> tuple[PyTree, PyTree]:
-        return cell(params, h, x)
+    def step(h: PyTree, data: Any) -> tuple[PyTree, PyTree]:
+        x, valid, reset = data
+        if reset is not None:
+            h = jax.tree.map(functools.partial(_select, reset), s0, h)
+        new, y = cell(params, h, x)
+        if valid is not None:
+            new = jax.tree.map(functools.partial(_select, valid), new, h)
+            y = jax.tree.map(lambda a: _select(valid, a, jnp.zeros_like(a)), y)
+        return new, y
 
-    k = truncate_every
+    data = _steps_of(xs, ctl)
+    k, unroll = opts.truncate_every, opts.unroll
     if k is None or k >= T:
-        return lax.scan(step, h, xs, reverse=reverse, unroll=unroll)
+        return lax.scan(step, h, data, reverse=opts.reverse, unroll=unroll)
 
     def run(h: PyTree, xb: PyTree, start: jax.Array) -> tuple[PyTree, PyTree]:
         return lax.scan(step, _cut_at(h, start, k), xb, unroll=unroll)
 
-    return _in_blocks(run, h, xs, k, reverse)
+    return _in_blocks(run, h, data, k, opts.reverse)
 
 
 # Jitted with the cell and the options static, so that eager calls with the same cell and
 # shapes reuse one compiled program (inside a user's jit this simply inlines).
-_scan_jit = jax.jit(_scan, static_argnums=(0, 4, 5, 6, 7, 8, 9))
+_scan_jit = jax.jit(_scan, static_argnums=(0, 7, 8, 9, 10, 11, 12))
 
 
 def _stack_steps(cell: object, steps: list[Any] | tuple[Any, ...]) -> PyTree:
@@ -483,8 +789,9 @@ def _fused(
     params: PyTree,
     h: PyTree,
     xs: jax.Array,
-    reverse: bool,
-    truncate_every: int | None,
+    opts: _Opts,
+    ctl: _Ctl | None = None,
+    s0: PyTree = None,
 ) -> tuple[PyTree, jax.Array]:
     """`lax.scan` of a library cell through its fused kernel.
 
@@ -493,27 +800,66 @@ def _fused(
     """
     T, batch, n_in = xs.shape[0], tuple(xs.shape[1:-1]), xs.shape[-1]
     N = math.prod(batch)
-    h_fm = jax.tree.map(lambda a: a.reshape(N, a.shape[-1]).T, h)
+
+    def feature_major(tree: PyTree) -> PyTree:
+        return jax.tree.map(lambda a: a.reshape(N, a.shape[-1]).T, tree)
+
+    flags = None
+    if ctl is not None:
+        flags = tuple(None if m is None else m.reshape(T, N) for m in (ctl.valid, ctl.reset))
     out = _fused_core(
-        kernel, primal, reverse, truncate_every, params, h_fm, xs.reshape(T, N, n_in)
+        kernel,
+        primal,
+        opts.reverse,
+        opts.truncate_every,
+        params,
+        feature_major(h),
+        xs.reshape(T, N, n_in),
+        flags,
+        None if s0 is None else feature_major(s0),
     )
     h_fm, ys = cast("tuple[PyTree, jax.Array]", out)
     h = jax.tree.map(lambda a: a.T.reshape(*batch, a.shape[0]), h_fm)
     return h, ys.reshape(T, *batch, ys.shape[-1])
 
 
+def _cols(mask: jax.Array, a: PyTree, b: PyTree) -> PyTree:
+    """`where` by column for feature-major leaves `(H, N)` and `mask: (N,)`."""
+    return jax.tree.map(lambda u, v: jnp.where(mask[None, :], u, v), a, b)
+
+
+def _zeros(tree: PyTree) -> PyTree:
+    return jax.tree.map(jnp.zeros_like, tree)
+
+
 def _fused_loop(
-    kernel: Kernel, reverse: bool, params: PyTree, h: PyTree, xs: jax.Array, keep_res: bool
+    kernel: Kernel,
+    reverse: bool,
+    params: PyTree,
+    h: PyTree,
+    xs: jax.Array,
+    flags: Any,
+    s0: PyTree,
+    keep_res: bool,
 ) -> tuple[PyTree, jax.Array, PyTree]:
     """The forward loop: `xs: (T, N, in)`, `h` feature-major; `ys: (T, N, H)` and, with
-    `keep_res`, the stacked residuals of the backward pass."""
+    `keep_res`, the stacked residuals of the backward pass. `flags` is `None` or the step
+    masks `(valid, reset)`, each `(T, N)` or `None`."""
     kp = kernel.prepare(params)
+    valid, reset = flags if flags is not None else (None, None)
 
-    def step(h: PyTree, x: jax.Array) -> tuple[PyTree, Any]:
-        h, y, res = kernel.step(kp, h, x)  # type: ignore[arg-type]
-        return h, ((y, res) if keep_res else y)
+    def step(h: PyTree, data: Any) -> tuple[PyTree, Any]:
+        x, v, r = data
+        if r is not None:
+            h = _cols(r, s0, h)
+        new, y, res = kernel.step(kp, h, x)  # type: ignore[arg-type]
+        if v is not None:
+            new = _cols(v, new, h)
+            y = jnp.where(v[:, None], y, jnp.zeros_like(y))
+        return new, ((y, res) if keep_res else y)
 
-    h, out = lax.scan(step, h, jnp.transpose(xs, (0, 2, 1)), reverse=reverse)
+    xs_fm = jnp.transpose(xs, (0, 2, 1))
+    h, out = lax.scan(step, h, (xs_fm, valid, reset), reverse=reverse)
     return (h, *out) if keep_res else (h, out, None)
 
 
@@ -526,12 +872,14 @@ def _fused_core(
     params: PyTree,
     h: PyTree,
     xs: jax.Array,
+    flags: Any,
+    s0: PyTree,
 ) -> tuple[PyTree, jax.Array]:
     if primal is not None:  # the cell itself, batch-major, when nothing differentiates
         h = jax.tree.map(lambda a: a.T, h)
         h, ys = lax.scan(lambda h, x: primal(params, h, x), h, xs, reverse=reverse)
         return jax.tree.map(lambda a: a.T, h), ys
-    h, ys, _ = _fused_loop(kernel, reverse, params, h, xs, keep_res=False)
+    h, ys, _ = _fused_loop(kernel, reverse, params, h, xs, flags, s0, keep_res=False)
     return h, ys
 
 
@@ -543,9 +891,11 @@ def _fused_core_fwd(
     params: PyTree,
     h: PyTree,
     xs: jax.Array,
-) -> tuple[tuple[PyTree, jax.Array], tuple[PyTree, jax.Array, PyTree]]:
-    h, ys, res = _fused_loop(kernel, reverse, params, h, xs, keep_res=True)
-    return (h, ys), (params, xs, res)
+    flags: Any,
+    s0: PyTree,
+) -> tuple[tuple[PyTree, jax.Array], tuple[Any, ...]]:
+    h_out, ys, res = _fused_loop(kernel, reverse, params, h, xs, flags, s0, keep_res=True)
+    return (h_out, ys), (params, xs, res, flags, s0)
 
 
 def _fused_core_bwd(
@@ -553,10 +903,11 @@ def _fused_core_bwd(
     primal: CellFn | None,
     reverse: bool,
     truncate_every: int | None,
-    saved: tuple[PyTree, jax.Array, PyTree],
+    saved: tuple[Any, ...],
     cts: tuple[PyTree, jax.Array],
-) -> tuple[PyTree, PyTree, jax.Array]:
-    params, xs, res = saved
+) -> tuple[PyTree, PyTree, jax.Array, None, PyTree]:
+    params, xs, res, flags, s0 = saved
+    valid, reset = flags if flags is not None else (None, None)
     dh, dys = cts
     T = xs.shape[0]
     # keep[t] = 0 where the state entering step t was cut (`truncate_every`): the gradient
@@ -566,16 +917,28 @@ def _fused_core_bwd(
     k = truncate_every
     keep = None if k is None else (n == 0) | (n % k != 0)
 
-    def step(dh: PyTree, inp: tuple[PyTree, jax.Array, Any]) -> tuple[PyTree, PyTree]:
-        res_t, dy, keep_t = inp
-        dh, dg = kernel.step_bwd(params, res_t, dh, dy)  # type: ignore[arg-type]
+    def step(carry: Any, data: Any) -> tuple[Any, PyTree]:
+        dh, ds0 = carry
+        res_t, dy, keep_t, v, r = data
+        if v is not None:  # a padded step passed the state through and output zeros
+            dy = jnp.where(v[:, None], dy, jnp.zeros_like(dy))
+            passed = _cols(v, _zeros(dh), dh)
+            dh = _cols(v, dh, _zeros(dh))
+        dh_in, dg = kernel.step_bwd(params, res_t, dh, dy)  # type: ignore[arg-type]
+        if v is not None:
+            dh_in = jax.tree.map(jnp.add, dh_in, passed)
+        if r is not None:  # the state entering a reset step was replaced by s0
+            ds0 = jax.tree.map(jnp.add, ds0, _cols(r, dh_in, _zeros(dh_in)))
+            dh_in = _cols(r, _zeros(dh_in), dh_in)
         if keep_t is not None:
-            dh = jax.tree.map(lambda a: jnp.where(keep_t, a, jnp.zeros_like(a)), dh)
-        return dh, dg
+            dh_in = jax.tree.map(lambda a: jnp.where(keep_t, a, jnp.zeros_like(a)), dh_in)
+        return (dh_in, ds0), dg
 
-    dh0, dg = _scan_prefetched(step, dh, (res, dys, keep), reverse=not reverse)
+    ds0 = None if s0 is None else _zeros(s0)
+    data = (res, dys, keep, valid, reset)
+    (dh0, ds0), dg = _scan_prefetched(step, (dh, ds0), data, reverse=not reverse)
     dparams, dxs = kernel.grads(params, xs, res, dg)  # type: ignore[arg-type]
-    return dparams, dh0, dxs
+    return dparams, dh0, dxs, None, ds0
 
 
 _fused_core.defvjp(_fused_core_fwd, _fused_core_bwd)

@@ -1,0 +1,207 @@
+"""Dropout as cells: the PRNG key is the state, so randomness is threaded like any carry.
+
+A dropout cell's state is a PRNG key while training and `None` at inference (dropout off,
+the identity). `initial_state` returns `None`; `seed_dropout` (or `Recur.seed_dropout`)
+puts a fresh key into every dropout slot of a model's state, and `seed_dropout(..., None)`
+turns them off again. Because the key is part of the state, a scan over a sequence, a
+`Recur` step, `jit`, `vmap` and `reset` all treat it like any other carry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from ._cell import Cell, PyTree, check_callable, describe
+from ._cells import LSTMState
+
+__all__ = ["Dropout", "VariationalDropout"]
+
+
+def _check_rate(cell: object, name: str, rate: object) -> float:
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+        raise ValueError(
+            f"{type(cell).__name__}: expected {name} to be a float in [0, 1), the probability "
+            f"of zeroing an entry, got {rate!r}."
+        )
+    return float(rate)
+
+
+def _check_key(where: str, key: object) -> None:
+    if key is None:
+        return
+    dtype = getattr(key, "dtype", None)
+    typed = dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key)
+    if not typed or jnp.ndim(key) != 0:  # type: ignore[arg-type]
+        raise TypeError(
+            f"{where}: expected a PRNG key from jax.random.key(seed) (or None for dropout "
+            f"off), got {type(key).__name__} with shape {jnp.shape(key)}. Make one with "  # type: ignore[arg-type]
+            "jax.random.key(0), or split one with jax.random.split(key)."
+        )
+
+
+def drop(key: jax.Array, x: jax.Array, rate: float) -> jax.Array:
+    """Inverted dropout: zero each entry with probability `rate`, scale the rest by
+    `1 / (1 - rate)`, so the expectation is unchanged."""
+    if rate == 0:
+        return x
+    keep = jax.random.bernoulli(key, 1 - rate, x.shape)
+    return jnp.where(keep, x / (1 - rate), jnp.zeros_like(x))
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class Dropout(Cell):
+    r"""Dropout between layers, as a cell whose state is its PRNG key.
+
+    .. math::
+
+        y = m \odot x / (1 - p), \qquad m_j \sim \mathrm{Bernoulli}(1 - p)
+
+    With `variational=False` a new mask is drawn at every step (the key is split and the
+    new key carried); with `variational=True` one mask per sequence is reused at every step
+    (Gal and Ghahramani, 2016: the key is carried unchanged, and the mask has the shape of
+    `x`, so each sequence of a batch has its own). The state is `None` from
+    `initial_state`: dropout is off (the identity), as at inference. Turn it on by giving
+    the state a key with `rj.seed_dropout(cell, state, key)` or `Recur.seed_dropout(key)`.
+
+    Params: `()`. `x: (..., features)` -> `y` of the same shape and dtype.
+
+    Args:
+      rate: the probability `p` of zeroing an entry, in `[0, 1)`.
+      variational: reuse one mask for every step of a sequence.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, recurjax as rj
+      >>> drop = rj.Dropout(0.5)
+      >>> drop(drop.init(jax.random.key(0)), None, jnp.ones(4))  # off: the identity
+      (None, Array([1., 1., 1., 1.], dtype=float32))
+      >>> key, y = drop((), jax.random.key(1), jnp.ones(1000))
+      >>> sorted(set(y.tolist())), round(float(y.mean()), 1)
+      ([0.0, 2.0], 1.0)
+    """
+
+    rate: float
+    variational: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rate", _check_rate(self, "rate", self.rate))
+
+    def __repr__(self) -> str:
+        kind = ", variational" if self.variational else ""
+        return f"Dropout({self.rate}{kind})"
+
+    def init(self, key: jax.Array, dtype: Any = jnp.float32) -> tuple[()]:
+        """No params: `()`."""
+        return ()
+
+    def initial_state(self, params: PyTree) -> None:
+        """`None`: dropout off until the state is given a key (`seed_dropout`)."""
+        return None
+
+    def __call__(self, params: PyTree, h: PyTree, x: jax.Array) -> tuple[PyTree, jax.Array]:
+        if h is None:
+            return None, x
+        _check_key(repr(self), h)
+        if self.variational:
+            return h, drop(h, x, self.rate)
+        key, sub = jax.random.split(h)
+        return key, drop(sub, x, self.rate)
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class VariationalDropout(Cell):
+    r"""Variational dropout on a recurrent cell's input and state (Gal and Ghahramani, 2016).
+
+    One mask per sequence for the input and one for the state, drawn from the key in the
+    state and reused at every step:
+
+    .. math::
+
+        (h_t, y_t) = \mathrm{cell}(\theta,\ m_h \odot h_{t-1} / (1 - p_h),\
+            m_x \odot x_t / (1 - p_x))
+
+    The masked state is what the cell *reads*; the carried state is the cell's output,
+    unmasked. For an `LSTMState` only `h` is masked (not the memory `c`), as in the paper;
+    for other states every leaf is. For `GRUCell` and `GRUv3Cell` the masked `h` also
+    enters the interpolation `z * h`, which Gal and Ghahramani's GRU does not mask.
+
+    State: `(cell_state, key)` with `key = None` (dropout off) from `initial_state`; seed it
+    with `rj.seed_dropout` or `Recur.seed_dropout`. Params: the cell's.
+
+    Args:
+      cell: the wrapped cell; its input `x` must be an array.
+      input_rate: dropout probability of the input features.
+      state_rate: dropout probability of the state features.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, recurjax as rj
+      >>> cell = rj.VariationalDropout(rj.LSTMCell(3, 4), input_rate=0.2, state_rate=0.2)
+      >>> params = cell.init(jax.random.key(0))
+      >>> h0 = rj.seed_dropout(cell, cell.initial_state(params), jax.random.key(1))
+      >>> (state, key), ys = rj.scan(cell, params, h0, jnp.ones((5, 2, 3)))
+      >>> state.h.shape, ys.shape
+      ((2, 4), (5, 2, 4))
+    """
+
+    cell: Callable[..., Any]
+    input_rate: float = 0.0
+    state_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_callable(self.cell, "VariationalDropout(cell)")
+        for name in ("input_rate", "state_rate"):
+            object.__setattr__(self, name, _check_rate(self, name, getattr(self, name)))
+
+    def __repr__(self) -> str:
+        return (
+            f"VariationalDropout({describe(self.cell)}, input_rate={self.input_rate}, "
+            f"state_rate={self.state_rate})"
+        )
+
+    @property
+    def in_features(self) -> int:  # type: ignore[override]
+        """The wrapped cell's `in_features`."""
+        return self.cell.in_features  # type: ignore[attr-defined]
+
+    def init(self, key: jax.Array, dtype: Any = None) -> PyTree:
+        """The wrapped cell's params (`dtype=None`: its own default)."""
+        init = self.cell.init  # type: ignore[attr-defined]
+        return init(key) if dtype is None else init(key, dtype)
+
+    def initial_state(self, params: PyTree) -> tuple[PyTree, None]:
+        """`(cell.initial_state(params), None)`: dropout off until seeded."""
+        return (self.cell.initial_state(params), None)  # type: ignore[attr-defined]
+
+    def __call__(self, params: PyTree, h: PyTree, x: jax.Array) -> tuple[PyTree, PyTree]:
+        if not (isinstance(h, tuple) and len(h) == 2):
+            raise ValueError(
+                f"{self!r}: expected the state (cell_state, key), got {type(h).__name__}. "
+                "Use initial_state(params), then rj.seed_dropout to turn dropout on."
+            )
+        state, key = h
+        if key is None:
+            state, y = self.cell(params, state, x)
+            return (state, None), y
+        _check_key(repr(self), key)
+        kx, kh = jax.random.split(key)
+        x = drop(kx, jnp.asarray(x), self.input_rate)
+        batch = tuple(x.shape[:-1])
+
+        def mask(k: jax.Array, a: jax.Array) -> jax.Array:
+            if a.ndim == 1 and batch:  # unbatched state meeting a batch: one mask per row
+                a = jnp.broadcast_to(a, (*batch, *a.shape))
+            return drop(k, a, self.state_rate)
+
+        if isinstance(state, LSTMState):
+            read = state._replace(h=mask(kh, state.h))
+        else:
+            leaves, treedef = jax.tree.flatten(state)
+            keys = list(jax.random.split(kh, len(leaves))) if leaves else []
+            masked = [mask(k, a) for k, a in zip(keys, leaves, strict=True)]
+            read = jax.tree.unflatten(treedef, masked)
+        state, y = self.cell(params, read, x)
+        return (state, key), y
