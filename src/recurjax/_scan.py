@@ -692,9 +692,8 @@ def _run_chain(
     freezes past a sequence's length, so padded steps give zeros at every level).
     """
     states = []
-    part_opts = opts._replace(unroll=1)
     for i, (part, p, s) in enumerate(zip(chain.cells, params, h, strict=True)):
-        s, xs = _run(part, p, s, xs, part_opts, ctl, _part(s0, i))
+        s, xs = _run(part, p, s, xs, opts, ctl, _part(s0, i))
         states.append(s)
     return tuple(states), xs
 

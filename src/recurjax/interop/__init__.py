@@ -60,7 +60,10 @@ is folded into `b`, and going back puts the sum in `bias_ih`; Haiku's LSTM forge
 back as `(b_f + 1) - 1`, equal to `b_f` up to one float rounding. `from_x(to_x(p))` returns
 `p` exactly for PyTorch, Flax, Equinox and Haiku's GRU and VanillaRNN.
 
-Not supported, with a clear error: PyTorch `bidirectional=True` and `proj_size > 0`; Flax cells
+PyTorch `bidirectional=True` modules convert to a chain of `rj.bidirectional` layers; run
+with `lengths=`, they equal torch on a `pack_padded_sequence` (tested).
+
+Not supported, with a clear error: PyTorch `proj_size > 0`; Flax cells
 with non-default `gate_fn`/`activation_fn` (LSTM, GRU) or `residual=True`; `GRUv3Cell` to
 PyTorch, Flax or Equinox and `GRUCell` to Haiku (no such cell there); a non-zero `bhn` to Flax
 NNX.

@@ -11,13 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._cells import GRUCell, LSTMCell, RNNCell
-from .._chain import Chain, chain
+from .._chain import Bidirectional, Chain, bidirectional, chain
 from ._common import as_array, as_numpy, expect_cell, expect_shape, is_zero, rnn_activation
 
 _GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
 _LAYERS = ("RNN", "LSTM", "GRU")
 _CELLS = ("RNNCell", "LSTMCell", "GRUCell")
-_KEY = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh)(_l(\d+))?$")
+_KEY = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh)(_l(\d+)(_reverse)?)?$")
 
 
 def _module_mode(module: Any) -> str:
@@ -31,12 +31,6 @@ def _module_mode(module: Any) -> str:
                 "state) is not supported: recurjax's LSTMCell has no projection. Convert a "
                 "module with proj_size=0."
             )
-        if getattr(module, "bidirectional", False):
-            raise ValueError(
-                f"{where}: bidirectional=True is not supported yet: recurjax has no "
-                "bidirectional combinator. Convert a unidirectional module, or the forward "
-                "direction alone (the state_dict keys without '_reverse')."
-            )
         return module.mode
     if name == "RNNCell":
         return "RNN_TANH" if module.nonlinearity == "tanh" else "RNN_RELU"
@@ -48,24 +42,29 @@ def _module_mode(module: Any) -> str:
     )
 
 
-def _layers(state_dict: Mapping[str, Any], where: str) -> dict[int | None, dict[str, Any]]:
-    """Group a state_dict's entries by layer (`None` for a cell's keys without `_l{k}`)."""
+def _layers(
+    state_dict: Mapping[str, Any], where: str
+) -> tuple[dict[int | None, dict[str, Any]], dict[int, dict[str, Any]]]:
+    """Group a state_dict's entries by layer (`None` for a cell's keys without `_l{k}`),
+    and the `_l{k}_reverse` entries of a bidirectional module by layer."""
     layers: dict[int | None, dict[str, Any]] = {}
+    reverse: dict[int, dict[str, Any]] = {}
     for key, value in state_dict.items():
         m = _KEY.match(key)
         if m is None:
             why = (
-                " ('_reverse' keys come from bidirectional=True, which is not supported yet)"
-                if key.endswith("_reverse")
-                else " ('weight_hr' keys come from proj_size > 0, which is not supported)"
+                " ('weight_hr' keys come from proj_size > 0, which is not supported)"
                 if key.startswith("weight_hr")
                 else ""
             )
             raise ValueError(
                 f"{where}: unexpected key {key!r} in the state_dict{why}. Expected "
                 "weight_ih, weight_hh, bias_ih, bias_hh (cells) or the same with _l0, _l1, ... "
-                "(nn.RNN, nn.LSTM, nn.GRU)."
+                "and _l0_reverse, ... (nn.RNN, nn.LSTM, nn.GRU)."
             )
+        if m.group(4):
+            reverse.setdefault(int(m.group(3)), {})[m.group(1)] = value
+            continue
         layer = None if m.group(3) is None else int(m.group(3))
         layers.setdefault(layer, {})[m.group(1)] = value
     if None in layers and len(layers) > 1:
@@ -73,7 +72,12 @@ def _layers(state_dict: Mapping[str, Any], where: str) -> dict[int | None, dict[
     numbered = sorted(k for k in layers if k is not None)
     if numbered and numbered != list(range(len(numbered))):
         raise ValueError(f"{where}: layers {numbered} are not numbered 0, 1, 2, ...")
-    return layers
+    if reverse and sorted(reverse) != numbered:
+        raise ValueError(
+            f"{where}: a bidirectional state_dict needs '_reverse' keys for every layer "
+            f"{numbered}, got them for {sorted(reverse)}."
+        )
+    return layers, reverse
 
 
 def _one_layer(mode: str, tensors: dict[str, Any], where: str) -> tuple[Any, dict[str, Any]]:
@@ -124,11 +128,14 @@ def from_torch(source: Any, *, mode: str | None = None) -> tuple[Any, Any]:
 
     `nn.RNNCell`/`nn.LSTMCell`/`nn.GRUCell` and one-layer `nn.RNN`/`nn.LSTM`/`nn.GRU` give a
     library cell; `num_layers = L > 1` gives `rj.chain` of `L` cells, params a tuple of `L`
-    dicts. Weights are transposed (`wi = weight_ih.T: (in, G*H)`, `wh = weight_hh.T:
-    (H, G*H)`, gate blocks in PyTorch's order), and the two biases are summed, `b = bias_ih +
-    bias_hh`, except the GRU's `b_hn`, which stays apart as `bhn` since it sits inside the
-    reset gate. `bias=False` gives zero biases. `batch_first` does not touch the weights (use
-    `time_axis=1` in `rj.scan`); `dropout` acts only in training and is not converted.
+    dicts. With `bidirectional=True` every layer is `rj.bidirectional(forward, backward)`
+    (merge `"concat"`, as torch's output), params `(forward, backward)` per layer: run with
+    `lengths=` it equals torch on a `pack_padded_sequence`. Weights are transposed (`wi =
+    weight_ih.T: (in, G*H)`, `wh = weight_hh.T: (H, G*H)`, gate blocks in PyTorch's order), and
+    the two biases are summed, `b = bias_ih + bias_hh`, except the GRU's `b_hn`, which stays
+    apart as `bhn` since it sits inside the reset gate. `bias=False` gives zero biases.
+    `batch_first` does not touch the weights (use `time_axis=1` in `rj.scan`); `dropout` acts
+    only in training and is not converted.
 
     Args:
       source: a `torch.nn` module, or a mapping from its `state_dict` keys (`weight_ih_l0`,
@@ -143,8 +150,8 @@ def from_torch(source: Any, *, mode: str | None = None) -> tuple[Any, Any]:
       source arrays.
 
     Raises:
-      ValueError: `bidirectional=True` or `proj_size > 0` (not supported), a state_dict
-        without `mode`, or arrays whose shapes do not fit the mode.
+      ValueError: `proj_size > 0` (not supported), a state_dict without `mode`, or arrays
+        whose shapes do not fit the mode.
 
     Examples:
       >>> import numpy as np, recurjax as rj
@@ -174,22 +181,36 @@ def from_torch(source: Any, *, mode: str | None = None) -> tuple[Any, Any]:
         state_dict = source.state_dict()
     if mode not in _GATES:
         raise ValueError(f"{where}: mode must be one of {sorted(_GATES)}, got {mode!r}.")
-    layers = _layers(state_dict, where)
+    layers, reverse = _layers(state_dict, where)
     if not layers:
         raise ValueError(f"{where}: the state_dict is empty.")
     if None in layers:
         return _one_layer(mode, layers[None], where)
-    converted = [_one_layer(mode, layers[k], f"{where} layer {k}") for k in sorted(layers)]  # type: ignore[type-var]
+    converted = []
+    for k in sorted(layers):  # type: ignore[type-var]
+        cell, params = _one_layer(mode, layers[k], f"{where} layer {k}")
+        if reverse:
+            back, back_params = _one_layer(mode, reverse[k], f"{where} layer {k} reverse")
+            cell, params = bidirectional(cell, back), (params, back_params)
+        converted.append((cell, params))
     if len(converted) == 1:
         return converted[0]
     for k in range(1, len(converted)):
         below, here = converted[k - 1][0], converted[k][0]
-        if here.in_features != below.hidden_size:
+        gives = _width(below)
+        if here.in_features != gives:
             raise ValueError(
                 f"{where}: layer {k} takes {here.in_features} inputs but layer {k - 1} gives "
-                f"{below.hidden_size}."
+                f"{gives}."
             )
     return chain(*(c for c, _ in converted)), tuple(p for _, p in converted)
+
+
+def _width(cell: Any) -> int:
+    """Output features of a converted layer (both directions for a bidirectional one)."""
+    if isinstance(cell, Bidirectional):
+        return cell.forward.hidden_size + cell.backward.hidden_size
+    return cell.hidden_size
 
 
 def to_torch(cell: Any, params: Any, *, bias: bool = True) -> dict[str, np.ndarray]:
@@ -198,6 +219,8 @@ def to_torch(cell: Any, params: Any, *, bias: bool = True) -> dict[str, np.ndarr
     An `RNNCell` (tanh or relu), `LSTMCell` or `GRUCell` gives the keys of a one-layer
     `nn.RNN`/`nn.LSTM`/`nn.GRU` (`weight_ih_l0`, ...); a `Chain` of such cells of one kind
     and one hidden size, each fed by the one before, gives `num_layers = len(chain)` layers.
+    A `bidirectional` pair of such cells (merge `"concat"`), or a chain of them, gives a
+    `bidirectional=True` module's keys (`weight_ih_l0_reverse`, ...).
     Load it with `module.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})`.
     For an `nn.*Cell`, drop the `_l0` suffix from the keys of a one-layer result.
 
@@ -230,6 +253,24 @@ def to_torch(cell: Any, params: Any, *, bias: bool = True) -> dict[str, np.ndarr
             raise ValueError(f"{where}: expected params to be a tuple with one dict per part.")
     else:
         cells, plist = (cell,), (params,)
+    pairs = [isinstance(c, Bidirectional) for c in cells]
+    if not any(pairs):
+        return _layers_to_torch(cells, plist, where, bias, fed=1)
+    if not all(pairs) or any(c.merge != "concat" for c in cells):
+        raise ValueError(
+            f"{where}: a PyTorch bidirectional module has every layer bidirectional with its "
+            "outputs concatenated (merge='concat'); got a chain that mixes them or another "
+            "merge."
+        )
+    fwd = _layers_to_torch([c.forward for c in cells], [p[0] for p in plist], where, bias, 2)
+    bwd = _layers_to_torch([c.backward for c in cells], [p[1] for p in plist], where, bias, 2)
+    return {**fwd, **{f"{k}_reverse": v for k, v in bwd.items()}}
+
+
+def _layers_to_torch(
+    cells: Any, plist: Any, where: str, bias: bool, fed: int
+) -> dict[str, np.ndarray]:
+    """The state_dict of one direction's layers; layer k reads `fed * H` features from k-1."""
     why = "PyTorch's GRU applies the reset gate after the matmul, which is GRUCell."
     for c in cells:
         expect_cell(where, c, (RNNCell, LSTMCell, GRUCell), why)
@@ -241,7 +282,7 @@ def to_torch(cell: Any, params: Any, *, bias: bool = True) -> dict[str, np.ndarr
                 f"{where}: a PyTorch multi-layer module has one cell type and one hidden size; "
                 f"part {k} is {c!r}, part 0 is {first!r}."
             )
-        if c.in_features != prev.hidden_size:
+        if c.in_features != fed * prev.hidden_size:
             raise ValueError(f"{where}: part {k} is not fed by part {k - 1}'s output.")
     acts = {"tanh": jnp.tanh, "relu": jax.nn.relu}
     if isinstance(first, RNNCell):
