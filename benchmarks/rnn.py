@@ -23,7 +23,8 @@ the same function: the weights are copied from one PyTorch module with
 - "recurjax" is the default `strategy="auto"`; the row below it is `strategy="sequential"`
   (plain `lax.scan` of the cell, the engine before the fused kernels).
 - Streaming: one jitted `Recur` step against a bare matmul. Memory: LSTM f+b at T=4096
-  with and without `remat=64`.
+  with and without `remat=64`. Padded: an LSTM over a right-padded batch with `lengths=`,
+  against Flax's `seq_lengths` and torch's packed sequences.
 """
 
 from __future__ import annotations
@@ -340,6 +341,95 @@ def memory(T: int = 4096, B: int = 32, F: int = 64, H: int = 256, rounds: int = 
     return rows
 
 
+def padded(B: int = 32, T: int = 128, F: int = 64, H: int = 256, rounds: int = 15) -> list[str]:
+    """LSTM over a right-padded batch (lengths uniform in [T/2, T]): recurjax with
+    `lengths=` against the same call without lengths, the sequential strategy, Flax's
+    `nn.RNN(seq_lengths=...)` and torch on a `pack_padded_sequence`. Outputs are checked on
+    the valid steps (Flax does not zero the padded ones)."""
+    import flax.linen as nn
+    import torch
+
+    torch.manual_seed(0)
+    module = torch.nn.LSTM(F, H, batch_first=True)
+    cell, params = interop.from_torch(module)
+    rng = np.random.default_rng(0)
+    xs_np = rng.normal(size=(B, T, F)).astype(np.float32)
+    lengths_np = rng.integers(T // 2, T + 1, size=B)
+    xs, lengths = jnp.asarray(xs_np), jnp.asarray(lengths_np)
+    valid = np.arange(T)[None, :] < lengths_np[:, None]
+
+    def rj_run(strategy: str, use_lengths: bool) -> Callable[[Any, jax.Array], jax.Array]:
+        def run(p: Any, xs: jax.Array) -> jax.Array:
+            h0 = jax.tree.map(lambda a: jnp.broadcast_to(a, (B, *a.shape)), cell.initial_state(p))
+            lens = lengths if use_lengths else None
+            return rj.scan(cell, p, h0, xs, time_axis=1, lengths=lens, strategy=strategy)[1]
+
+        return run
+
+    impls = [
+        jax_impl("recurjax, lengths=", rj_run("auto", True), params, xs),
+        jax_impl("recurjax, no lengths (all T steps)", rj_run("auto", False), params, xs),
+        jax_impl(
+            "recurjax strategy='sequential', lengths=", rj_run("sequential", True), params, xs
+        ),
+    ]
+    fcell, variables = interop.to_flax(cell, params, optimized=True)
+    rnn = nn.RNN(fcell)
+    fparams = {"params": {"cell": variables["params"]}}
+    impls.append(
+        jax_impl(
+            "flax OptimizedLSTMCell, seq_lengths=",
+            lambda p, xs: rnn.apply(p, xs, seq_lengths=lengths),
+            fparams,
+            xs,
+        )
+    )
+    torch.set_num_threads(os.cpu_count() or 1)
+    x_t = torch.from_numpy(xs_np)
+    pack = torch.nn.utils.rnn
+
+    def torch_out() -> Any:
+        packed = pack.pack_padded_sequence(
+            x_t, torch.from_numpy(lengths_np), batch_first=True, enforce_sorted=False
+        )
+        return pack.pad_packed_sequence(module(packed)[0], batch_first=True, total_length=T)[0]
+
+    def torch_fwd() -> Any:
+        with torch.no_grad():
+            return torch_out()
+
+    def torch_fb() -> None:
+        module.zero_grad(set_to_none=True)
+        (torch_out() ** 2).sum().backward()
+
+    impls.append(
+        Impl(
+            "torch.nn.LSTM, pack_padded_sequence", torch_fwd, torch_fb, lambda: torch_fwd().numpy()
+        )
+    )
+    ref = impls[0].out()
+    for impl in impls[2:]:
+        diff = float(np.max(np.abs(np.where(valid[..., None], impl.out() - ref, 0))))
+        if diff > 1e-4:
+            raise AssertionError(f"{impl.name} differs from recurjax by {diff:.2e}")
+    fwd = time_all(impls, "fwd", rounds)
+    fb = time_all(impls, "fb", rounds)
+    base = impls[0].name
+    rows = [
+        f"## Padded batch: LSTM B={B} T={T} F={F} H={H}, lengths uniform in [{T // 2}, {T}]"
+        f" (mean {lengths_np.mean():.0f})",
+        "",
+        "| implementation | fwd ms | f+b ms | recurjax/impl fwd | recurjax/impl f+b |",
+        "|---|---|---|---|---|",
+    ]
+    for impl in impls:
+        rows.append(
+            f"| {impl.name} | {fwd[impl.name]:.2f} | {fb[impl.name]:.2f} | "
+            f"{fwd[base] / fwd[impl.name]:.2f} | {fb[base] / fb[impl.name]:.2f} |"
+        )
+    return rows
+
+
 def matmul_peak(rounds: int = 10) -> float:
     """GFLOP/s of a 2048 x 2048 float32 matmul under jit, median of `rounds`."""
     n = 2048
@@ -359,10 +449,14 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="one small config, few rounds, no file")
     ap.add_argument("--rounds", type=int, default=15, help="timed rounds per implementation")
     ap.add_argument("--cells", default="lstm,gru")
+    ap.add_argument("--only", choices=["padded"], help="run one section alone (no file)")
     ap.add_argument("--out", default=str(Path(__file__).with_name("RESULTS.md")))
     args = ap.parse_args()
     configs = [(8, 32, 16, 32)] if args.quick else CONFIGS
     rounds = 3 if args.quick else args.rounds
+    if args.only == "padded":
+        print("\n".join(padded(*((8, 32, 16, 32) if args.quick else ()), rounds=rounds)))
+        return
     peak = matmul_peak()
     lines = [
         "# Benchmark results",
@@ -413,6 +507,9 @@ def main() -> None:
     print("\n".join(rows), flush=True)
     lines += [*rows, ""]
     rows = memory(T=256 if args.quick else 4096)
+    print("\n".join(rows), flush=True)
+    lines += [*rows, ""]
+    rows = padded(*((8, 32, 16, 32) if args.quick else ()), rounds=rounds)
     print("\n".join(rows), flush=True)
     lines += [*rows, ""]
     if not args.quick:

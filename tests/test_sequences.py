@@ -158,7 +158,7 @@ TWO_AXES = dict(batch=(2, 3), use_lengths=True, use_resets=True, reverse=True, j
 GRID = (
     [(case, ONE_AXIS, "auto") for case in RECURRENT]
     + [(case, ONE_AXIS, "sequential") for case in RECURRENT if case.name in KERNEL]
-    + [(case, TWO_AXES, "auto") for case in RECURRENT if case.name in (*KERNEL, "user_fn")]
+    + [(case, TWO_AXES, "auto") for case in RECURRENT]
     + [(case, TWO_AXES, "sequential") for case in RECURRENT if case.name == "lstm"]
 )
 
