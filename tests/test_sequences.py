@@ -228,6 +228,9 @@ def test_recur_scan_resets_to_the_handles_state0_which_learns():
     tree_allclose(ys[3:, 0], tail, rtol=1e-5, atol=1e-6)
     _, straight = rj.scan(m.cell, m.params, m.state[1], xs[:, 1])
     tree_allclose(ys[:, 1], straight, rtol=1e-5, atol=1e-6)
+    # Batch-major: resets take the time axis of xs.
+    _, ys_bm = m.scan(jnp.swapaxes(xs, 0, 1), resets=resets.T, time_axis=1)
+    tree_allclose(jnp.swapaxes(ys_bm, 0, 1), ys, rtol=1e-6, atol=1e-7)
 
     def loss(m):
         return jnp.sum(m.scan(xs, resets=resets)[1][3:, 0])
