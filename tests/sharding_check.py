@@ -169,6 +169,54 @@ def collectives(compiled_text: str) -> dict[str, int]:
     return dict(Counter(re.findall(rf"\b({ops})(?:-start)?\(", compiled_text)))
 
 
+def sequence_parallel(devices: list[Any]) -> dict[str, Any]:
+    """One long sequence with its time axis split over every device (`shard_map`), against
+    `rj.scan` on one device: values, final states and gradients, for minGRU and the LRU,
+    with and without `lengths` and `resets`; and the sharding of the outputs."""
+    mesh = Mesh(np.asarray(devices), ("time",))
+    T = 16 * len(devices)
+    out: dict[str, Any] = {}
+    for cell in (rj.MinGRUCell(3, 4), rj.LRUCell(3, 4, r_min=0.5)):
+        params = cell.init(jax.random.key(0))
+        xs = jax.random.normal(jax.random.key(1), (T, 2, 3))
+        h0 = jnp.full((2, 4), 0.3, cell.initial_state(params).dtype)
+        controls = {
+            "plain": {},
+            "lengths+resets": {
+                "lengths": jnp.array([T, 37]),
+                "resets": jax.random.bernoulli(jax.random.key(2), 0.1, (T, 2)),
+            },
+        }
+        for label, kw in controls.items():
+
+            def loss(
+                params: Any,
+                xs: jax.Array,
+                parallel: bool,
+                kw: Any = kw,
+                cell: Any = cell,
+                h0: Any = h0,
+            ) -> Any:
+                if parallel:
+                    h, ys = rj.sequence_parallel_scan(
+                        cell, params, h0, xs, mesh=mesh, axis="time", **kw
+                    )
+                else:
+                    h, ys = rj.scan(cell, params, h0, xs, **kw)
+                return jnp.sum(ys**2) + jnp.sum(jnp.abs(h) ** 2), (h, ys)
+
+            grad = jax.jit(
+                jax.value_and_grad(loss, argnums=(0, 1), has_aux=True), static_argnums=2
+            )
+            one = grad(params, jax.device_put(xs, devices[0]), False)
+            split = grad(params, jax.device_put(xs, NamedSharding(mesh, P("time"))), True)
+            out[f"{cell!r} {label}"] = {
+                "rel_diff": max_diff(one, split) / max_abs(one),
+                "ys_time_split": split[0][1][1].sharding.spec == P("time"),
+            }
+    return out
+
+
 def main() -> dict[str, Any]:
     # As strict as the test suite (tests/conftest.py): no silent rank or dtype promotion.
     jax.config.update("jax_numpy_rank_promotion", "raise")
@@ -261,6 +309,7 @@ def main() -> dict[str, Any]:
     }
 
     return {
+        "sequence_parallel": sequence_parallel(devices),
         "jax": jax.__version__,
         "devices": n,
         "platform": devices[0].platform,

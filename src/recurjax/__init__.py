@@ -22,8 +22,9 @@ from ._chain import (
     stateless,
 )
 from ._dropout import Dropout, VariationalDropout
+from ._linear import LinearCell, LRUCell, MinGRUCell, MinLSTMCell
 from ._recur import GRU, LSTM, RNN, GRUv3, Recur
-from ._scan import scan
+from ._scan import scan, sequence_parallel_scan
 from ._tbptt import chunks, tbptt
 
 __version__ = "0.1.0"
@@ -40,8 +41,12 @@ __all__ = [
     "GRUCell",
     "GRUv3",
     "GRUv3Cell",
+    "LRUCell",
     "LSTMCell",
     "LSTMState",
+    "LinearCell",
+    "MinGRUCell",
+    "MinLSTMCell",
     "RNNCell",
     "Recur",
     "Residual",
@@ -54,6 +59,7 @@ __all__ = [
     "residual",
     "scan",
     "seed_dropout",
+    "sequence_parallel_scan",
     "stacked",
     "stateless",
     "tbptt",

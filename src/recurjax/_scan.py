@@ -14,9 +14,9 @@ from jax import lax
 from ._cell import CellFn, PyTree, check_callable, describe, index_or_none
 from ._kernels import GRUKernel, Kernel, kernel_for
 
-__all__ = ["scan"]
+__all__ = ["scan", "sequence_parallel_scan"]
 
-STRATEGIES = ("auto", "fused", "sequential")
+STRATEGIES = ("auto", "fused", "sequential", "associative", "chunked")
 
 
 def _time_major(cell: object, xs: PyTree, time_axis: int) -> tuple[PyTree, int]:
@@ -219,13 +219,21 @@ def scan(
           once and computes the weight and input gradients as single large matmuls over all
           steps. Reverse-mode only: forward-mode autodiff of it raises JAX's "can't apply
           forward-mode autodiff (jvp) to a custom_vjp function"; use `"sequential"` there.
+        - `"associative"`: for a `LinearCell` (`MinGRUCell`, `MinLSTMCell`, `LRUCell`,
+          subclasses; and chains, part by part), `lax.associative_scan` over the whole
+          sequence: the composed maps `h -> a h + b` give every state in `O(log T)` depth.
+          Its backward pass is one more associative scan (a custom VJP), reverse-mode only.
+        - `"chunked"`: the same within blocks of 256 steps, carried sequentially from block
+          to block (`O(T log 256)` work instead of `O(T log T)`).
         - `"auto"` (default): `"fused"` where the cell has a kernel and `unroll == 1`,
           otherwise `"sequential"`; except where the sequential one measured faster on
           XLA:CPU (`benchmarks/RESULTS.md`): a `GRUCell` with 128 or more sequences in the
           batch, and the forward pass alone of 4 or fewer sequences. A `Chain` runs part
           by part over the whole sequence (each layer's outputs are the next one's
           inputs), each part with its own best strategy; a `Dense` part is then one matmul
-          over all steps.
+          over all steps. A `LinearCell` runs sequentially: on XLA:CPU the associative
+          scan was slower (`benchmarks/RESULTS_linear.md`); backends where it measures
+          faster are listed in `ASSOCIATIVE_BACKENDS`.
       remat: rematerialise every this many steps to save memory: the backward pass stores
         only the state at the start of each block of `remat` steps and recomputes the
         block's forward pass (`jax.checkpoint`), so memory for the backward pass grows as
@@ -310,6 +318,12 @@ def scan(
             f"scan({name}): strategy='fused' needs a cell with a fused kernel (LSTMCell, "
             "GRUCell, RNNCell, or a chain of them and Dense layers); this cell has none. Use "
             "strategy='auto' (which falls back to 'sequential') or 'sequential'."
+        )
+    if strategy in ("associative", "chunked") and not _has_linear(cell):
+        raise ValueError(
+            f"scan({name}): strategy={strategy!r} needs a cell that is linear in its state "
+            "(a LinearCell: MinGRUCell, MinLSTMCell, LRUCell or a subclass), or a chain with "
+            "one; this cell is not. Use strategy='auto' or 'sequential'."
         )
     if type(xs) in (list, tuple):
         xs = _stack_steps(cell, xs)
@@ -580,6 +594,9 @@ def _run(
             valid = ctl.valid
             ys = jax.tree.map(lambda a: _select(valid, a, jnp.zeros_like(a)), ys)
         return h, ys
+    if _is_linear(cell) and opts.unroll == 1 and _associative_pays(opts.strategy, T):
+        chunk = CHUNK if opts.strategy in ("chunked", "auto") else None
+        return _associative(cast("Any", cell), params, h, xs, opts, ctl, s0, chunk)
     if fast:
         kernel = kernel_for(cell)
         n = math.prod(xs.shape[1:-1]) if kernel is not None else 0
@@ -698,6 +715,18 @@ def _run_chain(
     return tuple(states), xs
 
 
+def _has_linear(cell: object) -> bool:
+    from ._chain import Bidirectional, Chain, Residual
+
+    if type(cell) is Chain:
+        return any(_has_linear(c) for c in cell.cells)  # type: ignore[attr-defined]
+    if type(cell) is Bidirectional:
+        return _has_linear(cell.forward) or _has_linear(cell.backward)  # type: ignore[attr-defined]
+    if type(cell) is Residual:
+        return _has_linear(cell.cell)  # type: ignore[attr-defined]
+    return _is_linear(cell)
+
+
 def _has_kernel(cell: object) -> bool:
     from ._chain import Bidirectional, Chain, Residual
 
@@ -764,6 +793,138 @@ def _stack_steps(cell: object, steps: list[Any] | tuple[Any, ...]) -> PyTree:
                 f"shape {shapes[0]} and step {t} has shape {shape}. Pad or split the sequence."
             )
     return jax.tree.map(lambda *a: jnp.stack(a), *steps)
+
+
+# --- the associative strategy for linear cells ------------------------------------------------
+
+# Blocks of the chunked strategy (associative inside a block, sequential across blocks).
+CHUNK = 256
+# Backends on which `strategy="auto"` runs a `LinearCell` with the chunked associative scan.
+# Set from benchmarks/RESULTS_linear.md (B=4, in=64, H=128): on XLA:CPU (2 cores) the
+# forward pass was 2-4x slower associatively from T=1024 on, and f+b mixed (chunked faster
+# at T=256, e.g. minGRU 4.6 vs 7.4 ms, and for the LRU up to T=4096, 239 vs 301 ms; slower
+# for minGRU at T=1024 and 4096, 47.5 vs 36.1 and 249 vs 187 ms), so CPU is not in the set:
+# the default is never slower than the sequential scan. GPU and TPU have not been measured;
+# until they are, the default stays sequential there too (run the benchmark to add them).
+ASSOCIATIVE_BACKENDS: frozenset[str] = frozenset()
+
+
+def _associative_pays(strategy: str, T: int) -> bool:
+    """Whether this strategy evaluates a linear cell with the associative scan."""
+    if strategy in ("associative", "chunked"):
+        return True
+    return strategy == "auto" and jax.default_backend() in ASSOCIATIVE_BACKENDS
+
+
+def _is_linear(cell: object) -> bool:
+    """A `LinearCell` whose step is the inherited one (so `coefficients` describe it)."""
+    from ._linear import LinearCell
+
+    return isinstance(cell, LinearCell) and type(cell).__call__ is LinearCell.__call__
+
+
+def _combine(
+    earlier: tuple[jax.Array, jax.Array], later: tuple[jax.Array, jax.Array]
+) -> tuple[jax.Array, jax.Array]:
+    """Compose two affine maps `h -> a h + b`, the earlier one applied first."""
+    a1, b1 = earlier
+    a2, b2 = later
+    return a1 * a2, a2 * b1 + b2
+
+
+def _linear_block(h: jax.Array, ab: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """All states of a block from its entering state `h`: `(h_last, hs)`."""
+    hs = _linear_scan(h, *ab)
+    return hs[-1], hs
+
+
+def _affine_prefix(h: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:
+    """`hs[t] = a[t] hs[t-1] + b[t]` from `hs[-1] = h`, by `lax.associative_scan`."""
+    A, B = lax.associative_scan(_combine, (a, b), axis=0)
+    return A * h[None] + B
+
+
+@jax.custom_vjp
+def _linear_scan(h: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:
+    """Every state of `h_t = a_t h_{t-1} + b_t`, time on axis 0.
+
+    Its VJP is the same kind of recurrence run backwards, so the backward pass is one more
+    associative scan instead of the transpose of the forward one (which XLA took several
+    times longer to compile, and ran slower): with `g_t` the cotangent of `h_t` from
+    outside, `l_t = g_t + a_{t+1} l_{t+1}`, then `db_t = l_t`, `da_t = l_t h_{t-1}` and
+    `dh = a_0 l_0`.
+    """
+    return _affine_prefix(h, a, b)
+
+
+def _linear_scan_fwd(h: jax.Array, a: jax.Array, b: jax.Array) -> tuple[jax.Array, Any]:
+    hs = _affine_prefix(h, a, b)
+    return hs, (h, a, hs)
+
+
+def _linear_scan_bwd(saved: Any, g: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    h, a, hs = saved
+    later = jnp.concatenate([a[1:], jnp.zeros_like(a[:1])])  # a_{t+1}, none after the end
+    lam = jnp.flip(_affine_prefix(jnp.zeros_like(h), jnp.flip(later, 0), jnp.flip(g, 0)), 0)
+    before = jnp.concatenate([h[None], hs[:-1]])
+    return a[0] * lam[0], lam * before, lam
+
+
+_linear_scan.defvjp(_linear_scan_fwd, _linear_scan_bwd)
+
+
+def _associative(
+    cell: Any,
+    params: PyTree,
+    h: jax.Array,
+    xs: jax.Array,
+    opts: _Opts,
+    ctl: _Ctl | None = None,
+    s0: PyTree = None,
+    chunk: int | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """A `LinearCell` over a whole sequence with `lax.associative_scan`.
+
+    The coefficients `(a_t, b_t)` of every step are computed at once; a reset becomes
+    `(0, a_t s0 + b_t)` and a padded step the identity `(1, 0)`, so the composed maps give
+    every state, `h_t = A_t h_0 + B_t`. With `chunk`, blocks of that many steps are scanned
+    associatively and carried sequentially from one to the next (`O(T log chunk)` work
+    instead of `O(T log T)`); truncation cuts the carry at block starts of
+    `truncate_every` steps.
+    """
+    T = xs.shape[0]
+    if T == 0:
+        return _sequential(cell, params, h, xs, opts, ctl, s0)
+    a, b = cell.coefficients(params, xs)
+    a = jnp.broadcast_to(a, b.shape).astype(b.dtype)
+    if ctl is not None and ctl.reset is not None:
+        reset = ctl.reset
+        b = _select(reset, a * jnp.broadcast_to(s0, b.shape) + b, b)
+        a = _select(reset, jnp.zeros_like(a), a)
+    if ctl is not None and ctl.valid is not None:
+        valid = ctl.valid
+        a = _select(valid, a, jnp.ones_like(a))
+        b = _select(valid, b, jnp.zeros_like(b))
+    if opts.reverse:
+        a, b = jnp.flip(a, 0), jnp.flip(b, 0)
+    k = opts.truncate_every
+    size = k if k is not None and k < T else chunk
+    if size is None or size >= T:
+        h, hs = _linear_block(h, (a, b))
+    else:
+
+        def run(h: jax.Array, ab: Any, start: jax.Array) -> tuple[jax.Array, jax.Array]:
+            if k is not None:
+                h = _cut_at(h, start, k)
+            return _linear_block(h, ab)
+
+        h, hs = _in_blocks(run, h, (a, b), size, reverse=False)
+    if opts.reverse:
+        hs = jnp.flip(hs, 0)
+    ys = cell.readout(params, hs, xs)
+    if ctl is not None and ctl.valid is not None:
+        ys = _select(ctl.valid, ys, jnp.zeros_like(ys))
+    return h, ys
 
 
 # --- the fused strategy ----------------------------------------------------------------------
@@ -972,3 +1133,130 @@ def _scan_prefetched(
         step, (carry, at(jnp.asarray(first))), jnp.arange(T), reverse=reverse
     )
     return carry, ys
+
+
+# --- sequence parallelism ----------------------------------------------------------------------
+
+
+def sequence_parallel_scan(
+    cell: Any,
+    params: PyTree,
+    h: jax.Array,
+    xs: jax.Array,
+    *,
+    mesh: Any,
+    axis: str,
+    lengths: Any = None,
+    resets: Any = None,
+    state0: PyTree = None,
+) -> tuple[jax.Array, jax.Array]:
+    """Run a linear cell over one long sequence whose time axis is split over devices.
+
+    `xs` (time-major, `(T, ..., in)`) is sharded on its time axis over the mesh axis `axis`
+    (`jax.shard_map`): each of the `D` devices holds `T / D` consecutive steps. Each device
+    runs its block from a zero state with the associative scan, keeping the block's
+    composed map `h -> A h + B`; the `D` maps (one `(batch, H)` pair per device) are
+    gathered, each device folds the maps of the devices before it into its entering state,
+    and corrects its block's states with it. Only the small maps cross devices, once. The
+    result equals `scan(cell, params, h, xs, lengths=..., resets=...)` on one device (to
+    float rounding: tested on 8 host CPU devices), and it differentiates like it.
+
+    Args:
+      cell: a `LinearCell` (`MinGRUCell`, `MinLSTMCell`, `LRUCell`, a subclass).
+      params: its params (replicated).
+      h: the initial state, unbatched or with the batch shape of `xs` (replicated).
+      xs: `(T, ..., in)` with `T` a multiple of the size of `axis`.
+      mesh: a `jax.sharding.Mesh`.
+      axis: the mesh axis name that time is split over.
+      lengths, resets, state0: as in `scan` (`resets` time-major, split like `xs`).
+
+    Returns:
+      `(h, ys)`: the final state (replicated) and `ys: (T, ..., out)`, sharded on time.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, numpy as np, recurjax as rj
+      >>> from jax.sharding import Mesh
+      >>> mesh = Mesh(np.array(jax.devices()[:1]), ("time",))
+      >>> cell = rj.MinGRUCell(3, 4)
+      >>> params = cell.init(jax.random.key(0))
+      >>> xs = jnp.ones((8, 2, 3))
+      >>> h, ys = rj.sequence_parallel_scan(
+      ...     cell, params, cell.initial_state(params), xs, mesh=mesh, axis="time")
+      >>> h_ref, ys_ref = rj.scan(cell, params, cell.initial_state(params), xs)
+      >>> bool(jnp.allclose(ys, ys_ref, atol=1e-6))
+      True
+    """
+    from jax.sharding import PartitionSpec as P
+
+    name = describe(cell)
+    if not _is_linear(cell):
+        raise TypeError(
+            f"sequence_parallel_scan({name}): needs a LinearCell (MinGRUCell, MinLSTMCell, "
+            "LRUCell or a subclass), whose steps compose as maps h -> a h + b; other cells "
+            "carry a non-linear state and cannot be split in time. Use rj.scan."
+        )
+    if axis not in mesh.shape:
+        raise ValueError(
+            f"sequence_parallel_scan({name}): mesh has axes {tuple(mesh.shape)}, not "
+            f"{axis!r}. Pass axis= one of them."
+        )
+    D = mesh.shape[axis]
+    xs, T = _time_major(cell, xs, 0)
+    if T % D:
+        raise ValueError(
+            f"sequence_parallel_scan({name}): T={T} steps do not split evenly over {D} "
+            f"devices on axis {axis!r}. Pad xs to a multiple of {D} (with lengths= to mark "
+            "the padding)."
+        )
+    h = _settle_state(cell, params, h, xs)
+    ctl = _controls(cell, xs, T, lengths, resets, 0)
+    s0 = (
+        _reset_state(cell, params, h, state0, xs)
+        if ctl is not None and ctl.reset is not None
+        else None
+    )
+    if lengths is not None:
+        _check_length_values(cell, xs, lengths, 0)
+    valid = None if ctl is None else ctl.valid
+    reset = None if ctl is None else ctl.reset
+
+    def local(params: PyTree, h: jax.Array, s0: Any, xs: jax.Array, valid: Any, reset: Any) -> Any:
+        a, b = cell.coefficients(params, xs)
+        a = jnp.broadcast_to(a, b.shape).astype(b.dtype)
+        if reset is not None:
+            b = _select(reset, a * jnp.broadcast_to(s0, b.shape) + b, b)
+            a = _select(reset, jnp.zeros_like(a), a)
+        if valid is not None:
+            xs = _select(valid, xs, jnp.zeros_like(xs))
+            a = _select(valid, a, jnp.ones_like(a))
+            b = _select(valid, b, jnp.zeros_like(b))
+        zeros = jnp.zeros_like(h)
+        from_zero = _linear_scan(zeros, a, b)  # the block's states from a zero state: B_t
+        gains = _linear_scan(jnp.ones_like(h), a, jnp.zeros_like(b))  # prod of a: A_t
+        maps = lax.all_gather((gains[-1], from_zero[-1]), axis)  # (D, ...) each
+        me = lax.axis_index(axis)
+
+        # Fold the maps in device order; keep the state entering this device and the last.
+        def step(carry: jax.Array, m: Any) -> tuple[jax.Array, jax.Array]:
+            A, B, d = m
+            new = A * carry + B
+            entering = jnp.where(d == me, carry, jnp.zeros_like(carry))
+            return new, entering
+
+        final, entering = lax.scan(step, h, (*maps, jnp.arange(D)))
+        h_in = entering.sum(0)
+        hs = from_zero + gains * h_in[None]
+        ys = cell.readout(params, hs, xs)
+        if valid is not None:
+            ys = _select(valid, ys, jnp.zeros_like(ys))
+        return final, ys
+
+    spec_t = P(axis)
+    fn = jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(P(), P(), P(), spec_t, spec_t, spec_t),
+        out_specs=(P(), spec_t),
+        check_vma=False,
+    )
+    return fn(params, h, s0, xs, valid, reset)
