@@ -68,12 +68,13 @@ CASES = [
     _library("lstm", rj.LSTMCell(IN, H, forget_bias=1.0)),
     _library("gru", rj.GRUCell(IN, H)),
     _library("gruv3", rj.GRUv3Cell(IN, H)),
-    _library("mingru", rj.MinGRUCell(IN, H)),
     _library("dense", rj.Dense(IN, H, activation=jnp.tanh)),
     _library("chain", rj.chain(rj.LSTMCell(IN, 5), rj.Dense(5, H))),
     Case("user_fn", elman, _elman_params, lambda p: jnp.zeros((H,), p["wxh"].dtype)),
 ]
 LIBRARY = [c for c in CASES if isinstance(c.cell, rj.Cell)]
+# A linear cell (tests/test_linear.py holds its own suite); test_sequences runs it too.
+MINGRU = _library("mingru", rj.MinGRUCell(IN, H))
 RECURRENT = [c for c in CASES if c.name != "dense"]
 
 

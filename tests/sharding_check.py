@@ -172,7 +172,7 @@ def collectives(compiled_text: str) -> dict[str, int]:
 def sequence_parallel(devices: list[Any]) -> dict[str, Any]:
     """One long sequence with its time axis split over every device (`shard_map`), against
     `rj.scan` on one device: values, final states and gradients, for minGRU and the LRU,
-    with and without `lengths` and `resets`; and the sharding of the outputs."""
+    with `lengths` and `resets` (and minGRU without); and the sharding of the outputs."""
     mesh = Mesh(np.asarray(devices), ("time",))
     T = 16 * len(devices)
     out: dict[str, Any] = {}
@@ -180,13 +180,14 @@ def sequence_parallel(devices: list[Any]) -> dict[str, Any]:
         params = cell.init(jax.random.key(0))
         xs = jax.random.normal(jax.random.key(1), (T, 2, 3))
         h0 = jnp.full((2, 4), 0.3, cell.initial_state(params).dtype)
-        controls = {
-            "plain": {},
+        controls: dict[str, Any] = {
             "lengths+resets": {
                 "lengths": jnp.array([T, 37]),
                 "resets": jax.random.bernoulli(jax.random.key(2), 0.1, (T, 2)),
-            },
+            }
         }
+        if isinstance(cell, rj.MinGRUCell):
+            controls["plain"] = {}
         for label, kw in controls.items():
 
             def loss(

@@ -12,6 +12,9 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+# parallel.md is about several devices: tests/test_sharding.py runs its blocks on 8 host
+# devices (running them here too, on one device, only repeated that work).
+ONE_DEVICE = [p for p in DOCS if p.name != "parallel.md"]
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
 
 
@@ -21,7 +24,7 @@ def test_docs_exist():
         assert BLOCK.findall(path.read_text()), f"{path.name} has no python block"
 
 
-@pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", ONE_DEVICE, ids=lambda p: p.name)
 def test_code_blocks_run(path):
     namespace: dict = {"__name__": f"docs_{path.stem}"}
     for i, block in enumerate(BLOCK.findall(path.read_text())):

@@ -68,7 +68,12 @@ def test_parity_float32(ref, kind, batched):
     check(fn(kind, seed=0 if batched else 1, batched=batched), F32)
 
 
-@pytest.mark.parametrize(("ref", "kind"), CASES, ids=[f"{r}-{k}" for r, k in CASES])
+# float64 on every other case (the float32 test runs all of them): the tight tolerance
+# checks the conversion's arithmetic, which is the same for every case of a library.
+F64_CASES = CASES[::2]
+
+
+@pytest.mark.parametrize(("ref", "kind"), F64_CASES, ids=[f"{r}-{k}" for r, k in F64_CASES])
 def test_parity_float64(ref, kind):
     need(LIBRARY[ref])
     with jax.enable_x64(True):

@@ -30,8 +30,8 @@ def _padded(batch=(3,), seed=0):
     return jnp.asarray(xs), lengths
 
 
-@pytest.mark.parametrize("strategy", ["auto", "sequential"])
-def test_bidirectional_equals_a_loop_each_way(strategy):
+def test_bidirectional_equals_a_loop_each_way():
+    strategy = "auto"  # fused LSTM and GRU; their sequential form is in test_sequences.py
     fwd, bwd = rj.LSTMCell(IN, H), rj.GRUCell(IN, H)
     bi = rj.bidirectional(fwd, bwd)
     params = bi.init(KEY)
@@ -213,8 +213,8 @@ def test_variational_dropout_on_an_lstm_masks_h_only_and_trains():
 # --- mixed precision ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("strategy", ["auto", "sequential"])
-def test_bfloat16_end_to_end_keeps_the_carry_in_bfloat16(strategy):
+def test_bfloat16_end_to_end_keeps_the_carry_in_bfloat16():
+    strategy = "auto"  # the fused kernels; test_fused.py compares bf16 with "sequential"
     net = rj.stacked(rj.LSTMCell, IN, H, num_layers=2, bidirectional=True)
     params32 = net.init(KEY)
     params16 = jax.tree.map(lambda a: a.astype(jnp.bfloat16), params32)

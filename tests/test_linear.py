@@ -77,8 +77,10 @@ def test_associative_and_chunked_equal_sequential(cell):
 
         return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(params, h0, xs)
 
-    reference = run("sequential")
-    for strategy in ("associative", "chunked", "auto"):
+    reference = run("sequential")  # also what "auto" runs on CPU (ASSOCIATIVE_BACKENDS)
+    # The chunked walk does not depend on the cell: run it on two of them.
+    chunked = ("chunked",) if isinstance(cell, (rj.MinGRUCell, rj.LRUCell)) else ()
+    for strategy in ("associative", *chunked):
         assert _rel(run(strategy), reference) < 1e-5, strategy
 
 
@@ -123,9 +125,9 @@ def test_steps_are_the_papers_equations():
     np.testing.assert_allclose(np.exp(p["gamma_log"]), np.sqrt(1 - r**2), rtol=1e-5)
 
 
-@pytest.mark.parametrize("cell", [rj.MinGRUCell(2, 8), rj.LRUCell(2, 8, r_min=0.99)], ids=repr)
-def test_long_sequences_stay_finite(cell):
+def test_long_sequences_stay_finite():
     T = 65_536
+    cell = rj.MinGRUCell(2, 8)
     params = cell.init(jax.random.key(0))
     xs = jax.random.normal(jax.random.key(1), (T, 1, 2))
 

@@ -873,6 +873,22 @@ def _linear_scan_bwd(saved: Any, g: jax.Array) -> tuple[jax.Array, jax.Array, ja
 _linear_scan.defvjp(_linear_scan_fwd, _linear_scan_bwd)
 
 
+def _coefficients(
+    cell: Any, params: PyTree, xs: jax.Array, valid: Any, reset: Any, s0: Any
+) -> tuple[jax.Array, jax.Array]:
+    """Every step's `(a_t, b_t)`, with a reset turned into `(0, a_t s0 + b_t)` (the state
+    entering the step is `s0`) and a padded step into the identity `(1, 0)`."""
+    a, b = cell.coefficients(params, xs)
+    a = jnp.broadcast_to(a, b.shape).astype(b.dtype)
+    if reset is not None:
+        b = _select(reset, a * jnp.broadcast_to(s0, b.shape) + b, b)
+        a = _select(reset, jnp.zeros_like(a), a)
+    if valid is not None:
+        a = _select(valid, a, jnp.ones_like(a))
+        b = _select(valid, b, jnp.zeros_like(b))
+    return a, b
+
+
 def _associative(
     cell: Any,
     params: PyTree,
@@ -895,16 +911,8 @@ def _associative(
     T = xs.shape[0]
     if T == 0:
         return _sequential(cell, params, h, xs, opts, ctl, s0)
-    a, b = cell.coefficients(params, xs)
-    a = jnp.broadcast_to(a, b.shape).astype(b.dtype)
-    if ctl is not None and ctl.reset is not None:
-        reset = ctl.reset
-        b = _select(reset, a * jnp.broadcast_to(s0, b.shape) + b, b)
-        a = _select(reset, jnp.zeros_like(a), a)
-    if ctl is not None and ctl.valid is not None:
-        valid = ctl.valid
-        a = _select(valid, a, jnp.ones_like(a))
-        b = _select(valid, b, jnp.zeros_like(b))
+    valid, reset = (None, None) if ctl is None else (ctl.valid, ctl.reset)
+    a, b = _coefficients(cell, params, xs, valid, reset, s0)
     if opts.reverse:
         a, b = jnp.flip(a, 0), jnp.flip(b, 0)
     k = opts.truncate_every
@@ -1221,15 +1229,9 @@ def sequence_parallel_scan(
     reset = None if ctl is None else ctl.reset
 
     def local(params: PyTree, h: jax.Array, s0: Any, xs: jax.Array, valid: Any, reset: Any) -> Any:
-        a, b = cell.coefficients(params, xs)
-        a = jnp.broadcast_to(a, b.shape).astype(b.dtype)
-        if reset is not None:
-            b = _select(reset, a * jnp.broadcast_to(s0, b.shape) + b, b)
-            a = _select(reset, jnp.zeros_like(a), a)
-        if valid is not None:
+        if valid is not None:  # padding never reaches the cell
             xs = _select(valid, xs, jnp.zeros_like(xs))
-            a = _select(valid, a, jnp.ones_like(a))
-            b = _select(valid, b, jnp.zeros_like(b))
+        a, b = _coefficients(cell, params, xs, valid, reset, s0)
         zeros = jnp.zeros_like(h)
         from_zero = _linear_scan(zeros, a, b)  # the block's states from a zero state: B_t
         gains = _linear_scan(jnp.ones_like(h), a, jnp.zeros_like(b))  # prod of a: A_t
