@@ -94,6 +94,22 @@ class Cell:
         raise NotImplementedError
 
 
+class WrapperCell(Cell):
+    """Base of the library cells that wrap one cell, `self.cell` (`residual`,
+    `VariationalDropout`): they take its `in_features` and its params."""
+
+    cell: Any
+
+    @property
+    def in_features(self) -> int:  # type: ignore[override]
+        """The wrapped cell's `in_features`."""
+        return self.cell.in_features
+
+    def init(self, key: jax.Array, dtype: Any = None) -> PyTree:
+        """The wrapped cell's params (`dtype=None`: its own default)."""
+        return self.cell.init(key) if dtype is None else self.cell.init(key, dtype)
+
+
 def check_params(cell: Cell, params: object, expected: Mapping[str, tuple[int, ...]]) -> Any:
     """Check that `params` is the dict `cell.init` makes; return its compute dtype.
 

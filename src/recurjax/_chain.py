@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from ._cell import (
     Cell,
     PyTree,
+    WrapperCell,
     affine,
     check_callable,
     check_input,
@@ -394,7 +395,7 @@ def bidirectional(forward: Any, backward: Any, merge: Any = "concat") -> Bidirec
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
-class Residual(Cell):
+class Residual(WrapperCell):
     """A cell with a skip connection, `y = x + cell(x)`. Made by `residual`."""
 
     cell: Callable[..., Any]
@@ -404,16 +405,6 @@ class Residual(Cell):
 
     def __repr__(self) -> str:
         return f"residual({describe(self.cell)})"
-
-    @property
-    def in_features(self) -> int:  # type: ignore[override]
-        """The wrapped cell's `in_features`."""
-        return self.cell.in_features  # type: ignore[attr-defined]
-
-    def init(self, key: jax.Array, dtype: Any = None) -> PyTree:
-        """The wrapped cell's params (`dtype=None`: its own default)."""
-        init = self.cell.init  # type: ignore[attr-defined]
-        return init(key) if dtype is None else init(key, dtype)
 
     def initial_state(self, params: PyTree) -> PyTree:
         """The wrapped cell's initial state."""

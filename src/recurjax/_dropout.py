@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ._cell import Cell, PyTree, check_callable, describe
+from ._cell import Cell, PyTree, WrapperCell, check_callable, describe
 from ._cells import LSTMState
 
 __all__ = ["Dropout", "VariationalDropout"]
@@ -113,7 +113,7 @@ class Dropout(Cell):
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
-class VariationalDropout(Cell):
+class VariationalDropout(WrapperCell):
     r"""Variational dropout on a recurrent cell's input and state (Gal and Ghahramani, 2016).
 
     One mask per sequence for the input and one for the state, drawn from the key in the
@@ -161,16 +161,6 @@ class VariationalDropout(Cell):
             f"VariationalDropout({describe(self.cell)}, input_rate={self.input_rate}, "
             f"state_rate={self.state_rate})"
         )
-
-    @property
-    def in_features(self) -> int:  # type: ignore[override]
-        """The wrapped cell's `in_features`."""
-        return self.cell.in_features  # type: ignore[attr-defined]
-
-    def init(self, key: jax.Array, dtype: Any = None) -> PyTree:
-        """The wrapped cell's params (`dtype=None`: its own default)."""
-        init = self.cell.init  # type: ignore[attr-defined]
-        return init(key) if dtype is None else init(key, dtype)
 
     def initial_state(self, params: PyTree) -> tuple[PyTree, None]:
         """`(cell.initial_state(params), None)`: dropout off until seeded."""

@@ -327,9 +327,9 @@ def scan(
         )
     if type(xs) in (list, tuple):
         xs = _stack_steps(cell, xs)
-    if lengths is not None:
-        _check_length_values(cell, xs, lengths, time_axis)
-    options = (time_axis, bool(reverse), truncate_every, unroll, strategy, remat)
+    # Lengths only known under a trace are checked by NaN in the result instead (`_poison`).
+    unchecked = lengths is not None and not _check_length_values(cell, xs, lengths, time_axis)
+    options = (time_axis, bool(reverse), truncate_every, unroll, strategy, remat, unchecked)
     args = (cell, params, h, xs, lengths, resets, state0, *options)
     try:
         hash(cell)
@@ -338,17 +338,21 @@ def scan(
     return _scan_jit(*args)
 
 
-def _check_length_values(cell: object, xs: PyTree, lengths: Any, time_axis: int) -> None:
-    """Outside a trace, check that every length is in `[0, T]` (`ValueError` if not)."""
+def _check_length_values(cell: object, xs: PyTree, lengths: Any, time_axis: int) -> bool:
+    """Outside a trace, check that every length is in `[0, T]` (`ValueError` if not).
+
+    Returns `False` when the values are not known (a tracer): only then must the result mark
+    out-of-range lengths with NaN (`_poison_out_of_range`).
+    """
     leaves = jax.tree.leaves(xs)
     shape = getattr(leaves[0], "shape", None) if leaves else None
     if shape is None or not -len(shape) <= time_axis < len(shape):
-        return  # _time_major raises the error about xs
+        return True  # _time_major raises the error about xs
     T = shape[time_axis]
     try:
         values = np.asarray(lengths)
-    except jax.errors.TracerArrayConversionError:  # under a trace: checked by NaN instead
-        return
+    except jax.errors.TracerArrayConversionError:  # under a trace
+        return False
     if values.size and np.issubdtype(values.dtype, np.integer):
         lo, hi = int(values.min()), int(values.max())
         if lo < 0 or hi > T:
@@ -358,6 +362,7 @@ def _check_length_values(cell: object, xs: PyTree, lengths: Any, time_axis: int)
                 f"time_axis={time_axis}, got {bad.tolist()[:5]}. A length counts the valid "
                 "steps of a right-padded sequence; pad xs to the longest sequence."
             )
+    return True
 
 
 def _scan(
@@ -374,6 +379,7 @@ def _scan(
     unroll: int | bool,
     strategy: str,
     remat: int | None,
+    unchecked: bool,
 ) -> tuple[PyTree, PyTree]:
     xs, T = _time_major(cell, xs, time_axis)
     h = _settle_state(cell, params, h, xs)
@@ -385,7 +391,7 @@ def _scan(
         xs = jax.tree.map(lambda a: _select(valid, a, jnp.zeros_like(a)), xs)
     opts = _Opts(bool(reverse), truncate_every, unroll, strategy, remat)
     h, ys = _run(cell, params, h, xs, opts, ctl, s0)
-    if ctl is not None and ctl.lengths is not None and lengths is not None:
+    if unchecked:
         h, ys = _poison_out_of_range(jnp.asarray(lengths), T, h, ys)
     ys = jax.tree.map(lambda a: jnp.moveaxis(a, 0, time_axis), ys)
     return h, ys
@@ -715,28 +721,32 @@ def _run_chain(
     return tuple(states), xs
 
 
-def _has_linear(cell: object) -> bool:
+def _leaf_cells(cell: Any) -> list[Any]:
+    """The cells a composite (chain, `bidirectional`, `residual`) runs, recursively; a
+    cell that is none of these is its own only leaf."""
     from ._chain import Bidirectional, Chain, Residual
 
-    if type(cell) is Chain:
-        return any(_has_linear(c) for c in cell.cells)  # type: ignore[attr-defined]
-    if type(cell) is Bidirectional:
-        return _has_linear(cell.forward) or _has_linear(cell.backward)  # type: ignore[attr-defined]
-    if type(cell) is Residual:
-        return _has_linear(cell.cell)  # type: ignore[attr-defined]
-    return _is_linear(cell)
+    kind = type(cell)
+    parts = (
+        cell.cells
+        if kind is Chain
+        else (cell.forward, cell.backward)
+        if kind is Bidirectional
+        else (cell.cell,)
+        if kind is Residual
+        else None
+    )
+    if parts is None:
+        return [cell]
+    return [leaf for part in parts for leaf in _leaf_cells(part)]
+
+
+def _has_linear(cell: object) -> bool:
+    return any(_is_linear(c) for c in _leaf_cells(cell))
 
 
 def _has_kernel(cell: object) -> bool:
-    from ._chain import Bidirectional, Chain, Residual
-
-    if type(cell) is Chain:
-        return any(_has_kernel(c) for c in cell.cells)  # type: ignore[attr-defined]
-    if type(cell) is Bidirectional:
-        return _has_kernel(cell.forward) or _has_kernel(cell.backward)  # type: ignore[attr-defined]
-    if type(cell) is Residual:
-        return _has_kernel(cell.cell)  # type: ignore[attr-defined]
-    return kernel_for(cell) is not None
+    return any(kernel_for(c) is not None for c in _leaf_cells(cell))
 
 
 def _sequential(
@@ -774,7 +784,7 @@ def _sequential(
 
 # Jitted with the cell and the options static, so that eager calls with the same cell and
 # shapes reuse one compiled program (inside a user's jit this simply inlines).
-_scan_jit = jax.jit(_scan, static_argnums=(0, 7, 8, 9, 10, 11, 12))
+_scan_jit = jax.jit(_scan, static_argnums=(0, 7, 8, 9, 10, 11, 12, 13))
 
 
 def _stack_steps(cell: object, steps: list[Any] | tuple[Any, ...]) -> PyTree:
