@@ -1186,7 +1186,9 @@ def sequence_parallel_scan(
       xs: `(T, ..., in)` with `T` a multiple of the size of `axis`.
       mesh: a `jax.sharding.Mesh`.
       axis: the mesh axis name that time is split over.
-      lengths, resets, state0: as in `scan` (`resets` time-major, split like `xs`).
+      lengths, resets, state0: as in `scan` (`resets` time-major, split like `xs`), except
+        that under `jit` out-of-range lengths are clipped to `[0, T]` rather than marked
+        with NaN (outside `jit` they raise `ValueError`, as in `scan`).
 
     Returns:
       `(h, ys)`: the final state (replicated) and `ys: (T, ..., out)`, sharded on time.
