@@ -6,22 +6,11 @@ cell over a sequence; `chain` composes cells and stateless layers into one cell;
 walks a long sequence in chunks for truncated backpropagation through time.
 """
 
-from ._cell import Cell
 from ._cells import GRUCell, GRUv3Cell, LSTMCell, LSTMState, RNNCell
-from ._chain import (
-    Bidirectional,
-    Chain,
-    Dense,
-    Residual,
-    Stateless,
-    bidirectional,
-    chain,
-    residual,
-    seed_dropout,
-    stacked,
-    stateless,
-)
-from ._dropout import Dropout, VariationalDropout
+from ._compose import Bidirectional, Chain, Residual, bidirectional, chain, residual, stacked
+from ._contracts import Cell
+from ._dropout import Dropout, VariationalDropout, seed_dropout
+from ._layers import Dense, Stateless, stateless
 from ._linear import LinearCell, LRUCell, MinGRUCell, MinLSTMCell
 from ._recur import GRU, LSTM, RNN, GRUv3, Recur
 from ._scan import scan, sequence_parallel_scan

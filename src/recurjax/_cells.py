@@ -13,37 +13,38 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ._cell import Cell, affine, check_input, check_params, index_or_none, match_state
-from ._init import glorot_uniform
+from ._checks import check_input, check_params, check_sizes, fn_name, match_state
+from ._contracts import Cell, KernelSpec
+from ._init import affine, glorot_uniform
 
 __all__ = ["GRUCell", "GRUv3Cell", "LSTMCell", "LSTMState", "RNNCell"]
-
-
-def _name(fn: Callable[..., Any]) -> str:
-    return getattr(fn, "__name__", None) or repr(fn)
-
-
-def _check_sizes(cell: object, *names: str) -> None:
-    """Check that the named size fields of a frozen dataclass are positive ints; store them
-    as Python ints (a NumPy integer is accepted, a bool or float is not)."""
-    cls_name = type(cell).__name__
-    for name in names:
-        value = getattr(cell, name)
-        number = index_or_none(value)
-        if number is None or number < 1:
-            raise TypeError(
-                f"{cls_name}: expected {name} to be a positive int, got {value!r}. "
-                f"Write e.g. {cls_name}(10, 5) for 10 input features and 5 output features."
-            )
-        object.__setattr__(cell, name, number)
 
 
 def _batch(x: jax.Array) -> tuple[int, ...]:
     return tuple(x.shape[:-1])
 
 
+class _HiddenCell(Cell):
+    """The shared base of RNN, LSTM, GRU and GRUv3: `in_features => hidden_size`, checked
+    sizes, and params whose layout `param_shapes()` states."""
+
+    in_features: int
+    hidden_size: int
+
+    def __post_init__(self) -> None:
+        check_sizes(self, "in_features", "hidden_size")
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shape of every params entry that `init` makes (converters build on it)."""
+        raise NotImplementedError
+
+    def _dtype(self, params: object) -> Any:
+        """Check `params` against `param_shapes()`; return their compute dtype."""
+        return check_params(self, params, self.param_shapes())
+
+
 @dataclasses.dataclass(frozen=True, repr=False)
-class RNNCell(Cell):
+class RNNCell(_HiddenCell):
     r"""The Elman RNN cell, Flux's `RNNCell`: one dense layer fed back into itself.
 
     .. math::
@@ -75,15 +76,19 @@ class RNNCell(Cell):
     hidden_size: int
     activation: Callable[[jax.Array], jax.Array] = jnp.tanh
 
-    def __post_init__(self) -> None:
-        _check_sizes(self, "in_features", "hidden_size")
-
     def __repr__(self) -> str:
-        return f"RNNCell({self.in_features} => {self.hidden_size}, {_name(self.activation)})"
+        return f"RNNCell({self.in_features} => {self.hidden_size}, {fn_name(self.activation)})"
 
-    def _shapes(self) -> dict[str, tuple[int, ...]]:
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shape of every params entry that `init` makes."""
         i, h = self.in_features, self.hidden_size
         return {"wi": (i, h), "wh": (h, h), "b": (h,)}
+
+    def fused_kernel(self) -> KernelSpec | None:
+        """The fused strategy's RNN kernel computes this step (not a subclass's)."""
+        return (
+            KernelSpec("rnn", self.hidden_size, self.activation) if type(self) is RNNCell else None
+        )
 
     def init(self, key: jax.Array, dtype: Any = jnp.float32) -> dict[str, jax.Array]:
         """Params `{"wi": (in, H), "wh": (H, H), "b": (H,)}`: Glorot-uniform, zero bias."""
@@ -97,13 +102,13 @@ class RNNCell(Cell):
 
     def initial_state(self, params: dict[str, jax.Array]) -> jax.Array:
         """Zeros of shape `(H,)` in the params' dtype."""
-        dtype = check_params(self, params, self._shapes())
+        dtype = self._dtype(params)
         return jnp.zeros((self.hidden_size,), dtype)
 
     def __call__(
         self, params: dict[str, jax.Array], h: jax.Array, x: jax.Array
     ) -> tuple[jax.Array, jax.Array]:
-        dtype = check_params(self, params, self._shapes())
+        dtype = self._dtype(params)
         x = check_input(self, x, dtype)
         h = match_state(self, "h", h, _batch(x), self.hidden_size, dtype)
         h = self.activation(affine(x, params["wi"], params["b"]) + h @ params["wh"])
@@ -125,7 +130,7 @@ class LSTMState(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
-class LSTMCell(Cell):
+class LSTMCell(_HiddenCell):
     r"""The LSTM cell of Hochreiter & Schmidhuber with a forget gate, as Flux and PyTorch.
 
     .. math::
@@ -166,16 +171,18 @@ class LSTMCell(Cell):
     hidden_size: int
     forget_bias: float = 0.0
 
-    def __post_init__(self) -> None:
-        _check_sizes(self, "in_features", "hidden_size")
-
     def __repr__(self) -> str:
         extra = f", forget_bias={self.forget_bias}" if self.forget_bias else ""
         return f"LSTMCell({self.in_features} => {self.hidden_size}{extra})"
 
-    def _shapes(self) -> dict[str, tuple[int, ...]]:
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shape of every params entry that `init` makes."""
         i, h = self.in_features, self.hidden_size
         return {"wi": (i, 4 * h), "wh": (h, 4 * h), "b": (4 * h,)}
+
+    def fused_kernel(self) -> KernelSpec | None:
+        """The fused strategy's LSTM kernel computes this step (not a subclass's)."""
+        return KernelSpec("lstm", self.hidden_size) if type(self) is LSTMCell else None
 
     def init(self, key: jax.Array, dtype: Any = jnp.float32) -> dict[str, jax.Array]:
         """Params `{"wi": (in, 4H), "wh": (H, 4H), "b": (4H,)}`, gates `i, f, g, o`."""
@@ -190,14 +197,14 @@ class LSTMCell(Cell):
 
     def initial_state(self, params: dict[str, jax.Array]) -> LSTMState:
         """`LSTMState(h=zeros(H), c=zeros(H))` in the params' dtype."""
-        dtype = check_params(self, params, self._shapes())
+        dtype = self._dtype(params)
         zeros = jnp.zeros((self.hidden_size,), dtype)
         return LSTMState(zeros, zeros)
 
     def __call__(
         self, params: dict[str, jax.Array], state: LSTMState, x: jax.Array
     ) -> tuple[LSTMState, jax.Array]:
-        dtype = check_params(self, params, self._shapes())
+        dtype = self._dtype(params)
         x = check_input(self, x, dtype)
         if not isinstance(state, LSTMState):
             raise TypeError(
@@ -216,7 +223,7 @@ class LSTMCell(Cell):
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
-class GRUCell(Cell):
+class GRUCell(_HiddenCell):
     r"""The GRU cell with the reset gate *after* the recurrent matmul (PyTorch, cuDNN, Flux).
 
     .. math::
@@ -252,15 +259,17 @@ class GRUCell(Cell):
     in_features: int
     hidden_size: int
 
-    def __post_init__(self) -> None:
-        _check_sizes(self, "in_features", "hidden_size")
-
     def __repr__(self) -> str:
         return f"GRUCell({self.in_features} => {self.hidden_size})"
 
-    def _shapes(self) -> dict[str, tuple[int, ...]]:
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shape of every params entry that `init` makes."""
         i, h = self.in_features, self.hidden_size
         return {"wi": (i, 3 * h), "wh": (h, 3 * h), "b": (3 * h,), "bhn": (h,)}
+
+    def fused_kernel(self) -> KernelSpec | None:
+        """The fused strategy's GRU kernel computes this step (not a subclass's)."""
+        return KernelSpec("gru", self.hidden_size) if type(self) is GRUCell else None
 
     def init(self, key: jax.Array, dtype: Any = jnp.float32) -> dict[str, jax.Array]:
         """Params `{"wi": (in, 3H), "wh": (H, 3H), "b": (3H,), "bhn": (H,)}`, gates r, z, n."""
@@ -275,13 +284,13 @@ class GRUCell(Cell):
 
     def initial_state(self, params: dict[str, jax.Array]) -> jax.Array:
         """Zeros of shape `(H,)` in the params' dtype."""
-        dtype = check_params(self, params, self._shapes())
+        dtype = self._dtype(params)
         return jnp.zeros((self.hidden_size,), dtype)
 
     def __call__(
         self, params: dict[str, jax.Array], h: jax.Array, x: jax.Array
     ) -> tuple[jax.Array, jax.Array]:
-        dtype = check_params(self, params, self._shapes())
+        dtype = self._dtype(params)
         x = check_input(self, x, dtype)
         h = match_state(self, "h", h, _batch(x), self.hidden_size, dtype)
         xr, xz, xn = jnp.split(affine(x, params["wi"], params["b"]), 3, axis=-1)
@@ -294,7 +303,7 @@ class GRUCell(Cell):
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
-class GRUv3Cell(Cell):
+class GRUv3Cell(_HiddenCell):
     r"""The GRU cell with the reset gate *before* a separate matmul (Flux's `GRUv3Cell`).
 
     This is version 3 of Cho et al.'s arXiv paper, the form of Keras with
@@ -329,13 +338,11 @@ class GRUv3Cell(Cell):
     in_features: int
     hidden_size: int
 
-    def __post_init__(self) -> None:
-        _check_sizes(self, "in_features", "hidden_size")
-
     def __repr__(self) -> str:
         return f"GRUv3Cell({self.in_features} => {self.hidden_size})"
 
-    def _shapes(self) -> dict[str, tuple[int, ...]]:
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shape of every params entry that `init` makes."""
         i, h = self.in_features, self.hidden_size
         return {"wi": (i, 3 * h), "wh": (h, 2 * h), "whn": (h, h), "b": (3 * h,)}
 
@@ -352,13 +359,13 @@ class GRUv3Cell(Cell):
 
     def initial_state(self, params: dict[str, jax.Array]) -> jax.Array:
         """Zeros of shape `(H,)` in the params' dtype."""
-        dtype = check_params(self, params, self._shapes())
+        dtype = self._dtype(params)
         return jnp.zeros((self.hidden_size,), dtype)
 
     def __call__(
         self, params: dict[str, jax.Array], h: jax.Array, x: jax.Array
     ) -> tuple[jax.Array, jax.Array]:
-        dtype = check_params(self, params, self._shapes())
+        dtype = self._dtype(params)
         x = check_input(self, x, dtype)
         h = match_state(self, "h", h, _batch(x), self.hidden_size, dtype)
         xr, xz, xn = jnp.split(affine(x, params["wi"], params["b"]), 3, axis=-1)

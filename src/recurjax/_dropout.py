@@ -16,10 +16,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ._cell import Cell, PyTree, WrapperCell, check_callable, describe
 from ._cells import LSTMState
+from ._checks import check_callable, check_key, describe
+from ._contracts import Cell, PyTree, WrapperCell
 
-__all__ = ["Dropout", "VariationalDropout"]
+__all__ = ["Dropout", "VariationalDropout", "seed_dropout"]
 
 
 def _check_rate(cell: object, name: str, rate: object) -> float:
@@ -29,19 +30,6 @@ def _check_rate(cell: object, name: str, rate: object) -> float:
             f"of zeroing an entry, got {rate!r}."
         )
     return float(rate)
-
-
-def _check_key(where: str, key: object) -> None:
-    if key is None:
-        return
-    dtype = getattr(key, "dtype", None)
-    typed = dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key)
-    if not typed or jnp.ndim(key) != 0:  # type: ignore[arg-type]
-        raise TypeError(
-            f"{where}: expected a PRNG key from jax.random.key(seed) (or None for dropout "
-            f"off), got {type(key).__name__} with shape {jnp.shape(key)}. Make one with "  # type: ignore[arg-type]
-            "jax.random.key(0), or split one with jax.random.split(key)."
-        )
 
 
 def drop(key: jax.Array, x: jax.Array, rate: float) -> jax.Array:
@@ -102,10 +90,14 @@ class Dropout(Cell):
         """`None`: dropout off until the state is given a key (`seed_dropout`)."""
         return None
 
+    def seed_state(self, state: PyTree, key: jax.Array | None) -> PyTree:
+        """The state with a fresh key (`seed_dropout`): the key itself."""
+        return key
+
     def __call__(self, params: PyTree, h: PyTree, x: jax.Array) -> tuple[PyTree, jax.Array]:
         if h is None:
             return None, x
-        _check_key(repr(self), h)
+        check_key(repr(self), h)
         if self.variational:
             return h, drop(h, x, self.rate)
         key, sub = jax.random.split(h)
@@ -166,6 +158,11 @@ class VariationalDropout(WrapperCell):
         """`(cell.initial_state(params), None)`: dropout off until seeded."""
         return (self.cell.initial_state(params), None)  # type: ignore[attr-defined]
 
+    def seed_state(self, state: PyTree, key: jax.Array | None) -> PyTree:
+        """`(the wrapped cell's state seeded, a key)` from two keys split from `key`."""
+        k1, k2 = split_keys(key, 2)
+        return (seed_dropout(self.cell, state[0], k1), k2)
+
     def __call__(self, params: PyTree, h: PyTree, x: jax.Array) -> tuple[PyTree, PyTree]:
         if not (isinstance(h, tuple) and len(h) == 2):
             raise ValueError(
@@ -176,7 +173,7 @@ class VariationalDropout(WrapperCell):
         if key is None:
             state, y = self.cell(params, state, x)
             return (state, None), y
-        _check_key(repr(self), key)
+        check_key(repr(self), key)
         kx, kh = jax.random.split(key)
         x = drop(kx, jnp.asarray(x), self.input_rate)
         batch = tuple(x.shape[:-1])
@@ -195,3 +192,43 @@ class VariationalDropout(WrapperCell):
             read = jax.tree.unflatten(treedef, masked)
         state, y = self.cell(params, read, x)
         return (state, key), y
+
+
+def split_keys(key: jax.Array | None, n: int) -> list[Any]:
+    """`n` independent keys split from `key`, or `n` times `None` (dropout off)."""
+    return [None] * n if key is None else list(jax.random.split(key, n))
+
+
+def seed_dropout(cell: Any, state: PyTree, key: jax.Array | None) -> PyTree:
+    """The state with every dropout slot given a fresh key (dropout on), or `None` (off).
+
+    Walks `cell` (chains, `bidirectional`, `residual`, `VariationalDropout`) and replaces
+    the key of every `Dropout` and `VariationalDropout` with an independent key split from
+    `key`; everything else in `state` is returned as is. Pass a new key for every batch:
+    the masks are a function of the key. `key=None` turns dropout off (inference).
+
+    A cell takes part through an optional method `seed_state(state, key) -> state` (the
+    library's dropout cells and composites have one; a composite calls `seed_dropout` on
+    each part with keys from `split_keys`). Cells without it keep their state.
+
+    Args:
+      cell: the model's cell.
+      state: its state (e.g. `cell.initial_state(params)`).
+      key: a PRNG key (`jax.random.key(seed)`), or `None`.
+
+    Returns:
+      The state, with keys (or `None`) in the dropout slots.
+
+    Examples:
+      >>> import jax, recurjax as rj
+      >>> net = rj.chain(rj.GRUCell(3, 4), rj.Dropout(0.5), rj.Dense(4, 2))
+      >>> params = net.init(jax.random.key(0))
+      >>> state = rj.seed_dropout(net, net.initial_state(params), jax.random.key(1))
+      >>> state[1].dtype
+      key<fry>
+      >>> rj.seed_dropout(net, state, None)[1] is None
+      True
+    """
+    check_key("seed_dropout", key)
+    seed = getattr(cell, "seed_state", None)
+    return state if seed is None else seed(state, key)

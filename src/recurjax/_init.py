@@ -1,4 +1,5 @@
-"""Initialisers (private): the defaults of Flux's recurrent layers."""
+"""Initialisers (private): the defaults of Flux's recurrent layers; and the affine map
+every layer shares."""
 
 from __future__ import annotations
 
@@ -32,3 +33,11 @@ def glorot_uniform(key: jax.Array, shape: tuple[int, int], dtype=jnp.float32) ->
     fan_in, fan_out = shape
     limit = math.sqrt(6.0 / (fan_in + fan_out))
     return jax.random.uniform(key, shape, dtype, -limit, limit)
+
+
+def affine(x: jax.Array, w: jax.Array, b: jax.Array | None = None) -> jax.Array:
+    """`x @ w + b` on the last axis for any leading batch axes, with no implicit broadcast."""
+    y = x @ w
+    if b is not None:
+        y = y + jnp.broadcast_to(b, y.shape)
+    return y

@@ -2,8 +2,8 @@
 
 For these cells `h' = a * h + b` with `a` and `b` computed from `x` alone, so a whole
 sequence can also be evaluated with `lax.associative_scan` (`O(log T)` depth), which the
-scan engine does under `strategy="associative"` or `"chunked"` (`_scan.py`). Each is still a
-normal cell, stepped one input at a time for streaming.
+scan engine does under `strategy="associative"` or `"chunked"` (`_scan/strategies/`). Each
+is still a normal cell, stepped one input at a time for streaming.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ._cell import Cell, PyTree, affine, check_input, check_params, match_state
-from ._cells import _check_sizes
-from ._init import glorot_uniform
+from ._checks import check_input, check_params, check_sizes, match_state
+from ._contracts import Cell, PyTree
+from ._init import affine, glorot_uniform
 
 __all__ = ["LRUCell", "LinearCell", "MinGRUCell", "MinLSTMCell"]
 
@@ -60,6 +60,12 @@ class LinearCell(Cell):
 
     in_features: int
     hidden_size: int
+
+    @property
+    def linear_recurrence(self) -> bool:
+        """`True` when the step is the inherited `h' = a * h + b` (a subclass that overrides
+        `__call__` is stepped sequentially: its coefficients may not describe it)."""
+        return type(self).__call__ is LinearCell.__call__
 
     def coefficients(self, params: PyTree, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         """`(a, b)`, each `(..., H)` for `x: (..., in)` (any leading axes, time included)."""
@@ -121,7 +127,7 @@ class MinGRUCell(LinearCell):
     hidden_size: int
 
     def __post_init__(self) -> None:
-        _check_sizes(self, "in_features", "hidden_size")
+        check_sizes(self, "in_features", "hidden_size")
 
     def __repr__(self) -> str:
         return f"MinGRUCell({self.in_features} => {self.hidden_size})"
@@ -165,7 +171,7 @@ class MinLSTMCell(LinearCell):
     hidden_size: int
 
     def __post_init__(self) -> None:
-        _check_sizes(self, "in_features", "hidden_size")
+        check_sizes(self, "in_features", "hidden_size")
 
     def __repr__(self) -> str:
         return f"MinLSTMCell({self.in_features} => {self.hidden_size})"
@@ -231,7 +237,7 @@ class LRUCell(LinearCell):
     max_phase: float = 2 * math.pi
 
     def __post_init__(self) -> None:
-        _check_sizes(self, "in_features", "hidden_size")
+        check_sizes(self, "in_features", "hidden_size")
         if not 0 <= self.r_min < self.r_max <= 1:
             raise ValueError(
                 f"LRUCell: expected 0 <= r_min < r_max <= 1 (the ring of initial eigenvalue "
@@ -241,7 +247,8 @@ class LRUCell(LinearCell):
     def __repr__(self) -> str:
         return f"LRUCell({self.in_features} => {self.hidden_size})"
 
-    def _shapes(self) -> dict[str, tuple[int, ...]]:
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shape of every params entry that `init` makes."""
         i, h = self.in_features, self.hidden_size
         return {
             "nu_log": (h,),
@@ -276,11 +283,11 @@ class LRUCell(LinearCell):
         }
 
     def state_dtype(self, params: PyTree) -> Any:
-        dtype = check_params(self, params, self._shapes())
+        dtype = check_params(self, params, self.param_shapes())
         return jnp.complex128 if dtype == jnp.float64 else jnp.complex64
 
     def coefficients(self, params: PyTree, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        dtype = check_params(self, params, self._shapes())
+        dtype = check_params(self, params, self.param_shapes())
         x = check_input(self, x, dtype)
         cdtype = self.state_dtype(params)
         real = jnp.float64 if cdtype == jnp.complex128 else jnp.float32
@@ -292,7 +299,7 @@ class LRUCell(LinearCell):
         return jnp.broadcast_to(lam, b.shape), b
 
     def readout(self, params: PyTree, h: jax.Array, x: jax.Array) -> jax.Array:
-        dtype = check_params(self, params, self._shapes())
+        dtype = check_params(self, params, self.param_shapes())
         x = check_input(self, x, dtype)
         real = h.real.dtype
         y = h.real @ params["C_re"].astype(real) - h.imag @ params["C_im"].astype(real)

@@ -8,15 +8,17 @@ import jax
 import jax.numpy as jnp
 from jax.tree_util import GetAttrKey
 
-from ._cell import CellFn, PyTree, check_callable, describe, index_or_none
 from ._cells import GRUCell, GRUv3Cell, LSTMCell, RNNCell
-from ._scan import check_state_change, scan
+from ._checks import check_callable, check_state_change, describe, index_or_none
+from ._contracts import CellFn, Handle, PyTree
+from ._dropout import seed_dropout
+from ._scan import scan
 
 __all__ = ["GRU", "LSTM", "RNN", "GRUv3", "Recur"]
 
 
 @jax.tree_util.register_pytree_with_keys_class
-class Recur:
+class Recur(Handle):
     """A stateful view of a cell: `m(x)` runs one step and returns `(new_m, y)`.
 
     `Recur` holds the `cell` (static: part of the pytree structure, so it must be hashable),
@@ -238,8 +240,6 @@ class Recur:
           >>> m.state[1] is None, m.seed_dropout(jax.random.key(1)).state[1].dtype
           (True, key<fry>)
         """
-        from ._chain import seed_dropout  # imported here: _chain imports this module
-
         k0, k1 = (None, None) if key is None else jax.random.split(key)
         return self.replace(
             state=seed_dropout(self.cell, self.state, k0),

@@ -7,42 +7,16 @@ from typing import Any
 
 import jax
 
-from ._cell import PyTree, index_or_none
+from ._checks import index_or_none, positive_int, time_length
+from ._contracts import PyTree
 from ._recur import Recur
 
 __all__ = ["chunks", "tbptt"]
 
 
-def _time_length(xs: PyTree, time_axis: int, where: str) -> int:
-    """The common length of the time axis of every leaf of `xs` (checked)."""
-    leaves = jax.tree.leaves(xs)
-    if not leaves:
-        raise ValueError(f"{where}: xs has no arrays; expected an array (T, ...) or a pytree.")
-    lengths = set()
-    for a in leaves:
-        shape = getattr(a, "shape", None)
-        if shape is None:
-            raise TypeError(
-                f"{where}: expected xs to hold arrays with a time axis, got a leaf of type "
-                f"{type(a).__name__}. Convert it with np.asarray or jnp.asarray."
-            )
-        if not -len(shape) <= time_axis < len(shape):
-            raise ValueError(
-                f"{where}: time_axis={time_axis} is out of range for a leaf of xs of shape "
-                f"{tuple(shape)}. Use time_axis=0 for (T, B, ...) or 1 for (B, T, ...)."
-            )
-        lengths.add(shape[time_axis])
-    if len(lengths) != 1:
-        raise ValueError(
-            f"{where}: every leaf of xs needs the same number of steps on time_axis="
-            f"{time_axis}, got {sorted(lengths)}. Inputs and targets must be aligned in time."
-        )
-    return lengths.pop()
-
-
 def _checked_k(k: object, where: str) -> int:
-    n = index_or_none(k)
-    if n is None or n < 1:
+    n = positive_int(k)
+    if n is None:
         raise ValueError(
             f"{where}: expected k, the chunk length in steps, to be a positive int, got {k!r}."
         )
@@ -82,7 +56,7 @@ def chunks(xs: PyTree, k: int, *, time_axis: int = 0) -> list[PyTree]:
     axis = index_or_none(time_axis)
     if axis is None:
         raise TypeError(f"{where}: expected time_axis to be an int, got {time_axis!r}.")
-    T = _time_length(xs, axis, where)
+    T = time_length(xs, axis, where)
 
     def cut(start: int) -> PyTree:
         def one(a: Any) -> Any:

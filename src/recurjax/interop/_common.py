@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._cell import shape_of
 from .._cells import RNNCell
+from .._checks import shape_of
 
 Params = dict[str, jax.Array]
 

@@ -7,8 +7,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .._cell import check_params
 from .._cells import GRUCell, LSTMCell
+from .._checks import check_params
 from ._common import as_array, expect_cell, is_zero, require
 
 
@@ -44,7 +44,7 @@ def from_equinox(module: Any) -> tuple[Any, dict[str, jax.Array]]:
     else:
         cell = GRUCell(module.input_size, module.hidden_size)
         params["bhn"] = bias(module.bias_n, module.hidden_size)
-    check_params(cell, params, cell._shapes())
+    check_params(cell, params, cell.param_shapes())
     return cell, params
 
 
@@ -71,7 +71,7 @@ def to_equinox(cell: Any, params: Any, *, use_bias: bool = True) -> Any:
         (LSTMCell, GRUCell),
         "Equinox has no Elman RNN cell, and its GRU applies the reset gate after the matmul.",
     )
-    dtype = check_params(cell, params, cell._shapes())
+    dtype = check_params(cell, params, cell.param_shapes())
     kind = eqx.nn.LSTMCell if isinstance(cell, LSTMCell) else eqx.nn.GRUCell
     module = kind(
         cell.in_features, cell.hidden_size, use_bias=use_bias, dtype=dtype, key=jax.random.key(0)

@@ -8,8 +8,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .._cell import check_params
 from .._cells import GRUCell, LSTMCell, RNNCell
+from .._checks import check_params
 from ._common import as_array, expect_cell, expect_keys, expect_shape, is_zero, require
 
 _LSTM_GATES = ("i", "f", "g", "o")
@@ -55,7 +55,7 @@ def _linen_lstm(where: str, p: Mapping[str, Any]) -> tuple[LSTMCell, dict[str, j
         "b": _concat(p, hs, "bias"),
     }
     cell = LSTMCell(params["wi"].shape[0], params["wh"].shape[0])
-    check_params(cell, params, cell._shapes())
+    check_params(cell, params, cell.param_shapes())
     return cell, params
 
 
@@ -69,7 +69,7 @@ def _linen_gru(where: str, p: Mapping[str, Any]) -> tuple[GRUCell, dict[str, jax
         "bhn": as_array(p["hn"]["bias"]),
     }
     cell = GRUCell(params["wi"].shape[0], params["wh"].shape[0])
-    check_params(cell, params, cell._shapes())
+    check_params(cell, params, cell.param_shapes())
     return cell, params
 
 
@@ -121,7 +121,7 @@ def from_flax(module: Any, params: Any) -> tuple[Any, dict[str, jax.Array]]:
         )
         cell = RNNCell(wi.shape[0], wi.shape[1], activation=module.activation_fn)
         out = {"wi": wi, "wh": wh, "b": b}
-        check_params(cell, out, cell._shapes())
+        check_params(cell, out, cell.param_shapes())
         return cell, out
     raise TypeError(
         f"{where}: expected a flax.linen SimpleCell, LSTMCell, OptimizedLSTMCell or GRUCell "
@@ -152,7 +152,7 @@ def to_flax(cell: Any, params: Any, *, optimized: bool = False) -> tuple[Any, di
     nn = require("flax.linen", "flax")
     where = f"to_flax({cell!r})"
     expect_cell(where, cell, (RNNCell, LSTMCell, GRUCell), _NO_V3)
-    dtype = check_params(cell, params, cell._shapes())
+    dtype = check_params(cell, params, cell.param_shapes())
     hidden = cell.hidden_size
     if isinstance(cell, LSTMCell):
         kind = nn.OptimizedLSTMCell if optimized else nn.LSTMCell
@@ -241,7 +241,7 @@ def from_nnx(module: Any) -> tuple[Any, dict[str, jax.Array]]:
             f"{where}: expected a flax.nnx SimpleCell, LSTMCell, OptimizedLSTMCell or GRUCell. "
             "For linen modules use from_flax."
         )
-    check_params(cell, params, cell._shapes())
+    check_params(cell, params, cell.param_shapes())
     return cell, params
 
 
@@ -266,7 +266,7 @@ def to_nnx(cell: Any, params: Any, *, optimized: bool = False) -> Any:
     nnx = require("flax.nnx", "flax")
     where = f"to_nnx({cell!r})"
     expect_cell(where, cell, (RNNCell, LSTMCell, GRUCell), _NO_V3)
-    dtype = check_params(cell, params, cell._shapes())
+    dtype = check_params(cell, params, cell.param_shapes())
     i, hidden = cell.in_features, cell.hidden_size
     rngs = nnx.Rngs(0)
     values: dict[tuple[str, ...], jax.Array] = {}

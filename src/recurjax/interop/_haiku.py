@@ -14,8 +14,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .._cell import check_params
 from .._cells import GRUv3Cell, LSTMCell, RNNCell
+from .._checks import check_params
 from ._common import as_array, expect_cell, expect_keys, rnn_activation
 
 _DEFAULT_NAMES = {LSTMCell: "lstm", GRUv3Cell: "gru", RNNCell: "vanilla_rnn"}
@@ -112,7 +112,7 @@ def from_haiku(
         out = {"wi": wi, "wh": wh, "b": b}
     else:
         raise ValueError(f"{where}: kind must be 'lstm', 'gru' or 'vanilla_rnn'.")
-    check_params(cell, out, cell._shapes())
+    check_params(cell, out, cell.param_shapes())
     return cell, out
 
 
@@ -143,7 +143,7 @@ def to_haiku(cell: Any, params: Any, *, name: str | None = None) -> dict[str, di
         (LSTMCell, GRUv3Cell, RNNCell),
         "Haiku's GRU applies the reset gate before the matmul: it matches GRUv3Cell, not GRUCell.",
     )
-    check_params(cell, params, cell._shapes())
+    check_params(cell, params, cell.param_shapes())
     name = name or _DEFAULT_NAMES[type(cell)]
     if isinstance(cell, LSTMCell):
         w = jnp.concatenate([params["wi"], params["wh"]], 0)

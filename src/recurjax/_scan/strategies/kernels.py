@@ -1,6 +1,6 @@
 """Fused kernels of the library cells: one time step forward and backward, by hand.
 
-The scan engine's fused strategy (`_scan.py`) runs these instead of autodiff through
+The fused strategy (`fused.py`) runs these instead of autodiff through
 `lax.scan`. Inside the loop the state is *feature-major*, `(H, N)` with the batch flattened
 to `N` columns, because on XLA:CPU the recurrent matmul `Wh^T h` ran 1.6-1.8x faster in
 that layout than `h Wh` at B=32, H=256; per-step outputs, residuals kept for the weight
@@ -29,7 +29,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ._cells import GRUCell, LSTMCell, LSTMState, RNNCell
+from ..._cells import LSTMState
+from ..._contracts import KernelSpec
 
 Array = jax.Array
 
@@ -170,17 +171,18 @@ class RNNKernel(NamedTuple):
 Kernel = LSTMKernel | GRUKernel | RNNKernel
 
 
-def kernel_for(cell: object) -> Kernel | None:
-    """The fused kernel of a library cell, or `None` (function cells, subclasses, others).
+KERNELS: dict[str, Any] = {
+    "lstm": lambda spec: LSTMKernel(spec.hidden_size),
+    "gru": lambda spec: GRUKernel(spec.hidden_size),
+    "rnn": lambda spec: RNNKernel(spec.activation),
+}
 
-    Only the exact library classes qualify: a subclass may override `__call__`, and the
-    kernel must compute what the cell's call computes.
-    """
-    kind = type(cell)
-    if kind is LSTMCell:
-        return LSTMKernel(cell.hidden_size)  # type: ignore[attr-defined]
-    if kind is GRUCell:
-        return GRUKernel(cell.hidden_size)  # type: ignore[attr-defined]
-    if kind is RNNCell:
-        return RNNKernel(cell.activation)  # type: ignore[attr-defined]
-    return None
+
+def kernel_for(spec: KernelSpec) -> Kernel:
+    """The kernel a cell's `fused_kernel()` names (`ValueError` for an unknown name)."""
+    make = KERNELS.get(spec.name)
+    if make is None:
+        raise ValueError(
+            f"fused strategy: no kernel named {spec.name!r}; the kernels are {sorted(KERNELS)}."
+        )
+    return make(spec)

@@ -1,7 +1,8 @@
-"""Composition: `chain` of cells, the stateless `Dense` layer, and `stateless` lifting.
+"""Composition: `chain`, `bidirectional`, `residual` and `stacked`, cells made of cells.
 
-A stateless layer is a cell whose state is the empty tuple `()`, so that it can sit in a
-chain beside recurrent cells: the chain's params and state are the tuples of its parts'.
+Each composite implements the `SequenceCell` protocol (`_contracts.py`): the scan engine
+hands it a `run` callback and the composite runs its parts over the whole sequence, part by
+part. Nothing here imports the engine, and the engine names none of these classes.
 """
 
 from __future__ import annotations
@@ -13,153 +14,28 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ._cell import (
-    Cell,
-    PyTree,
-    WrapperCell,
-    affine,
-    check_callable,
-    check_input,
-    check_params,
-    describe,
-    index_or_none,
-)
-from ._cells import _check_sizes, _name
-from ._init import glorot_uniform
-from ._recur import Recur
+from ._checks import check_callable, describe, fn_name, positive_int
+from ._contracts import Cell, Handle, PartRunner, PyTree, WrapperCell
+from ._dropout import Dropout, seed_dropout, split_keys
 
 __all__ = [
     "Bidirectional",
     "Chain",
-    "Dense",
     "Residual",
-    "Stateless",
     "bidirectional",
     "chain",
     "residual",
-    "seed_dropout",
     "stacked",
-    "stateless",
 ]
 
 
-def _check_empty_state(cell: object, h: object) -> None:
-    if not (isinstance(h, tuple) and len(h) == 0):
-        raise ValueError(
-            f"{describe(cell)}: a stateless layer has the empty state (), got "
-            f"{type(h).__name__}. Pass () as its state (initial_state returns it)."
-        )
+def _entry(i: int) -> Callable[[PyTree], PyTree]:
+    """`tree -> tree[i]`: a part's entry in a composite's tuple of states."""
+    return lambda tree: tree[i]
 
 
-@dataclasses.dataclass(frozen=True, repr=False)
-class Dense(Cell):
-    r"""A fully connected layer as a stateless cell: its state is always `()`.
-
-    .. math::
-
-        y = \mathrm{act}(x W + b)
-
-    Params (`init`): `{"w": (in, out), "b": (out,)}`; Glorot-uniform `w`, zero `b`.
-    `x: (..., in)` -> `y: (..., out)`; the call is `cell(params, (), x) -> ((), y)`.
-
-    Args:
-      in_features: size of the last axis of `x`.
-      out_features: size of the last axis of `y`.
-      activation: applied to `x @ w + b`; `None` (the default) is the identity.
-
-    Examples:
-      >>> import jax, jax.numpy as jnp, recurjax as rj
-      >>> d = rj.Dense(15, 5)
-      >>> params = d.init(jax.random.key(0))
-      >>> state, y = d(params, (), jnp.ones((2, 15)))
-      >>> state, y.shape
-      ((), (2, 5))
-    """
-
-    in_features: int
-    out_features: int
-    activation: Callable[[jax.Array], jax.Array] | None = None
-
-    def __post_init__(self) -> None:
-        _check_sizes(self, "in_features", "out_features")
-
-    def __repr__(self) -> str:
-        act = f", {_name(self.activation)}" if self.activation is not None else ""
-        return f"Dense({self.in_features} => {self.out_features}{act})"
-
-    def _shapes(self) -> dict[str, tuple[int, ...]]:
-        return {"w": (self.in_features, self.out_features), "b": (self.out_features,)}
-
-    def init(self, key: jax.Array, dtype: Any = jnp.float32) -> dict[str, jax.Array]:
-        """Params `{"w": (in, out), "b": (out,)}`: Glorot-uniform `w`, zero `b`."""
-        return {
-            "w": glorot_uniform(key, (self.in_features, self.out_features), dtype),
-            "b": jnp.zeros((self.out_features,), dtype),
-        }
-
-    def initial_state(self, params: PyTree) -> tuple[()]:
-        """The empty state `()`."""
-        check_params(self, params, self._shapes())
-        return ()
-
-    def __call__(self, params: PyTree, h: PyTree, x: jax.Array) -> tuple[tuple[()], jax.Array]:
-        dtype = check_params(self, params, self._shapes())
-        _check_empty_state(self, h)
-        y = affine(check_input(self, x, dtype), params["w"], params["b"])
-        return (), (y if self.activation is None else self.activation(y))
-
-
-@dataclasses.dataclass(frozen=True, repr=False)
-class Stateless(Cell):
-    """A function `fn(params, x) -> y` lifted into a cell with the empty state `()`.
-
-    Made by `stateless`; see there.
-    """
-
-    fn: Callable[[PyTree, PyTree], PyTree]
-    init_fn: Callable[[jax.Array], PyTree] | None = None
-
-    def __repr__(self) -> str:
-        return f"stateless({_name(self.fn)})"
-
-    def init(self, key: jax.Array, dtype: Any = jnp.float32) -> PyTree:
-        """`init_fn(key)`, or `()` for a layer without params (`init_fn=None`)."""
-        del dtype  # the user's init_fn decides
-        return () if self.init_fn is None else self.init_fn(key)
-
-    def initial_state(self, params: PyTree) -> tuple[()]:
-        """The empty state `()`."""
-        return ()
-
-    def __call__(self, params: PyTree, h: PyTree, x: PyTree) -> tuple[tuple[()], PyTree]:
-        _check_empty_state(self, h)
-        return (), self.fn(params, x)
-
-
-def stateless(
-    fn: Callable[[PyTree, PyTree], PyTree], init: Callable[[jax.Array], PyTree] | None = None
-) -> Stateless:
-    """Lift a layer `fn(params, x) -> y` into a cell `(params, (), x) -> ((), y)`.
-
-    Use it to put any feed-forward function (an embedding, a normalisation, a Flax or Equinox
-    module's apply) into a `chain` beside recurrent cells.
-
-    Args:
-      fn: `fn(params, x) -> y`; it may ignore `params`.
-      init: optional `init(key) -> params`; without it the layer's params are `()`.
-
-    Returns:
-      A cell with `init(key)`, `initial_state(params) == ()` and
-      `cell(params, (), x) == ((), fn(params, x))`.
-
-    Examples:
-      >>> import jax, jax.numpy as jnp, recurjax as rj
-      >>> relu = rj.stateless(lambda params, x: jax.nn.relu(x))
-      >>> relu(relu.init(jax.random.key(0)), (), jnp.array([-1.0, 2.0]))
-      ((), Array([0., 2.], dtype=float32))
-    """
-    check_callable(fn, "stateless(fn)")
-    return Stateless(fn, init)
+def _same(tree: PyTree) -> PyTree:
+    return tree
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -233,6 +109,34 @@ class Chain(Cell):
             states.append(s)
         return tuple(states), x
 
+    def parts(self) -> tuple[Any, ...]:
+        """The chained cells (`SequenceCell` protocol)."""
+        return tuple(self.cells)
+
+    def run_sequence(
+        self, run: PartRunner, params: PyTree, h: PyTree, xs: PyTree
+    ) -> tuple[tuple[PyTree, ...], PyTree]:
+        """Part by part over the whole sequence, each part's outputs the next one's inputs.
+
+        Equal to stepping the chain: a part's step depends only on its own state and the
+        previous part's output at the same step.
+        """
+        self._check_tuple("params", params)
+        self._check_tuple("state", h)
+        states = []
+        for i, (part, p, s) in enumerate(zip(self.cells, params, h, strict=True)):
+            s, xs = run(part, p, s, xs, select=_entry(i))
+            states.append(s)
+        return tuple(states), xs
+
+    def seed_state(self, state: PyTree, key: jax.Array | None) -> tuple[PyTree, ...]:
+        """Every part's state seeded with its own key (`seed_dropout`)."""
+        self._check_tuple("state", state)
+        keys = split_keys(key, len(self.cells))
+        return tuple(
+            seed_dropout(c, s, k) for c, s, k in zip(self.cells, state, keys, strict=True)
+        )
+
 
 def chain(*parts: Any) -> Any:
     """Compose cells (or `Recur` handles) into one, Flux's `Chain` for recurrent models.
@@ -271,7 +175,7 @@ def chain(*parts: Any) -> Any:
     """
     if not parts:
         raise TypeError("chain(): expected at least one cell or Recur handle, got none.")
-    handles = [isinstance(p, Recur) for p in parts]
+    handles = [isinstance(p, Handle) for p in parts]
     if any(handles) and not all(handles):
         bare = [describe(p) for p, h in zip(parts, handles, strict=True) if not h]
         raise TypeError(
@@ -279,11 +183,11 @@ def chain(*parts: Any) -> Any:
             "params; wrap it as rj.Recur(cell, key=key) (stateless layers too), or pass only "
             "cells and make params with .init(key)."
         )
-    if all(handles):
-        return Recur(
-            Chain(tuple(p.cell for p in parts)),
-            tuple(p.params for p in parts),
-            tuple(p.state for p in parts),
+    if all(handles):  # a handle of the chain, made by the first handle's replace()
+        return parts[0].replace(
+            cell=Chain(tuple(p.cell for p in parts)),
+            params=tuple(p.params for p in parts),
+            state=tuple(p.state for p in parts),
             state0=tuple(p.state0 for p in parts),
         )
     for i, p in enumerate(parts):
@@ -322,7 +226,7 @@ class Bidirectional(Cell):
             )
 
     def __repr__(self) -> str:
-        merge = self.merge if isinstance(self.merge, str) else _name(self.merge)
+        merge = self.merge if isinstance(self.merge, str) else fn_name(self.merge)
         return f"bidirectional({describe(self.forward)}, {describe(self.backward)}, {merge})"
 
     @property
@@ -349,6 +253,30 @@ class Bidirectional(Cell):
                 f"{self!r}: expected {name} to be a tuple (forward, backward), got "
                 f"{type(value).__name__}. Use .init(key) / .initial_state(params)."
             )
+
+    def parts(self) -> tuple[Any, Any]:
+        """`(forward, backward)` (`SequenceCell` protocol)."""
+        return (self.forward, self.backward)
+
+    def run_sequence(
+        self, run: PartRunner, params: PyTree, h: PyTree, xs: PyTree
+    ) -> tuple[tuple[PyTree, PyTree], PyTree]:
+        """The forward cell over the sequence, the backward cell over it in reverse, and
+        their outputs merged step by step."""
+        self._check_tuple("params", params)
+        self._check_tuple("state", h)
+        sf, yf = run(self.forward, params[0], h[0], xs, select=_entry(0))
+        sb, yb = run(self.backward, params[1], h[1], xs, select=_entry(1), reverse=True)
+        return (sf, sb), self.merged(yf, yb)
+
+    def seed_state(self, state: PyTree, key: jax.Array | None) -> tuple[PyTree, PyTree]:
+        """Both directions' states seeded with their own keys (`seed_dropout`)."""
+        self._check_tuple("state", state)
+        kf, kb = split_keys(key, 2)
+        return (
+            seed_dropout(self.forward, state[0], kf),
+            seed_dropout(self.backward, state[1], kb),
+        )
 
     def __call__(self, params: PyTree, h: PyTree, x: PyTree) -> tuple[PyTree, PyTree]:
         raise TypeError(
@@ -431,6 +359,22 @@ class Residual(WrapperCell):
         self.check_shapes(x, y)
         return h, self.add(x, y)
 
+    def parts(self) -> tuple[Any]:
+        """The wrapped cell (`SequenceCell` protocol)."""
+        return (self.cell,)
+
+    def run_sequence(
+        self, run: PartRunner, params: PyTree, h: PyTree, xs: PyTree
+    ) -> tuple[PyTree, PyTree]:
+        """The wrapped cell over the whole sequence, then the inputs added to its outputs."""
+        h, ys = run(self.cell, params, h, xs, select=_same)
+        self.check_shapes(xs, ys)
+        return h, self.add(xs, ys)
+
+    def seed_state(self, state: PyTree, key: jax.Array | None) -> PyTree:
+        """The wrapped cell's state seeded (`seed_dropout`)."""
+        return seed_dropout(self.cell, state, key)
+
 
 def residual(cell: Any) -> Residual:
     r"""Wrap a cell with a skip connection: `(h, y) = cell(params, h, x)`; output `x + y`.
@@ -497,10 +441,8 @@ residual(LSTMCell(32 => 32)))
       >>> ys.shape
       (5, 2, 32)
     """
-    from ._dropout import Dropout
-
-    layers = index_or_none(num_layers)
-    if layers is None or layers < 1:
+    layers = positive_int(num_layers)
+    if layers is None:
         raise ValueError(f"stacked: expected num_layers to be a positive int, got {num_layers!r}.")
     if not callable(make_cell):
         raise TypeError(
@@ -522,52 +464,3 @@ residual(LSTMCell(32 => 32)))
         parts.append(Residual(cell) if residual and out == width else cell)
         width = out
     return Chain(tuple(parts))
-
-
-def seed_dropout(cell: Any, state: PyTree, key: jax.Array | None) -> PyTree:
-    """The state with every dropout slot given a fresh key (dropout on), or `None` (off).
-
-    Walks `cell` (chains, `bidirectional`, `residual`, `VariationalDropout`) and replaces
-    the key of every `Dropout` and `VariationalDropout` with an independent key split from
-    `key`; everything else in `state` is returned as is. Pass a new key for every batch:
-    the masks are a function of the key. `key=None` turns dropout off (inference).
-
-    Args:
-      cell: the model's cell.
-      state: its state (e.g. `cell.initial_state(params)`).
-      key: a PRNG key (`jax.random.key(seed)`), or `None`.
-
-    Returns:
-      The state, with keys (or `None`) in the dropout slots.
-
-    Examples:
-      >>> import jax, recurjax as rj
-      >>> net = rj.chain(rj.GRUCell(3, 4), rj.Dropout(0.5), rj.Dense(4, 2))
-      >>> params = net.init(jax.random.key(0))
-      >>> state = rj.seed_dropout(net, net.initial_state(params), jax.random.key(1))
-      >>> state[1].dtype
-      key<fry>
-      >>> rj.seed_dropout(net, state, None)[1] is None
-      True
-    """
-    from ._dropout import Dropout, VariationalDropout, _check_key
-
-    _check_key("seed_dropout", key)
-
-    def split(n: int) -> list[Any]:
-        return [None] * n if key is None else list(jax.random.split(key, n))
-
-    kind = type(cell)
-    if kind is Dropout:
-        return key
-    if kind is VariationalDropout:
-        k1, k2 = split(2)
-        return (seed_dropout(cell.cell, state[0], k1), k2)
-    if kind is Residual:
-        return seed_dropout(cell.cell, state, key)
-    if kind is Chain or kind is Bidirectional:
-        parts = cell.cells if kind is Chain else (cell.forward, cell.backward)
-        cell._check_tuple("state", state)
-        keys = split(len(parts))
-        return tuple(seed_dropout(c, s, k) for c, s, k in zip(parts, state, keys, strict=True))
-    return state

@@ -1,10 +1,5 @@
-"""What a cell is: the protocol, the base class of library cells, and shared checks.
-
-A *cell* is any callable `cell(params, h, x) -> (h, y)`. Library cells are frozen, hashable
-dataclasses that also provide `init(key) -> params` and `initial_state(params) -> h`. The
-helpers here give every library cell the same input checks and the same casting rule, so
-errors read alike whichever cell raised them.
-"""
+"""The checks shared by cells, the scan engine, `chunks`/`tbptt` and interop: one copy each,
+so that errors read alike whichever part of recurjax raised them."""
 
 from __future__ import annotations
 
@@ -15,8 +10,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-PyTree = Any
-CellFn = Callable[[PyTree, PyTree, PyTree], tuple[PyTree, PyTree]]
+from ._contracts import Cell, Handle, PyTree
 
 
 def describe(cell: object) -> str:
@@ -27,20 +21,23 @@ def describe(cell: object) -> str:
     return f"cell function {name!r}" if name else repr(cell)
 
 
+def fn_name(fn: Callable[..., Any]) -> str:
+    """The name of a function (an activation, a merge) for reprs."""
+    return getattr(fn, "__name__", None) or repr(fn)
+
+
 def check_callable(cell: object, where: str) -> None:
     """Raise `TypeError` unless `cell` can be called as `cell(params, h, x)`.
 
     Two callables that are not cells are rejected by name: a class (`rj.RNNCell` where
     `rj.RNNCell(10, 5)` was meant) and a `Recur` handle (whose call takes only `x`).
     """
-    from ._recur import Recur  # imported here: _recur imports this module
-
     if isinstance(cell, type):
         raise TypeError(
             f"{where}: expected a cell, got the class {cell.__name__} itself. Instantiate it, "
             f"e.g. {cell.__name__}(10, 5), or pass a function (params, h, x) -> (h, y)."
         )
-    if isinstance(cell, Recur):
+    if isinstance(cell, Handle):
         raise TypeError(
             f"{where}: expected a cell, got the handle {cell!r}. A handle is called with x "
             "alone (m, y = m(x); m, ys = m.scan(xs)); its cell is m.cell, with params "
@@ -62,52 +59,31 @@ def index_or_none(value: object) -> int | None:
     return operator.index(value)  # type: ignore[arg-type]
 
 
+def positive_int(value: object) -> int | None:
+    """`value` as a Python int if it is a positive integer (not a bool), else `None`."""
+    n = index_or_none(value)
+    return n if n is not None and n >= 1 else None
+
+
 def shape_of(a: object) -> tuple[int, ...] | str:
     """The shape of an array-like, or its type name when it has none (for messages)."""
     shape = getattr(a, "shape", None)
     return tuple(shape) if shape is not None else type(a).__name__
 
 
-class Cell:
-    """Base class of the library cells: a frozen config object that is a pure function.
-
-    Subclasses are frozen dataclasses (hashable, so they can be static under `jax.jit`) and
-    implement:
-
-    - `init(key, dtype=jnp.float32) -> params`, a dict of arrays;
-    - `initial_state(params) -> h`, an *unbatched* state pytree;
-    - `__call__(params, h, x) -> (h, y)`, one time step for `x` of shape `(..., in)`.
-
-    A plain function with the signature `(params, h, x) -> (h, y)` is a cell too; this class
-    only adds the conveniences and the input checks.
-    """
-
-    in_features: int
-
-    def init(self, key: jax.Array, dtype: Any = jnp.float32) -> PyTree:
-        raise NotImplementedError
-
-    def initial_state(self, params: PyTree) -> PyTree:
-        raise NotImplementedError
-
-    def __call__(self, params: PyTree, h: PyTree, x: PyTree) -> tuple[PyTree, PyTree]:
-        raise NotImplementedError
-
-
-class WrapperCell(Cell):
-    """Base of the library cells that wrap one cell, `self.cell` (`residual`,
-    `VariationalDropout`): they take its `in_features` and its params."""
-
-    cell: Any
-
-    @property
-    def in_features(self) -> int:  # type: ignore[override]
-        """The wrapped cell's `in_features`."""
-        return self.cell.in_features
-
-    def init(self, key: jax.Array, dtype: Any = None) -> PyTree:
-        """The wrapped cell's params (`dtype=None`: its own default)."""
-        return self.cell.init(key) if dtype is None else self.cell.init(key, dtype)
+def check_sizes(cell: object, *names: str) -> None:
+    """Check that the named size fields of a frozen dataclass are positive ints; store them
+    as Python ints (a NumPy integer is accepted, a bool or float is not)."""
+    cls_name = type(cell).__name__
+    for name in names:
+        value = getattr(cell, name)
+        number = positive_int(value)
+        if number is None:
+            raise TypeError(
+                f"{cls_name}: expected {name} to be a positive int, got {value!r}. "
+                f"Write e.g. {cls_name}(10, 5) for 10 input features and 5 output features."
+            )
+        object.__setattr__(cell, name, number)
 
 
 def check_params(cell: Cell, params: object, expected: Mapping[str, tuple[int, ...]]) -> Any:
@@ -141,8 +117,9 @@ def check_params(cell: Cell, params: object, expected: Mapping[str, tuple[int, .
 def check_input(cell: Cell, x: object, dtype: Any) -> jax.Array:
     """Check `x: (..., in_features)` and cast it to the cell's compute dtype.
 
-    The casting rule of every library cell: `x` (float64, float16, int or bool alike) is cast
-    to the dtype of the cell's params, so the state and output always have that dtype.
+    The casting rule of every library cell: a real `x` (float64, float16, int or bool alike)
+    is cast to the dtype of the cell's params, so the state and output always have that
+    dtype. A complex `x` is a `TypeError`: the cast would drop its imaginary part.
     """
     if not hasattr(x, "shape"):
         raise TypeError(
@@ -151,6 +128,18 @@ def check_input(cell: Cell, x: object, dtype: Any) -> jax.Array:
             "with jnp.stack)."
         )
     x = jnp.asarray(x)
+    if not (
+        jnp.issubdtype(x.dtype, jnp.floating)
+        or jnp.issubdtype(x.dtype, jnp.integer)
+        or x.dtype == jnp.bool_
+    ):
+        raise TypeError(
+            f"{cell!r}: expected a real input x (a float, int or bool dtype, cast to the "
+            f"params' dtype {jnp.dtype(dtype)}), got dtype {x.dtype}. Casting it would drop "
+            "its imaginary part: pass jnp.real(x), or its real and imaginary parts as "
+            "features, jnp.concatenate([x.real, x.imag], axis=-1), to a cell with twice the "
+            "in_features."
+        )
     if x.ndim == 0 or x.shape[-1] != cell.in_features:
         raise ValueError(
             f"{cell!r}: expected x with {cell.in_features} features on its last axis, shape "
@@ -192,9 +181,77 @@ def match_state(
     return h.astype(dtype)
 
 
-def affine(x: jax.Array, w: jax.Array, b: jax.Array | None = None) -> jax.Array:
-    """`x @ w + b` on the last axis for any leading batch axes, with no implicit broadcast."""
-    y = x @ w
-    if b is not None:
-        y = y + jnp.broadcast_to(b, y.shape)
-    return y
+def check_state_change(where: str, old: PyTree, new: PyTree) -> None:
+    """Check that one step kept the state's structure and shapes, up to new leading axes.
+
+    `old` is the state given to the step and `new` the one it returned (arrays or
+    `ShapeDtypeStruct`s). A new state may add leading batch axes to an unbatched one; any
+    other change raises `ValueError` naming the leaf.
+    """
+    if jax.tree.structure(new) != jax.tree.structure(old):
+        raise ValueError(
+            f"{where}: the cell returned a state with structure {jax.tree.structure(new)}, but "
+            f"was given a state with structure {jax.tree.structure(old)}. A cell must return "
+            "its state in the form it takes it."
+        )
+    for (path, a), b in zip(
+        jax.tree_util.tree_leaves_with_path(old), jax.tree.leaves(new), strict=True
+    ):
+        before, after = tuple(jnp.shape(a)), tuple(jnp.shape(b))
+        if before == after or (
+            len(before) < len(after) and after[len(after) - len(before) :] == before
+        ):
+            continue
+        raise ValueError(
+            f"{where}: the cell turned state{jax.tree_util.keystr(path)} of shape {before} "
+            f"into shape {after}; a state must keep its shape from step to step (only an "
+            "unbatched state may gain leading batch axes). If the state holds the previous "
+            "batch, call reset() (or start from a fresh initial state) between batches."
+        )
+
+
+def check_key(where: str, key: object) -> None:
+    """`TypeError` unless `key` is `None` or one typed PRNG key (`jax.random.key`)."""
+    if key is None:
+        return
+    dtype = getattr(key, "dtype", None)
+    typed = dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key)
+    if not typed or jnp.ndim(key) != 0:  # type: ignore[arg-type]
+        raise TypeError(
+            f"{where}: expected a PRNG key from jax.random.key(seed) (or None for dropout "
+            f"off), got {type(key).__name__} with shape {jnp.shape(key)}. Make one with "  # type: ignore[arg-type]
+            "jax.random.key(0), or split one with jax.random.split(key)."
+        )
+
+
+def time_length(
+    xs: PyTree,
+    time_axis: int,
+    where: str,
+    hint: str = "Inputs and targets must be aligned in time.",
+) -> int:
+    """The common length of the time axis of every leaf of `xs` (checked); `hint` ends the
+    message when the leaves disagree."""
+    leaves = jax.tree.leaves(xs)
+    if not leaves:
+        raise ValueError(f"{where}: xs has no arrays; expected an array (T, ...) or a pytree.")
+    lengths = set()
+    for a in leaves:
+        shape = getattr(a, "shape", None)
+        if shape is None:
+            raise TypeError(
+                f"{where}: expected xs to hold arrays with a time axis, got a leaf of type "
+                f"{type(a).__name__}. Convert it with np.asarray or jnp.asarray."
+            )
+        if not -len(shape) <= time_axis < len(shape):
+            raise ValueError(
+                f"{where}: time_axis={time_axis} is out of range for a leaf of xs of shape "
+                f"{tuple(shape)}. Use time_axis=0 for (T, B, ...) or 1 for (B, T, ...)."
+            )
+        lengths.add(shape[time_axis])
+    if len(lengths) != 1:
+        raise ValueError(
+            f"{where}: every leaf of xs needs the same number of steps on time_axis="
+            f"{time_axis}, got {sorted(lengths)}. {hint}".rstrip()
+        )
+    return lengths.pop()

@@ -1,0 +1,170 @@
+"""What a cell is, and the optional protocols through which the scan engine runs it.
+
+This module imports nothing from recurjax: every other module builds on it.
+
+A *cell* is any callable `cell(params, h, x) -> (h, y)`. On top of that, a cell may
+implement optional protocols that the engine discovers by attribute, never by class:
+
+- `SequenceCell`: the cell runs over a whole sequence itself, calling back into the engine
+  for its parts (`Chain`, `bidirectional`, `residual`, and the time-parallel `Dense`);
+- `LinearRecurrence`: the cell's state update is `h' = a * h + b` with `(a, b)` from `x`
+  alone, so the associative and chunked strategies and `sequence_parallel_scan` can run it;
+- `FusedCell`: the cell names a hand-written kernel of the fused strategy (`KernelSpec`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+import jax
+import jax.numpy as jnp
+
+PyTree = Any
+CellFn = Callable[[PyTree, PyTree, PyTree], tuple[PyTree, PyTree]]
+
+
+class Cell:
+    """Base class of the library cells: a frozen config object that is a pure function.
+
+    Subclasses are frozen dataclasses (hashable, so they can be static under `jax.jit`) and
+    implement:
+
+    - `init(key, dtype=jnp.float32) -> params`, a dict of arrays;
+    - `initial_state(params) -> h`, an *unbatched* state pytree;
+    - `__call__(params, h, x) -> (h, y)`, one time step for `x` of shape `(..., in)`.
+
+    A plain function with the signature `(params, h, x) -> (h, y)` is a cell too; this class
+    only adds the conveniences and the input checks.
+    """
+
+    in_features: int
+
+    def init(self, key: jax.Array, dtype: Any = jnp.float32) -> PyTree:
+        raise NotImplementedError
+
+    def initial_state(self, params: PyTree) -> PyTree:
+        raise NotImplementedError
+
+    def __call__(self, params: PyTree, h: PyTree, x: PyTree) -> tuple[PyTree, PyTree]:
+        raise NotImplementedError
+
+
+class WrapperCell(Cell):
+    """Base of the library cells that wrap one cell, `self.cell` (`residual`,
+    `VariationalDropout`): they take its `in_features` and its params."""
+
+    cell: Any
+
+    @property
+    def in_features(self) -> int:  # type: ignore[override]
+        """The wrapped cell's `in_features`."""
+        return self.cell.in_features
+
+    def init(self, key: jax.Array, dtype: Any = None) -> PyTree:
+        """The wrapped cell's params (`dtype=None`: its own default)."""
+        return self.cell.init(key) if dtype is None else self.cell.init(key, dtype)
+
+
+class Handle:
+    """Marker base of stateful handles (`Recur`): callables that take `x` alone, so they are
+    not cells. Lets low-level checks recognise a handle without importing it."""
+
+    __slots__ = ()
+
+
+class PartRunner(Protocol):
+    """What the engine passes to `SequenceCell.run_sequence`: runs one part over the sequence.
+
+    `run(part, params, h, xs, select=..., reverse=False) -> (h, ys)` runs the cell `part`
+    over every step of the time-major `xs` with all of the enclosing scan's options (lengths,
+    resets, truncation, strategy) and returns its final state and stacked outputs.
+    `select(tree)` picks this part's entry out of a tree shaped like the composite's state
+    (the engine uses it to find the part's `state0` for resets); `reverse=True` runs the
+    part in the direction opposite to the enclosing scan's.
+    """
+
+    def __call__(
+        self,
+        part: Any,
+        params: PyTree,
+        h: PyTree,
+        xs: PyTree,
+        *,
+        select: Callable[[PyTree], PyTree] = ...,
+        reverse: bool = False,
+    ) -> tuple[PyTree, PyTree]: ...
+
+
+@runtime_checkable
+class SequenceCell(Protocol):
+    """A cell that runs over a whole sequence itself (a composite, or a time-parallel layer).
+
+    The engine calls `run_sequence(run, params, h, xs)` with time-major `xs` (padding
+    already zeroed) and a settled state instead of choosing a strategy for the cell; the cell
+    calls `run` (a `PartRunner`) for each of its parts and combines their results. Padded
+    outputs are zeroed by the engine afterwards. `parts()` lists the sub-cells (for the
+    checks of explicit strategies and for walkers); a layer without parts returns `()`.
+
+    Running part by part equals stepping the composite as long as each part's step depends
+    only on its own state and its input at the same step, which holds for chains,
+    bidirectional pairs and residual wrappers.
+    """
+
+    def parts(self) -> tuple[Any, ...]: ...
+
+    def run_sequence(
+        self, run: PartRunner, params: PyTree, h: PyTree, xs: PyTree
+    ) -> tuple[PyTree, PyTree]: ...
+
+
+@runtime_checkable
+class LinearRecurrence(Protocol):
+    """A cell whose step is `h' = a * h + b`, `y = readout(params, h', x)`, with `(a, b)`
+    computed from `x` alone (elementwise in `h`). `linear_recurrence` must be `True` only
+    when the cell's `__call__` is exactly that step."""
+
+    linear_recurrence: bool
+
+    def coefficients(self, params: PyTree, x: jax.Array) -> tuple[jax.Array, jax.Array]: ...
+
+    def readout(self, params: PyTree, h: jax.Array, x: jax.Array) -> jax.Array: ...
+
+
+class KernelSpec(NamedTuple):
+    """Which fused kernel computes a cell's step (see the fused strategy)."""
+
+    name: str  # key in the fused strategy's kernel table: "lstm", "gru" or "rnn"
+    hidden_size: int  # H
+    activation: Callable[[jax.Array], jax.Array] | None = None  # the RNN's nonlinearity
+
+
+@runtime_checkable
+class FusedCell(Protocol):
+    """A cell with a hand-written kernel: `fused_kernel()` returns its `KernelSpec`, or
+    `None` when the kernel does not compute this cell's step (e.g. a subclass)."""
+
+    def fused_kernel(self) -> KernelSpec | None: ...
+
+
+def sequence_parts(cell: object) -> tuple[Any, ...] | None:
+    """The parts of a `SequenceCell`, or `None` for a cell that is stepped."""
+    return cell.parts() if isinstance(cell, SequenceCell) else None
+
+
+def leaf_cells(cell: object) -> list[Any]:
+    """The stepped cells inside `cell`, recursively through `SequenceCell` parts."""
+    parts = sequence_parts(cell)
+    if parts is None:
+        return [cell]
+    return [leaf for part in parts for leaf in leaf_cells(part)]
+
+
+def is_linear(cell: object) -> bool:
+    """Whether `cell` declares a linear recurrence the associative strategies can run."""
+    return isinstance(cell, LinearRecurrence) and cell.linear_recurrence is True
+
+
+def kernel_spec(cell: object) -> KernelSpec | None:
+    """The cell's `KernelSpec`, or `None` when it has no fused kernel."""
+    return cell.fused_kernel() if isinstance(cell, FusedCell) else None

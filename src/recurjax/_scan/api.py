@@ -1,0 +1,273 @@
+"""The public entry points of the scan engine: `scan` and `sequence_parallel_scan`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from .._checks import check_callable, describe
+from .._contracts import CellFn, PyTree, is_linear
+from . import options as options_
+from .inputs import check_length_values, poison_out_of_range, prepare, stack_steps
+from .options import Options
+from .parallel import run_split
+from .run import run
+
+__all__ = ["scan", "sequence_parallel_scan"]
+
+
+def scan(
+    cell: CellFn,
+    params: PyTree,
+    h: PyTree,
+    xs: PyTree,
+    *,
+    time_axis: int = 0,
+    reverse: bool = False,
+    truncate_every: int | None = None,
+    unroll: int | bool = 1,
+    strategy: str = "auto",
+    remat: int | None = None,
+    lengths: Any = None,
+    resets: Any = None,
+    state0: PyTree = None,
+) -> tuple[PyTree, PyTree]:
+    """Run a cell over a sequence: `lax.scan` with the state first, plus time options.
+
+    Semantically, with `xs` time-major and `T` steps, `scan` is this Python loop for one
+    sequence (outputs stacked on the time axis; with a batch, every sequence runs it with
+    its own length and flags)::
+
+        def scan(cell, params, h, xs, truncate_every=None, reverse=False,
+                 length=T, resets=None, state0=None):
+            ys = [zeros_like_output] * T        # padded steps output zeros
+            order = range(length)               # steps past `length` are never run
+            order = reversed(order) if reverse else order
+            for n, t in enumerate(order):
+                if truncate_every and n > 0 and n % truncate_every == 0:
+                    h = jax.lax.stop_gradient(h)  # cut the gradient, keep the value
+                if resets is not None and resets[t]:
+                    h = state0                  # a new episode: no gradient flows back
+                h, ys[t] = cell(params, h, xs[t])
+            return h, jnp.stack(ys)
+
+    An unbatched initial state (`(H,)`, as `cell.initial_state` returns) is broadcast to the
+    batch shape of `xs` before the first step. With `truncate_every=k` the gradient is cut
+    every `k` steps (in processing order) but the values are unchanged, and when `T % k != 0`
+    the last `T % k` steps are still computed: no step is ever dropped. A sequence of zero
+    steps returns `h` (settled to the step's batch and dtype) and an empty `ys`.
+
+    Outside `jit`, `scan` compiles once per cell, options and input shapes and reuses the
+    program (inside a user's `jit` it simply inlines). The cell is a static argument,
+    compared by equality: library cells compare by their configuration, functions by
+    identity, so define a function cell once; a fresh `lambda` on every call recompiles on
+    every call. An unhashable cell runs without this cache.
+
+    Args:
+      cell: any cell, `cell(params, h, x) -> (h, y)`.
+      params: the cell's params.
+      h: the initial state (unbatched or with the batch shape of `xs`).
+      xs: inputs of shape `(T, ..., in)` (time-major, like `lax.scan`); or a list (or plain
+        tuple) of `T` per-step inputs, stacked on a new leading axis; or a dict/NamedTuple
+        pytree of arrays that all have a time axis, for cells that take structured input.
+      time_axis: the axis of `xs` that is time; `1` for batch-major `(B, T, in)`. The
+        outputs `ys` have their time axis at the same position.
+      reverse: run from the last step to the first (outputs stay in input order).
+      truncate_every: cut the gradient through the carry every this many steps (truncated
+        backpropagation through time within one scan); `None` never cuts.
+      unroll: passed to `lax.scan`: steps per loop iteration (or `True` for all). Only the
+        sequential strategy unrolls, so `unroll > 1` selects it.
+      strategy: how to evaluate; every strategy computes the same function (tested to
+        float rounding).
+
+        - `"sequential"`: `lax.scan` of `cell` itself, differentiated by JAX. Works for
+          every cell and every transformation, forward-mode (`jax.jvp`, `jax.jacfwd`,
+          `jax.hessian`) included.
+        - `"fused"`: for `LSTMCell`, `GRUCell` and `RNNCell` (and chains, layer by layer), a
+          hand-written kernel with a `jax.custom_vjp`: the backward pass runs the recurrence
+          once and computes the weight and input gradients as single large matmuls over all
+          steps. Reverse-mode only: forward-mode autodiff of it raises JAX's "can't apply
+          forward-mode autodiff (jvp) to a custom_vjp function"; use `"sequential"` there.
+        - `"associative"`: for a `LinearCell` (`MinGRUCell`, `MinLSTMCell`, `LRUCell`,
+          subclasses; and chains, part by part), `lax.associative_scan` over the whole
+          sequence: the composed maps `h -> a h + b` give every state in `O(log T)` depth.
+          Its backward pass is one more associative scan (a custom VJP), reverse-mode only.
+        - `"chunked"`: the same within blocks of 256 steps, carried sequentially from block
+          to block (`O(T log 256)` work instead of `O(T log T)`).
+        - `"auto"` (default): `"fused"` where the cell has a kernel and `unroll == 1`,
+          otherwise `"sequential"`; except where the sequential one measured faster on
+          XLA:CPU (`benchmarks/RESULTS.md`): a `GRUCell` with 128 or more sequences in the
+          batch, and the forward pass alone of 4 or fewer sequences. A `Chain` runs part
+          by part over the whole sequence (each layer's outputs are the next one's
+          inputs), each part with its own best strategy; a `Dense` part is then one matmul
+          over all steps. A `LinearCell` runs sequentially: on XLA:CPU the associative
+          scan was slower (`benchmarks/RESULTS_linear.md`); backends where it measures
+          faster are listed in `ASSOCIATIVE_BACKENDS`.
+      remat: rematerialise every this many steps to save memory: the backward pass stores
+        only the state at the start of each block of `remat` steps and recomputes the
+        block's forward pass (`jax.checkpoint`), so memory for the backward pass grows as
+        `T / remat + remat` steps' worth instead of `T`, for one more forward pass of compute.
+        `None` (default) stores every step. Must be a multiple of `truncate_every` when both
+        are given.
+      lengths: for right-padded batches, an integer array with the batch shape of `xs` (one
+        length per sequence, any number of batch axes; a scalar for an unbatched `xs`).
+        Past its length a sequence's state is frozen and its outputs are zero, so the
+        returned state is each sequence's state after its own last valid step (length 0
+        returns the initial state) and padded steps contribute exactly zero gradient. With
+        `reverse=True` each sequence runs from its own last valid step back to step 0; the
+        padding stays at the end. Padded inputs are never read (NaN padding is harmless).
+        Lengths outside `[0, T]` raise `ValueError`; under `jit`, where the values are not
+        known at trace time, such a sequence's state and outputs are NaN instead.
+      resets: episode boundaries, a boolean array shaped like `xs` without its feature axis
+        (`(T, *batch)`, time at `time_axis`): where true, the state entering that step is
+        replaced by `state0` (Haiku's `ResetCore`), so no gradient flows across the
+        boundary and the result equals running each episode separately. Flags are read in
+        processing order (with `reverse`, before the step is processed in reverse), and
+        are ignored past a sequence's length.
+      state0: the state `resets` return to (unbatched or batched, like `h`); defaults to
+        `cell.initial_state(params)`. `Recur.scan` passes the handle's `state0`. Gradients
+        reach it from every reset.
+
+    Returns:
+      `(h, ys)`: the final state and the stacked outputs, `ys: (T, ..., out)` (time at
+      `time_axis`).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, recurjax as rj
+      >>> cell = rj.GRUCell(3, 4)
+      >>> params = cell.init(jax.random.key(0))
+      >>> xs = jnp.ones((7, 2, 3))          # T=7 steps, batch of 2
+      >>> h, ys = rj.scan(cell, params, cell.initial_state(params), xs)
+      >>> h.shape, ys.shape
+      ((2, 4), (7, 2, 4))
+      >>> h2, ys2 = rj.scan(cell, params, cell.initial_state(params), xs, truncate_every=3)
+      >>> bool(jnp.allclose(ys, ys2))
+      True
+    """
+    check_callable(cell, "scan(cell, ...)")
+    opts = options_.build(
+        cell,
+        time_axis=time_axis,
+        reverse=reverse,
+        truncate_every=truncate_every,
+        unroll=unroll,
+        strategy=strategy,
+        remat=remat,
+    )
+    if type(xs) in (list, tuple):
+        xs = stack_steps(cell, xs)
+    # Lengths only known under a trace are checked by NaN in the result instead.
+    if lengths is not None and not check_length_values(cell, xs, lengths, opts.time_axis):
+        opts = opts.replace(unchecked=True)
+    args = (cell, opts, params, h, xs, lengths, resets, state0)
+    try:
+        hash(cell)
+    except TypeError:  # an unhashable cell cannot be a static argument: run it unjitted
+        return _scan(*args)
+    return _scan_jit(*args)
+
+
+def _scan(
+    cell: CellFn,
+    opts: Options,
+    params: PyTree,
+    h: PyTree,
+    xs: PyTree,
+    lengths: Any,
+    resets: Any,
+    state0: PyTree,
+) -> tuple[PyTree, PyTree]:
+    prepared = prepare(cell, params, h, xs, lengths, resets, state0, opts.time_axis)
+    h, ys = run(cell, params, prepared.h, prepared.xs, opts, prepared.ctl, prepared.s0)
+    if opts.unchecked:
+        h, ys = poison_out_of_range(jnp.asarray(lengths), _steps(prepared), h, ys)
+    ys = jax.tree.map(lambda a: jnp.moveaxis(a, 0, opts.time_axis), ys)
+    return h, ys
+
+
+def _steps(prepared: Any) -> int:
+    return jax.tree.leaves(prepared.xs)[0].shape[0]
+
+
+# Jitted with the cell and the options static, so that eager calls with the same cell and
+# shapes reuse one compiled program (inside a user's jit this simply inlines).
+_scan_jit = jax.jit(_scan, static_argnums=(0, 1))
+
+
+def sequence_parallel_scan(
+    cell: Any,
+    params: PyTree,
+    h: jax.Array,
+    xs: jax.Array,
+    *,
+    mesh: Any,
+    axis: str,
+    lengths: Any = None,
+    resets: Any = None,
+    state0: PyTree = None,
+) -> tuple[jax.Array, jax.Array]:
+    """Run a linear cell over one long sequence whose time axis is split over devices.
+
+    `xs` (time-major, `(T, ..., in)`) is sharded on its time axis over the mesh axis `axis`
+    (`jax.shard_map`): each of the `D` devices holds `T / D` consecutive steps. Each device
+    runs its block from a zero state with the associative scan, keeping the block's
+    composed map `h -> A h + B`; the `D` maps (one `(batch, H)` pair per device) are
+    gathered, each device folds the maps of the devices before it into its entering state,
+    and corrects its block's states with it. Only the small maps cross devices, once. The
+    result equals `scan(cell, params, h, xs, lengths=..., resets=...)` on one device (to
+    float rounding: tested on 8 host CPU devices), and it differentiates like it.
+
+    Args:
+      cell: a `LinearCell` (`MinGRUCell`, `MinLSTMCell`, `LRUCell`, a subclass).
+      params: its params (replicated).
+      h: the initial state, unbatched or with the batch shape of `xs` (replicated).
+      xs: `(T, ..., in)` with `T` a multiple of the size of `axis`.
+      mesh: a `jax.sharding.Mesh`.
+      axis: the mesh axis name that time is split over.
+      lengths, resets, state0: as in `scan` (`resets` time-major, split like `xs`); the
+        inputs are prepared by the same code as `scan`'s, so out-of-range lengths raise
+        `ValueError` outside `jit` and give NaN under it, as in `scan`.
+
+    Returns:
+      `(h, ys)`: the final state (replicated) and `ys: (T, ..., out)`, sharded on time.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, numpy as np, recurjax as rj
+      >>> from jax.sharding import Mesh
+      >>> mesh = Mesh(np.array(jax.devices()[:1]), ("time",))
+      >>> cell = rj.MinGRUCell(3, 4)
+      >>> params = cell.init(jax.random.key(0))
+      >>> xs = jnp.ones((8, 2, 3))
+      >>> h, ys = rj.sequence_parallel_scan(
+      ...     cell, params, cell.initial_state(params), xs, mesh=mesh, axis="time")
+      >>> h_ref, ys_ref = rj.scan(cell, params, cell.initial_state(params), xs)
+      >>> bool(jnp.allclose(ys, ys_ref, atol=1e-6))
+      True
+    """
+    name = describe(cell)
+    if not is_linear(cell):
+        raise TypeError(
+            f"sequence_parallel_scan({name}): needs a LinearCell (MinGRUCell, MinLSTMCell, "
+            "LRUCell or a subclass), whose steps compose as maps h -> a h + b; other cells "
+            "carry a non-linear state and cannot be split in time. Use rj.scan."
+        )
+    if axis not in mesh.shape:
+        raise ValueError(
+            f"sequence_parallel_scan({name}): mesh has axes {tuple(mesh.shape)}, not "
+            f"{axis!r}. Pass axis= one of them."
+        )
+    unchecked = lengths is not None and not check_length_values(cell, xs, lengths, 0)
+    prepared = prepare(cell, params, h, xs, lengths, resets, state0, 0)
+    T, D = _steps(prepared), mesh.shape[axis]
+    if T % D:
+        raise ValueError(
+            f"sequence_parallel_scan({name}): T={T} steps do not split evenly over {D} "
+            f"devices on axis {axis!r}. Pad xs to a multiple of {D} (with lengths= to mark "
+            "the padding)."
+        )
+    h, ys = run_split(cell, params, prepared, mesh, axis)
+    if unchecked:
+        h, ys = poison_out_of_range(jnp.asarray(lengths), T, h, ys)
+    return h, ys

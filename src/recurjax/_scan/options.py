@@ -1,0 +1,93 @@
+"""The options of one scan: built and checked in one place, then carried as one frozen,
+hashable object (a static argument of the engine's `jax.jit`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from .._checks import describe, index_or_none, positive_int
+from .._contracts import leaf_cells
+from .strategies import REGISTRY
+
+AUTO = "auto"
+STRATEGIES = (AUTO, *REGISTRY)
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """What `scan` was asked to do, checked (see `scan` for each option)."""
+
+    time_axis: int = 0
+    reverse: bool = False
+    truncate_every: int | None = None
+    unroll: int | bool = 1
+    strategy: str = AUTO
+    remat: int | None = None
+    # Lengths known only under a trace cannot be range-checked: mark bad ones with NaN.
+    unchecked: bool = False
+
+    def replace(self, **changes: Any) -> Options:
+        return dataclasses.replace(self, **changes)
+
+
+def build(
+    cell: object,
+    *,
+    time_axis: object = 0,
+    reverse: object = False,
+    truncate_every: object = None,
+    unroll: object = 1,
+    strategy: object = AUTO,
+    remat: object = None,
+    unchecked: bool = False,
+) -> Options:
+    """Check every option of `scan` for `cell` and return them as `Options`."""
+    name = describe(cell)
+    k = None
+    if truncate_every is not None:
+        k = positive_int(truncate_every)
+        if k is None:
+            raise ValueError(
+                f"scan({name}): expected truncate_every to be a positive int or None, "
+                f"got {truncate_every!r}."
+            )
+    steps: int | bool
+    if isinstance(unroll, bool):
+        steps = unroll
+    else:
+        n = positive_int(unroll)
+        if n is None:
+            raise ValueError(
+                f"scan({name}): expected unroll to be a positive int or a bool, got {unroll!r}."
+            )
+        steps = n
+    axis = index_or_none(time_axis)
+    if axis is None:
+        raise TypeError(f"scan({name}): expected time_axis to be an int, got {time_axis!r}.")
+    r = None
+    if remat is not None:
+        r = positive_int(remat)
+        if r is None:
+            raise ValueError(
+                f"scan({name}): expected remat to be a positive int or None, got {remat!r}."
+            )
+        if k is not None and r % k:
+            raise ValueError(
+                f"scan({name}): remat={r} must be a multiple of truncate_every={k}, so that "
+                f"every cut falls inside a block or on its start. Use e.g. "
+                f"remat={r - r % k or k}."
+            )
+    if strategy not in STRATEGIES:
+        raise ValueError(
+            f"scan({name}): expected strategy to be one of {STRATEGIES}, got {strategy!r}."
+        )
+    assert isinstance(strategy, str)
+    chosen = REGISTRY.get(strategy)
+    if (
+        chosen is not None
+        and chosen.REQUIRES
+        and not any(chosen.supports(c) for c in leaf_cells(cell))
+    ):
+        raise ValueError(f"scan({name}): strategy={strategy!r} {chosen.REQUIRES}")
+    return Options(axis, bool(reverse), k, steps, strategy, r, unchecked)

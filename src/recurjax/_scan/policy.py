@@ -1,0 +1,44 @@
+"""`strategy="auto"`: which strategy runs a cell when the user did not choose.
+
+Every threshold here was set by a measurement, cited beside it; change one only with a new
+run of the benchmark it cites. Other backends than XLA:CPU have not been measured and use
+the same rules, except where a set of backends is named.
+"""
+
+from __future__ import annotations
+
+import jax
+
+from .._contracts import KernelSpec
+
+# benchmarks/RESULTS.md (2-core x86 CPU, XLA:CPU): without differentiation the fused loop
+# lost to the cell's own step for a batch of a few sequences (B=1: GRU fwd 6.4 vs 5.0 ms,
+# LSTM 10.0 vs 9.1 ms), so a forward pass of at most this many sequences steps the cell.
+SMALL_BATCH = 4
+
+# benchmarks/RESULTS.md: the fused GRU lost to the sequential one at B=128, H=512 (f+b 762
+# vs 701 ms; the LSTM tied there), so a GRU batch of this many sequences runs sequentially.
+LARGE_GRU_BATCH = 128
+
+# benchmarks/RESULTS_linear.md (B=4, in=64, H=128): on XLA:CPU (2 cores) the associative
+# forward pass was 2-4x slower than the sequential one from T=1024 on, and f+b mixed
+# (chunked faster at T=256, e.g. minGRU 4.6 vs 7.4 ms, and for the LRU up to T=4096, 239
+# vs 301 ms; slower for minGRU at T=1024 and 4096, 47.5 vs 36.1 and 249 vs 187 ms), so CPU
+# is not in the set: the default is never slower than the sequential scan. GPU and TPU
+# have not been measured; until they are, the default stays sequential there too.
+ASSOCIATIVE_BACKENDS: frozenset[str] = frozenset()
+
+
+def associative_pays() -> bool:
+    """Whether `auto` runs a linear cell with the chunked associative scan here."""
+    return jax.default_backend() in ASSOCIATIVE_BACKENDS
+
+
+def fused_pays(spec: KernelSpec, batch: int) -> bool:
+    """Whether `auto` runs a cell's fused kernel for a flattened batch of `batch` sequences."""
+    return not (spec.name == "gru" and batch >= LARGE_GRU_BATCH)
+
+
+def forward_through_cell(strategy: str, batch: int) -> bool:
+    """Whether the fused strategy's primal (no differentiation) steps the cell itself."""
+    return strategy == "auto" and batch <= SMALL_BATCH

@@ -1,0 +1,128 @@
+"""The run pipeline: what happens to prepared, time-major inputs.
+
+    reverse within lengths -> remat blocks -> composite (run_sequence) or strategy
+    -> padding mask, once
+
+Each stage calls `run` again for what is inside it (a block, a part of a composite), so
+every option applies at every level and no stage knows a concrete cell class.
+"""
+
+from __future__ import annotations
+
+import functools
+from types import ModuleType
+from typing import Any
+
+import jax
+
+from .._contracts import CellFn, PyTree, SequenceCell, kernel_spec
+from . import policy
+from .blocks import Ctl, cut_at, in_blocks, reversed_within, steps_of, take_steps, zero_padding
+from .options import Options
+from .strategies import REGISTRY, associative, chunked, fused, sequential
+
+
+def run(
+    cell: CellFn,
+    params: PyTree,
+    h: PyTree,
+    xs: PyTree,
+    opts: Options,
+    ctl: Ctl | None = None,
+    s0: PyTree = None,
+) -> tuple[PyTree, PyTree]:
+    """Run `cell` over time-major `xs` from the settled state `h` (`s0`: what resets
+    return to); return the final state and the outputs, zero at padded steps."""
+    T = jax.tree.leaves(xs)[0].shape[0]
+    if opts.reverse and ctl is not None and ctl.lengths is not None:
+        return _reverse_within_lengths(cell, params, h, xs, opts, ctl, s0, T)
+    if opts.remat is not None and opts.remat < T:
+        return _remat_blocks(cell, params, h, xs, opts, ctl, s0)
+    if isinstance(cell, SequenceCell):
+        h, ys = cell.run_sequence(_part_runner(opts, ctl, s0), params, h, xs)
+    else:
+        h, ys = choose(cell, xs, opts).run(cell, params, h, xs, opts, ctl, s0)
+    return h, zero_padding(None if ctl is None else ctl.valid, ys)
+
+
+def choose(cell: object, xs: PyTree, opts: Options) -> ModuleType:
+    """The strategy for a stepped cell: the one asked for where it applies, else `auto`'s."""
+    if opts.unroll != 1:  # only the sequential strategy unrolls
+        return sequential
+    asked = REGISTRY.get(opts.strategy)
+    if asked is not None and asked.supports(cell):
+        return asked
+    if associative.supports(cell) and policy.associative_pays():
+        return chunked
+    spec = kernel_spec(cell)
+    if spec is not None and policy.fused_pays(spec, fused.batch_size(xs)):
+        return fused
+    return sequential
+
+
+def _part_runner(opts: Options, ctl: Ctl | None, s0: PyTree) -> Any:
+    """The `PartRunner` a composite receives: `run` with this scan's options and controls."""
+
+    def run_part(
+        part: Any,
+        params: PyTree,
+        h: PyTree,
+        xs: PyTree,
+        *,
+        select: Any = None,
+        reverse: bool = False,
+    ) -> tuple[PyTree, PyTree]:
+        part_s0 = s0 if s0 is None or select is None else select(s0)
+        part_opts = opts.replace(reverse=opts.reverse != reverse) if reverse else opts
+        return run(part, params, h, xs, part_opts, ctl, part_s0)
+
+    return run_part
+
+
+def _reverse_within_lengths(
+    cell: CellFn,
+    params: PyTree,
+    h: PyTree,
+    xs: PyTree,
+    opts: Options,
+    ctl: Ctl,
+    s0: PyTree,
+    T: int,
+) -> tuple[PyTree, PyTree]:
+    """Padding stays at the end: reverse each sequence within its own length, run forward,
+    and put the outputs back (the permutation is its own inverse)."""
+    assert ctl.lengths is not None
+    flip = functools.partial(take_steps, reversed_within(ctl.lengths, T))
+    ctl = ctl._replace(reset=None if ctl.reset is None else flip(ctl.reset), lengths=None)
+    h, ys = run(cell, params, h, jax.tree.map(flip, xs), opts.replace(reverse=False), ctl, s0)
+    return h, jax.tree.map(flip, ys)
+
+
+def _remat_blocks(
+    cell: CellFn,
+    params: PyTree,
+    h: PyTree,
+    xs: PyTree,
+    opts: Options,
+    ctl: Ctl | None,
+    s0: PyTree,
+) -> tuple[PyTree, PyTree]:
+    """Checkpoint every `remat` steps: the backward pass keeps only the state at each block
+    start and recomputes a block's forward pass when it reaches it (`jax.checkpoint`).
+
+    `truncate_every` divides `remat` (checked in `options.build`), so a cut falls on a block
+    start exactly when that block's first step is a multiple of it; inside a block the
+    strategy cuts as usual.
+    """
+    k = opts.truncate_every
+    inner = opts.replace(reverse=False, remat=None)
+
+    def block(h: PyTree, data: Any, start: jax.Array) -> tuple[PyTree, PyTree]:
+        xb, valid, reset = data
+        if k is not None:
+            h = cut_at(h, start, k)
+        block_ctl = None if ctl is None else Ctl(valid, reset, None)
+        return run(cell, params, h, xb, inner, block_ctl, s0)
+
+    assert opts.remat is not None
+    return in_blocks(block, h, steps_of(xs, ctl), opts.remat, opts.reverse, checkpoint=True)

@@ -1,0 +1,15 @@
+"""The evaluation strategies of the scan engine, one module each, in a registry.
+
+Each strategy module has `NAME`, `REQUIRES` (the end of the error message when an explicit
+choice applies to no part of the cell; `None` when it runs every cell), `supports(cell)` and
+`run(cell, params, h, xs, opts, ctl, s0) -> (h, ys)` over time-major inputs with a settled
+state. Adding a strategy is one new module and one entry here.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from . import associative, chunked, fused, sequential
+
+REGISTRY: dict[str, ModuleType] = {m.NAME: m for m in (fused, sequential, associative, chunked)}

@@ -1,0 +1,158 @@
+"""The associative strategy: a cell linear in its state over the whole sequence with
+`lax.associative_scan`, for cells that declare a `LinearRecurrence`.
+
+The coefficients `(a_t, b_t)` of every step are computed at once; a reset becomes
+`(0, a_t s0 + b_t)` and a padded step the identity `(1, 0)`, so the composed maps give every
+state, `h_t = A_t h_0 + B_t`, in `O(log T)` depth. The backward pass is one more associative
+scan (a custom VJP), reverse-mode only.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from ..._contracts import PyTree, is_linear
+from ..blocks import Ctl, cut_at, in_blocks, select
+from . import sequential
+
+if TYPE_CHECKING:
+    from ..options import Options
+
+NAME = "associative"
+REQUIRES = (
+    "needs a cell that is linear in its state (a LinearCell: MinGRUCell, MinLSTMCell, "
+    "LRUCell or a subclass), or a chain with one; this cell is not. Use strategy='auto' or "
+    "'sequential'."
+)
+
+
+def supports(cell: object) -> bool:
+    """Cells that declare a linear recurrence (`LinearRecurrence`)."""
+    return is_linear(cell)
+
+
+def run(
+    cell: Any,
+    params: PyTree,
+    h: jax.Array,
+    xs: jax.Array,
+    opts: Options,
+    ctl: Ctl | None = None,
+    s0: PyTree = None,
+) -> tuple[jax.Array, jax.Array]:
+    """The whole sequence as one associative scan (blocks of `truncate_every` steps when
+    truncating)."""
+    return run_linear(cell, params, h, xs, opts, ctl, s0, chunk=None)
+
+
+def _combine(
+    earlier: tuple[jax.Array, jax.Array], later: tuple[jax.Array, jax.Array]
+) -> tuple[jax.Array, jax.Array]:
+    """Compose two affine maps `h -> a h + b`, the earlier one applied first."""
+    a1, b1 = earlier
+    a2, b2 = later
+    return a1 * a2, a2 * b1 + b2
+
+
+def _linear_block(h: jax.Array, ab: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """All states of a block from its entering state `h`: `(h_last, hs)`."""
+    hs = linear_scan(h, *ab)
+    return hs[-1], hs
+
+
+def _affine_prefix(h: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:
+    """`hs[t] = a[t] hs[t-1] + b[t]` from `hs[-1] = h`, by `lax.associative_scan`."""
+    A, B = lax.associative_scan(_combine, (a, b), axis=0)
+    return A * h[None] + B
+
+
+@jax.custom_vjp
+def linear_scan(h: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:
+    """Every state of `h_t = a_t h_{t-1} + b_t`, time on axis 0.
+
+    Its VJP is the same kind of recurrence run backwards, so the backward pass is one more
+    associative scan instead of the transpose of the forward one (which XLA took several
+    times longer to compile, and ran slower): with `g_t` the cotangent of `h_t` from
+    outside, `l_t = g_t + a_{t+1} l_{t+1}`, then `db_t = l_t`, `da_t = l_t h_{t-1}` and
+    `dh = a_0 l_0`.
+    """
+    return _affine_prefix(h, a, b)
+
+
+def _linear_scan_fwd(h: jax.Array, a: jax.Array, b: jax.Array) -> tuple[jax.Array, Any]:
+    hs = _affine_prefix(h, a, b)
+    return hs, (h, a, hs)
+
+
+def _linear_scan_bwd(saved: Any, g: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    h, a, hs = saved
+    later = jnp.concatenate([a[1:], jnp.zeros_like(a[:1])])  # a_{t+1}, none after the end
+    lam = jnp.flip(_affine_prefix(jnp.zeros_like(h), jnp.flip(later, 0), jnp.flip(g, 0)), 0)
+    before = jnp.concatenate([h[None], hs[:-1]])
+    return a[0] * lam[0], lam * before, lam
+
+
+linear_scan.defvjp(_linear_scan_fwd, _linear_scan_bwd)
+
+
+def coefficients(
+    cell: Any, params: PyTree, xs: jax.Array, valid: Any, reset: Any, s0: Any
+) -> tuple[jax.Array, jax.Array]:
+    """Every step's `(a_t, b_t)`, with a reset turned into `(0, a_t s0 + b_t)` (the state
+    entering the step is `s0`) and a padded step into the identity `(1, 0)`."""
+    a, b = cell.coefficients(params, xs)
+    a = jnp.broadcast_to(a, b.shape).astype(b.dtype)
+    if reset is not None:
+        b = select(reset, a * jnp.broadcast_to(s0, b.shape) + b, b)
+        a = select(reset, jnp.zeros_like(a), a)
+    if valid is not None:
+        a = select(valid, a, jnp.ones_like(a))
+        b = select(valid, b, jnp.zeros_like(b))
+    return a, b
+
+
+def run_linear(
+    cell: Any,
+    params: PyTree,
+    h: jax.Array,
+    xs: jax.Array,
+    opts: Options,
+    ctl: Ctl | None = None,
+    s0: PyTree = None,
+    chunk: int | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """A `LinearCell` over a whole sequence with `lax.associative_scan`.
+
+    The coefficients `(a_t, b_t)` of every step are computed at once; a reset becomes
+    `(0, a_t s0 + b_t)` and a padded step the identity `(1, 0)`, so the composed maps give
+    every state, `h_t = A_t h_0 + B_t`. With `chunk`, blocks of that many steps are scanned
+    associatively and carried sequentially from one to the next (`O(T log chunk)` work
+    instead of `O(T log T)`); truncation cuts the carry at block starts of
+    `truncate_every` steps.
+    """
+    T = xs.shape[0]
+    if T == 0:
+        return sequential.run(cell, params, h, xs, opts, ctl, s0)
+    valid, reset = (None, None) if ctl is None else (ctl.valid, ctl.reset)
+    a, b = coefficients(cell, params, xs, valid, reset, s0)
+    if opts.reverse:
+        a, b = jnp.flip(a, 0), jnp.flip(b, 0)
+    k = opts.truncate_every
+    size = k if k is not None and k < T else chunk
+    if size is None or size >= T:
+        h, hs = _linear_block(h, (a, b))
+    else:
+
+        def block(h: jax.Array, ab: Any, start: jax.Array) -> tuple[jax.Array, jax.Array]:
+            if k is not None:
+                h = cut_at(h, start, k)
+            return _linear_block(h, ab)
+
+        h, hs = in_blocks(block, h, (a, b), size, reverse=False)
+    if opts.reverse:
+        hs = jnp.flip(hs, 0)
+    return h, cell.readout(params, hs, xs)

@@ -1,0 +1,35 @@
+"""The chunked strategy: the associative scan within blocks of `CHUNK` steps, carried
+sequentially from block to block (`O(T log CHUNK)` work instead of `O(T log T)`)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import jax
+
+from ..._contracts import PyTree
+from ..blocks import Ctl
+from . import associative
+
+if TYPE_CHECKING:
+    from ..options import Options
+
+NAME = "chunked"
+REQUIRES = associative.REQUIRES
+# Steps per block: long enough for the associative scan's depth to pay, short enough that
+# its O(T log T) work stays near the sequential O(T) (benchmarks/RESULTS_linear.md).
+CHUNK = 256
+supports = associative.supports
+
+
+def run(
+    cell: Any,
+    params: PyTree,
+    h: jax.Array,
+    xs: jax.Array,
+    opts: Options,
+    ctl: Ctl | None = None,
+    s0: PyTree = None,
+) -> tuple[jax.Array, jax.Array]:
+    """Blocks of `CHUNK` steps (or of `truncate_every` steps when truncating)."""
+    return associative.run_linear(cell, params, h, xs, opts, ctl, s0, chunk=CHUNK)
