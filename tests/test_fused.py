@@ -9,6 +9,8 @@ dtypes, and JAX transformations around the custom VJP.
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -92,7 +94,7 @@ def test_fused_check_grads_float64(case: Case):
         check_grads(f, (params, h0, xs), order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
 
 
-def test_forward_mode_needs_the_sequential_strategy():
+def test_forward_mode_runs_sequentially_and_explicit_fused_says_so():
     cell = rj.LSTMCell(IN, 4)
     params = cell.init(jax.random.key(0))
     xs = jnp.ones((T, 2, IN))
@@ -101,9 +103,13 @@ def test_forward_mode_needs_the_sequential_strategy():
         return rj.scan(cell, params, cell.initial_state(params), xs, strategy=strategy)[1]
 
     tangent = jax.tree.map(jnp.ones_like, params)
-    with pytest.raises(TypeError, match="can't apply forward-mode autodiff"):
-        jax.jvp(lambda p: ys(p, "auto"), (params,), (tangent,))
+    msg = "strategy='fused' has a hand-written reverse-mode derivative (a jax.custom_vjp)"
+    with pytest.raises(TypeError, match=re.escape(msg) + ".*Use strategy='sequential'"):
+        jax.jvp(lambda p: ys(p, "fused"), (params,), (tangent,))
+    # auto picks the sequential strategy under forward mode.
+    _, dys_auto = jax.jvp(lambda p: ys(p, "auto"), (params,), (tangent,))
     _, dys = jax.jvp(lambda p: ys(p, "sequential"), (params,), (tangent,))
+    np.testing.assert_allclose(dys_auto, dys, rtol=0, atol=0)
     # The jvp equals the VJP read the other way: <J t, u> == <t, J^T u> for a random u.
     u = jax.random.normal(jax.random.key(3), dys.shape)
     _, vjp = jax.vjp(lambda p: ys(p, "auto"), params)

@@ -10,10 +10,17 @@ import jax.numpy as jnp
 from .._checks import check_callable, describe
 from .._contracts import CellFn, PyTree, is_linear
 from . import options as options_
-from .inputs import check_length_values, poison_out_of_range, prepare, stack_steps
+from .inputs import (
+    check_length_values,
+    forward_mode,
+    poison_out_of_range,
+    prepare,
+    stack_steps,
+)
 from .options import Options
 from .parallel import run_split
 from .run import run
+from .strategies import REGISTRY
 
 __all__ = ["scan", "sequence_parallel_scan"]
 
@@ -149,12 +156,14 @@ def scan(
     check_callable(cell, "scan(cell, ...)")
     opts = options_.build(
         cell,
+        REGISTRY,
         time_axis=time_axis,
         reverse=reverse,
         truncate_every=truncate_every,
         unroll=unroll,
         strategy=strategy,
         remat=remat,
+        forward_mode=forward_mode((params, h, xs, state0)),
     )
     if type(xs) in (list, tuple):
         xs = stack_steps(cell, xs)

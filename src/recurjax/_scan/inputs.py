@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 
 from .._checks import check_state_change, describe, time_length
 from .._contracts import CellFn, PyTree, SequenceCell
@@ -86,6 +87,22 @@ def time_major(cell: object, xs: PyTree, time_axis: int) -> tuple[PyTree, int]:
         moved.append(jnp.moveaxis(a, time_axis, 0))
     T = time_length(leaves, time_axis, f"scan({name})", hint="")
     return jax.tree.unflatten(treedef, moved), T
+
+
+def forward_mode(tree: PyTree) -> bool:
+    """Whether a leaf of `tree` is being differentiated in forward mode (`jax.jvp`,
+    `jax.jacfwd`, the outer half of `jax.hessian`): a JVP tracer, found by looking through
+    the tracers of the transformations applied inside it (`vmap`, reverse mode).
+
+    A function jitted *outside* the `jvp` (`jax.jvp(jax.jit(f), ...)`) is traced before
+    the tangents exist, so this cannot see them; there `strategy="sequential"` is needed.
+    """
+    for leaf in jax.tree.leaves(tree):
+        while isinstance(leaf, Tracer):
+            if type(leaf).__name__ == "JVPTracer":
+                return True
+            leaf = getattr(leaf, "primal", getattr(leaf, "val", None))
+    return False
 
 
 def stack_steps(cell: object, steps: list[Any] | tuple[Any, ...]) -> PyTree:

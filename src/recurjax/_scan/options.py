@@ -4,14 +4,14 @@ hashable object (a static argument of the engine's `jax.jit`)."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from types import ModuleType
 from typing import Any
 
 from .._checks import describe, index_or_none, positive_int
 from .._contracts import leaf_cells
-from .strategies import REGISTRY
 
 AUTO = "auto"
-STRATEGIES = (AUTO, *REGISTRY)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +26,8 @@ class Options:
     remat: int | None = None
     # Lengths known only under a trace cannot be range-checked: mark bad ones with NaN.
     unchecked: bool = False
+    # The inputs carry forward-mode tangents (jax.jvp, jacfwd, hessian): see `forward_mode`.
+    forward_mode: bool = False
 
     def replace(self, **changes: Any) -> Options:
         return dataclasses.replace(self, **changes)
@@ -33,6 +35,7 @@ class Options:
 
 def build(
     cell: object,
+    registry: Mapping[str, ModuleType],
     *,
     time_axis: object = 0,
     reverse: object = False,
@@ -41,8 +44,10 @@ def build(
     strategy: object = AUTO,
     remat: object = None,
     unchecked: bool = False,
+    forward_mode: bool = False,
 ) -> Options:
-    """Check every option of `scan` for `cell` and return them as `Options`."""
+    """Check every option of `scan` for `cell` and return them as `Options`; `registry`
+    holds the strategies a user may name besides `"auto"`."""
     name = describe(cell)
     k = None
     if truncate_every is not None:
@@ -78,16 +83,24 @@ def build(
                 f"every cut falls inside a block or on its start. Use e.g. "
                 f"remat={r - r % k or k}."
             )
-    if strategy not in STRATEGIES:
+    names = (AUTO, *registry)
+    if strategy not in names:
         raise ValueError(
-            f"scan({name}): expected strategy to be one of {STRATEGIES}, got {strategy!r}."
+            f"scan({name}): expected strategy to be one of {names}, got {strategy!r}."
         )
     assert isinstance(strategy, str)
-    chosen = REGISTRY.get(strategy)
+    chosen = registry.get(strategy)
     if (
         chosen is not None
         and chosen.REQUIRES
         and not any(chosen.supports(c) for c in leaf_cells(cell))
     ):
         raise ValueError(f"scan({name}): strategy={strategy!r} {chosen.REQUIRES}")
-    return Options(axis, bool(reverse), k, steps, strategy, r, unchecked)
+    if chosen is not None and forward_mode and not chosen.FORWARD_MODE:
+        raise TypeError(
+            f"scan({name}): strategy={strategy!r} has a hand-written reverse-mode derivative "
+            "(a jax.custom_vjp), which JAX cannot differentiate in forward mode (jax.jvp, "
+            "jax.jacfwd, jax.hessian). Use strategy='sequential', or 'auto', which picks it "
+            "under forward mode."
+        )
+    return Options(axis, bool(reverse), k, steps, strategy, r, unchecked, forward_mode)

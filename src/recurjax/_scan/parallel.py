@@ -11,6 +11,7 @@ from jax import lax
 from jax.sharding import PartitionSpec
 
 from .._contracts import PyTree
+from .blocks import zero_padding
 from .inputs import Prepared
 from .strategies.associative import coefficients, linear_scan
 
@@ -41,7 +42,7 @@ def run_split(cell: Any, params: PyTree, prepared: Prepared, mesh: Any, axis: st
 
         final, entering = lax.scan(step, h, (*maps, jnp.arange(D)))
         hs = from_zero + gains * entering.sum(0)[None]
-        return final, cell.readout(params, hs, xs)
+        return final, zero_padding(valid, cell.readout(params, hs, xs))
 
     spec_t = PartitionSpec(axis)
     fn = jax.shard_map(

@@ -47,8 +47,8 @@ def run(
 
 def choose(cell: object, xs: PyTree, opts: Options) -> ModuleType:
     """The strategy for a stepped cell: the one asked for where it applies, else `auto`'s."""
-    if opts.unroll != 1:  # only the sequential strategy unrolls
-        return sequential
+    if opts.unroll != 1 or opts.forward_mode:  # only the sequential strategy unrolls, and
+        return sequential  # is differentiated in forward mode
     asked = REGISTRY.get(opts.strategy)
     if asked is not None and asked.supports(cell):
         return asked

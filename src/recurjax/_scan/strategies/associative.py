@@ -28,6 +28,7 @@ REQUIRES = (
     "LRUCell or a subclass), or a chain with one; this cell is not. Use strategy='auto' or "
     "'sequential'."
 )
+FORWARD_MODE = False  # forward-mode autodiff (jvp): a jax.custom_vjp
 
 
 def supports(cell: object) -> bool:

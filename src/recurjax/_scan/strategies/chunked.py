@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 NAME = "chunked"
 REQUIRES = associative.REQUIRES
+FORWARD_MODE = associative.FORWARD_MODE
 # Steps per block: long enough for the associative scan's depth to pay, short enough that
 # its O(T log T) work stays near the sequential O(T) (benchmarks/RESULTS_linear.md).
 CHUNK = 256

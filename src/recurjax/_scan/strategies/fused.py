@@ -31,6 +31,7 @@ REQUIRES = (
     "Dense layers); this cell has none. Use strategy='auto' (which falls back to "
     "'sequential') or 'sequential'."
 )
+FORWARD_MODE = False  # forward-mode autodiff (jvp): a jax.custom_vjp
 
 
 def supports(cell: object) -> bool:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 NAME = "sequential"
 REQUIRES = None  # runs every cell
+FORWARD_MODE = True  # forward-mode autodiff (jvp): JAX differentiates the cell
 
 
 def supports(cell: object) -> bool:
