@@ -8,8 +8,8 @@ For `MinGRUCell` and `LRUCell` (B=4, in=64, H=128, float32) and T from 256 to 65
 strategy of `rj.scan` is timed on the forward pass (the outputs) and on forward + backward
 (the gradient of `mean(y**2)` w.r.t. the params), jitted, interleaved, medians of the rounds.
 The outputs of every strategy are checked against the sequential one first. The table is
-where the rule of `strategy="auto"` for linear cells (`ASSOCIATIVE_BACKENDS` in `_scan.py`)
-comes from.
+where the rule of `strategy="auto"` for linear cells (`ASSOCIATIVE_BACKENDS` in
+`src/recurjax/_scan/policy.py`) comes from.
 """
 
 from __future__ import annotations
