@@ -5,6 +5,7 @@ every control, and the input preparation that `scan` and `sequence_parallel_scan
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -45,7 +46,7 @@ def test_small_batch_forward_through_the_cell_honours_lengths_and_resets():
     for cell in (rj.LSTMCell(IN, H), rj.GRUCell(IN, H), rj.RNNCell(IN, H)):
         params = cell.init(jax.random.key(1))
         s0 = jax.tree.map(lambda a: a + 0.3, cell.initial_state(params))
-        kw = dict(lengths=lengths, resets=resets, state0=s0, reverse=True)
+        kw: dict[str, Any] = dict(lengths=lengths, resets=resets, state0=s0, reverse=True)
         runs = [
             rj.scan(cell, params, cell.initial_state(params), xs, strategy=s, **kw)
             for s in ("auto", "fused", "sequential")
