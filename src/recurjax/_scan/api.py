@@ -189,7 +189,7 @@ def _scan(
     state0: PyTree,
 ) -> tuple[PyTree, PyTree]:
     prepared = prepare(cell, params, h, xs, lengths, resets, state0, opts.time_axis)
-    h, ys = run(cell, params, prepared.h, prepared.xs, opts, prepared.ctl, prepared.s0)
+    h, ys = run(cell, params, prepared.h, prepared.xs, opts, prepared.ctl)
     if opts.unchecked:
         h, ys = poison_out_of_range(jnp.asarray(lengths), _steps(prepared), h, ys)
     ys = jax.tree.map(lambda a: jnp.moveaxis(a, 0, opts.time_axis), ys)

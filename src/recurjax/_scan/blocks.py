@@ -18,6 +18,7 @@ class Ctl(NamedTuple):
     valid: jax.Array | None  # (T, *batch) bool: step t is within the sequence's length
     reset: jax.Array | None  # (T, *batch) bool: the state becomes s0 before step t (and valid)
     lengths: jax.Array | None  # (*batch,) int32, clipped to [0, T]
+    state0: PyTree = None  # the state a reset puts back, settled like the carry (or None)
 
 
 def select(mask: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:

@@ -21,8 +21,7 @@ class Prepared(NamedTuple):
 
     xs: PyTree  # (T, ..., in), padded steps zeroed
     h: PyTree  # the initial state, settled to the carry's batch shape and dtype
-    ctl: Ctl | None  # step masks, or None without lengths and resets
-    s0: PyTree  # the state resets return to (settled), or None without resets
+    ctl: Ctl | None  # step masks and the reset state, or None without lengths and resets
 
 
 def prepare(
@@ -39,12 +38,11 @@ def prepare(
     xs, T = time_major(cell, xs, time_axis)
     h = settle_state(cell, params, h, xs)
     ctl = controls(cell, xs, T, lengths, resets, time_axis)
-    s0 = None
     if ctl is not None and ctl.reset is not None:
-        s0 = reset_state(cell, params, h, state0, xs)
+        ctl = ctl._replace(state0=reset_state(cell, params, h, state0, xs))
     if ctl is not None:  # padding never reaches a cell
         xs = zero_padding(ctl.valid, xs)
-    return Prepared(xs, h, ctl, s0)
+    return Prepared(xs, h, ctl)
 
 
 def time_major(cell: object, xs: PyTree, time_axis: int) -> tuple[PyTree, int]:

@@ -21,9 +21,8 @@ def run_split(cell: Any, params: PyTree, prepared: Prepared, mesh: Any, axis: st
     keeping the block's composed map `h -> A h + B`; the maps are gathered, each device
     folds the maps of the devices before it into its entering state, and corrects its
     block's states with it. Only the small maps cross devices, once."""
-    xs, h, ctl, s0 = prepared
-    valid = None if ctl is None else ctl.valid
-    reset = None if ctl is None else ctl.reset
+    xs, h, ctl = prepared
+    valid, reset, _, s0 = (None, None, None, None) if ctl is None else ctl
     D = mesh.shape[axis]
 
     def local(params: PyTree, h: jax.Array, s0: Any, xs: jax.Array, valid: Any, reset: Any) -> Any:

@@ -29,19 +29,18 @@ def run(
     xs: PyTree,
     opts: Options,
     ctl: Ctl | None = None,
-    s0: PyTree = None,
 ) -> tuple[PyTree, PyTree]:
-    """Run `cell` over time-major `xs` from the settled state `h` (`s0`: what resets
-    return to); return the final state and the outputs, zero at padded steps."""
+    """Run `cell` over time-major `xs` from the settled state `h` under the step controls
+    `ctl`; return the final state and the outputs, zero at padded steps."""
     T = jax.tree.leaves(xs)[0].shape[0]
     if opts.reverse and ctl is not None and ctl.lengths is not None:
-        return _reverse_within_lengths(cell, params, h, xs, opts, ctl, s0, T)
+        return _reverse_within_lengths(cell, params, h, xs, opts, ctl, T)
     if opts.remat is not None and opts.remat < T:
-        return _remat_blocks(cell, params, h, xs, opts, ctl, s0)
+        return _remat_blocks(cell, params, h, xs, opts, ctl)
     if isinstance(cell, SequenceCell):
-        h, ys = cell.run_sequence(_part_runner(opts, ctl, s0), params, h, xs)
+        h, ys = cell.run_sequence(_part_runner(opts, ctl), params, h, xs)
     else:
-        h, ys = choose(cell, xs, opts).run(cell, params, h, xs, opts, ctl, s0)
+        h, ys = choose(cell, xs, opts).run(cell, params, h, xs, opts, ctl)
     return h, zero_padding(None if ctl is None else ctl.valid, ys)
 
 
@@ -60,7 +59,7 @@ def choose(cell: object, xs: PyTree, opts: Options) -> ModuleType:
     return sequential
 
 
-def _part_runner(opts: Options, ctl: Ctl | None, s0: PyTree) -> Any:
+def _part_runner(opts: Options, ctl: Ctl | None) -> Any:
     """The `PartRunner` a composite receives: `run` with this scan's options and controls."""
 
     def run_part(
@@ -72,9 +71,11 @@ def _part_runner(opts: Options, ctl: Ctl | None, s0: PyTree) -> Any:
         select: Any = None,
         reverse: bool = False,
     ) -> tuple[PyTree, PyTree]:
-        part_s0 = s0 if s0 is None or select is None else select(s0)
+        part_ctl = ctl
+        if ctl is not None and ctl.state0 is not None and select is not None:
+            part_ctl = ctl._replace(state0=select(ctl.state0))
         part_opts = opts.replace(reverse=opts.reverse != reverse) if reverse else opts
-        return run(part, params, h, xs, part_opts, ctl, part_s0)
+        return run(part, params, h, xs, part_opts, part_ctl)
 
     return run_part
 
@@ -86,7 +87,6 @@ def _reverse_within_lengths(
     xs: PyTree,
     opts: Options,
     ctl: Ctl,
-    s0: PyTree,
     T: int,
 ) -> tuple[PyTree, PyTree]:
     """Padding stays at the end: reverse each sequence within its own length, run forward,
@@ -94,7 +94,7 @@ def _reverse_within_lengths(
     assert ctl.lengths is not None
     flip = functools.partial(take_steps, reversed_within(ctl.lengths, T))
     ctl = ctl._replace(reset=None if ctl.reset is None else flip(ctl.reset), lengths=None)
-    h, ys = run(cell, params, h, jax.tree.map(flip, xs), opts.replace(reverse=False), ctl, s0)
+    h, ys = run(cell, params, h, jax.tree.map(flip, xs), opts.replace(reverse=False), ctl)
     return h, jax.tree.map(flip, ys)
 
 
@@ -105,7 +105,6 @@ def _remat_blocks(
     xs: PyTree,
     opts: Options,
     ctl: Ctl | None,
-    s0: PyTree,
 ) -> tuple[PyTree, PyTree]:
     """Checkpoint every `remat` steps: the backward pass keeps only the state at each block
     start and recomputes a block's forward pass when it reaches it (`jax.checkpoint`).
@@ -121,8 +120,8 @@ def _remat_blocks(
         xb, valid, reset = data
         if k is not None:
             h = cut_at(h, start, k)
-        block_ctl = None if ctl is None else Ctl(valid, reset, None)
-        return run(cell, params, h, xb, inner, block_ctl, s0)
+        block_ctl = None if ctl is None else Ctl(valid, reset, None, ctl.state0)
+        return run(cell, params, h, xb, inner, block_ctl)
 
     assert opts.remat is not None
     return in_blocks(block, h, steps_of(xs, ctl), opts.remat, opts.reverse, checkpoint=True)

@@ -3,7 +3,7 @@
 Each strategy module has `NAME`, `REQUIRES` (the end of the error message when an explicit
 choice applies to no part of the cell; `None` when it runs every cell), `FORWARD_MODE`
 (whether JAX can differentiate it in forward mode), `supports(cell)` and
-`run(cell, params, h, xs, opts, ctl, s0) -> (h, ys)` over time-major inputs with a settled
+`run(cell, params, h, xs, opts, ctl) -> (h, ys)` over time-major inputs with a settled
 state. Adding a strategy is one new module and one entry here.
 """
 

@@ -36,20 +36,6 @@ def supports(cell: object) -> bool:
     return is_linear(cell)
 
 
-def run(
-    cell: Any,
-    params: PyTree,
-    h: jax.Array,
-    xs: jax.Array,
-    opts: Options,
-    ctl: Ctl | None = None,
-    s0: PyTree = None,
-) -> tuple[jax.Array, jax.Array]:
-    """The whole sequence as one associative scan (blocks of `truncate_every` steps when
-    truncating)."""
-    return run_linear(cell, params, h, xs, opts, ctl, s0, chunk=None)
-
-
 def _combine(
     earlier: tuple[jax.Array, jax.Array], later: tuple[jax.Array, jax.Array]
 ) -> tuple[jax.Array, jax.Array]:
@@ -116,17 +102,16 @@ def coefficients(
     return a, b
 
 
-def run_linear(
+def run(
     cell: Any,
     params: PyTree,
     h: jax.Array,
     xs: jax.Array,
     opts: Options,
     ctl: Ctl | None = None,
-    s0: PyTree = None,
     chunk: int | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """A `LinearCell` over a whole sequence with `lax.associative_scan`.
+    """A cell linear in its state over a whole sequence with `lax.associative_scan`.
 
     The coefficients `(a_t, b_t)` of every step are computed at once; a reset becomes
     `(0, a_t s0 + b_t)` and a padded step the identity `(1, 0)`, so the composed maps give
@@ -137,8 +122,8 @@ def run_linear(
     """
     T = xs.shape[0]
     if T == 0:
-        return sequential.run(cell, params, h, xs, opts, ctl, s0)
-    valid, reset = (None, None) if ctl is None else (ctl.valid, ctl.reset)
+        return sequential.run(cell, params, h, xs, opts, ctl)
+    valid, reset, _, s0 = (None, None, None, None) if ctl is None else ctl
     a, b = coefficients(cell, params, xs, valid, reset, s0)
     if opts.reverse:
         a, b = jnp.flip(a, 0), jnp.flip(b, 0)

@@ -30,7 +30,6 @@ def run(
     xs: jax.Array,
     opts: Options,
     ctl: Ctl | None = None,
-    s0: PyTree = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Blocks of `CHUNK` steps (or of `truncate_every` steps when truncating)."""
-    return associative.run_linear(cell, params, h, xs, opts, ctl, s0, chunk=CHUNK)
+    return associative.run(cell, params, h, xs, opts, ctl, chunk=CHUNK)

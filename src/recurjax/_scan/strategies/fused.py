@@ -51,7 +51,6 @@ def run(
     xs: jax.Array,
     opts: Options,
     ctl: Ctl | None = None,
-    s0: PyTree = None,
 ) -> tuple[PyTree, jax.Array]:
     """`lax.scan` of a library cell through its fused kernel.
 
@@ -85,7 +84,7 @@ def run(
         feature_major(h),
         xs.reshape(T, N, n_in),
         flags,
-        None if s0 is None else feature_major(s0),
+        None if ctl is None or ctl.state0 is None else feature_major(ctl.state0),
     )
     h_fm, ys = cast("tuple[PyTree, jax.Array]", out)
     h = jax.tree.map(lambda a: a.T.reshape(*batch, a.shape[0]), h_fm)

@@ -35,7 +35,6 @@ def run(
     xs: PyTree,
     opts: Options,
     ctl: Ctl | None = None,
-    s0: PyTree = None,
 ) -> tuple[PyTree, PyTree]:
     """`lax.scan` of the cell, with resets, frozen padded steps and truncation blocks.
 
@@ -43,6 +42,7 @@ def run(
     input zero); the engine zeroes them once, after the strategy.
     """
     T = jax.tree.leaves(xs)[0].shape[0]
+    s0 = None if ctl is None else ctl.state0
 
     def step(h: PyTree, data: Any) -> tuple[PyTree, PyTree]:
         x, valid, reset = data
