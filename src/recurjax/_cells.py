@@ -80,7 +80,13 @@ class RNNCell(_HiddenCell):
         return f"RNNCell({self.in_features} => {self.hidden_size}, {fn_name(self.activation)})"
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        """The shape of every params entry that `init` makes."""
+        """The shape of every params entry that `init` makes.
+
+        Examples:
+          >>> import recurjax as rj
+          >>> rj.RNNCell(3, 4).param_shapes()
+          {'wi': (3, 4), 'wh': (4, 4), 'b': (4,)}
+        """
         i, h = self.in_features, self.hidden_size
         return {"wi": (i, h), "wh": (h, h), "b": (h,)}
 
@@ -176,7 +182,13 @@ class LSTMCell(_HiddenCell):
         return f"LSTMCell({self.in_features} => {self.hidden_size}{extra})"
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        """The shape of every params entry that `init` makes."""
+        """The shape of every params entry that `init` makes.
+
+        Examples:
+          >>> import recurjax as rj
+          >>> rj.LSTMCell(3, 4).param_shapes()
+          {'wi': (3, 16), 'wh': (4, 16), 'b': (16,)}
+        """
         i, h = self.in_features, self.hidden_size
         return {"wi": (i, 4 * h), "wh": (h, 4 * h), "b": (4 * h,)}
 
@@ -263,7 +275,13 @@ class GRUCell(_HiddenCell):
         return f"GRUCell({self.in_features} => {self.hidden_size})"
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        """The shape of every params entry that `init` makes."""
+        """The shape of every params entry that `init` makes.
+
+        Examples:
+          >>> import recurjax as rj
+          >>> rj.GRUCell(3, 4).param_shapes()
+          {'wi': (3, 12), 'wh': (4, 12), 'b': (12,), 'bhn': (4,)}
+        """
         i, h = self.in_features, self.hidden_size
         return {"wi": (i, 3 * h), "wh": (h, 3 * h), "b": (3 * h,), "bhn": (h,)}
 
@@ -342,7 +360,13 @@ class GRUv3Cell(_HiddenCell):
         return f"GRUv3Cell({self.in_features} => {self.hidden_size})"
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        """The shape of every params entry that `init` makes."""
+        """The shape of every params entry that `init` makes.
+
+        Examples:
+          >>> import recurjax as rj
+          >>> rj.GRUv3Cell(3, 4).param_shapes()
+          {'wi': (3, 12), 'wh': (4, 8), 'whn': (4, 4), 'b': (12,)}
+        """
         i, h = self.in_features, self.hidden_size
         return {"wi": (i, 3 * h), "wh": (h, 2 * h), "whn": (h, h), "b": (3 * h,)}
 

@@ -73,7 +73,13 @@ class Dense(Cell):
         return f"Dense({self.in_features} => {self.out_features}{act})"
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        """The shape of every params entry that `init` makes."""
+        """The shape of every params entry that `init` makes.
+
+        Examples:
+          >>> import recurjax as rj
+          >>> rj.Dense(3, 4).param_shapes()
+          {'w': (3, 4), 'b': (4,)}
+        """
         return {"w": (self.in_features, self.out_features), "b": (self.out_features,)}
 
     def parts(self) -> tuple[()]:

@@ -248,7 +248,20 @@ class LRUCell(LinearCell):
         return f"LRUCell({self.in_features} => {self.hidden_size})"
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        """The shape of every params entry that `init` makes."""
+        """The shape of every params entry that `init` makes.
+
+        Examples:
+          >>> import recurjax as rj
+          >>> rj.LRUCell(3, 4).param_shapes()
+          {'nu_log': (4,),
+          'theta_log': (4,),
+          'gamma_log': (4,),
+          'B_re': (3, 4),
+          'B_im': (3, 4),
+          'C_re': (4, 3),
+          'C_im': (4, 3),
+          'D': (3,)}
+        """
         i, h = self.in_features, self.hidden_size
         return {
             "nu_log": (h,),
