@@ -95,12 +95,14 @@ def scan(
         - `"fused"`: for `LSTMCell`, `GRUCell` and `RNNCell` (and chains, layer by layer), a
           hand-written kernel with a `jax.custom_vjp`: the backward pass runs the recurrence
           once and computes the weight and input gradients as single large matmuls over all
-          steps. Reverse-mode only: forward-mode autodiff of it raises JAX's "can't apply
-          forward-mode autodiff (jvp) to a custom_vjp function"; use `"sequential"` there.
+          steps. Reverse-mode only: named under forward-mode autodiff (`jax.jvp`,
+          `jax.jacfwd`, `jax.hessian`) it raises a `TypeError` that says to use
+          `"sequential"`.
         - `"associative"`: for a `LinearCell` (`MinGRUCell`, `MinLSTMCell`, `LRUCell`,
           subclasses; and chains, part by part), `lax.associative_scan` over the whole
           sequence: the composed maps `h -> a h + b` give every state in `O(log T)` depth.
-          Its backward pass is one more associative scan (a custom VJP), reverse-mode only.
+          Its backward pass is one more associative scan (a custom VJP), reverse-mode only,
+          like `"fused"`.
         - `"chunked"`: the same within blocks of 256 steps, carried sequentially from block
           to block (`O(T log 256)` work instead of `O(T log T)`).
         - `"auto"` (default): `"fused"` where the cell has a kernel and `unroll == 1`,
@@ -111,7 +113,11 @@ def scan(
           inputs), each part with its own best strategy; a `Dense` part is then one matmul
           over all steps. A `LinearCell` runs sequentially: on XLA:CPU the associative
           scan was slower (`benchmarks/RESULTS_linear.md`); backends where it measures
-          faster are listed in `ASSOCIATIVE_BACKENDS`.
+          faster are listed in `ASSOCIATIVE_BACKENDS` (`_scan/policy.py`). Under
+          forward-mode autodiff every part runs `"sequential"`, the one strategy JAX can
+          differentiate that way. (A function jitted outside the `jax.jvp`,
+          `jax.jvp(jax.jit(f), ...)`, is traced before the tangents exist: name
+          `"sequential"` inside it.)
       remat: rematerialise every this many steps to save memory: the backward pass stores
         only the state at the start of each block of `remat` steps and recomputes the
         block's forward pass (`jax.checkpoint`), so memory for the backward pass grows as
