@@ -15,6 +15,7 @@ from cases import tree_allclose
 from jax.sharding import Mesh
 
 import recurjax as rj
+from recurjax._contracts import KernelSpec  # the protocol type of a fused kernel
 
 T, IN, H = 6, 3, 4
 
@@ -81,3 +82,38 @@ def test_sequence_parallel_scan_marks_out_of_range_lengths_like_scan():
             cell, params, cell.initial_state(params), xs, mesh=mesh, axis="time",
             lengths=jnp.array([T + 1, 3]),
         )  # fmt: skip
+
+
+def test_associative_strategies_reverse_and_empty_sequences_equal_sequential():
+    cell = rj.MinGRUCell(IN, H)
+    params = cell.init(jax.random.key(2))
+    h0 = cell.initial_state(params)
+    xs = jnp.asarray(np.random.default_rng(2).standard_normal((T, 2, IN), dtype=np.float32))
+    for strategy in ("associative", "chunked"):
+        for data, kw in ((xs, {"reverse": True, "truncate_every": 4}), (xs[:0], {})):
+            want = rj.scan(cell, params, h0, data, strategy="sequential", **kw)
+            tree_allclose(rj.scan(cell, params, h0, data, strategy=strategy, **kw), want)
+
+
+def test_engine_errors_for_protocols_it_cannot_serve():
+    class Unknown(rj.LSTMCell):  # names a kernel the fused strategy does not have
+        def fused_kernel(self):
+            return KernelSpec("nope", self.hidden_size)
+
+    cell = Unknown(IN, H)
+    params = cell.init(jax.random.key(0))
+    with pytest.raises(ValueError, match=r"no kernel named 'nope'; the kernels are \['gru'"):
+        rj.scan(cell, params, cell.initial_state(params), jnp.ones((T, IN)), strategy="fused")
+    mesh = Mesh(np.array(jax.devices()[:1]), ("time",))
+    lstm = rj.LSTMCell(IN, H)
+    p = lstm.init(jax.random.key(0))
+    with pytest.raises(TypeError, match=r"sequence_parallel_scan\(LSTMCell\(3 => 4\)\): needs a"):
+        rj.sequence_parallel_scan(
+            lstm, p, lstm.initial_state(p), jnp.ones((T, IN)), mesh=mesh, axis="time"
+        )
+    gru = rj.MinGRUCell(IN, H)
+    p = gru.init(jax.random.key(0))
+    with pytest.raises(ValueError, match=r"mesh has axes \('time',\), not 'batch'"):
+        rj.sequence_parallel_scan(
+            gru, p, gru.initial_state(p), jnp.ones((T, IN)), mesh=mesh, axis="batch"
+        )
