@@ -214,7 +214,7 @@ _scan_jit = jax.jit(_scan, static_argnums=(0, 1))
 def sequence_parallel_scan(
     cell: Any,
     params: PyTree,
-    h: jax.Array,
+    h: PyTree,
     xs: jax.Array,
     *,
     mesh: Any,
