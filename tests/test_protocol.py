@@ -57,14 +57,14 @@ CELL = SideBySide(rj.LSTMCell(IN, H), rj.MinGRUCell(IN, H))
 
 def _loop(params, h, xs, lengths, resets, s0, k):
     """The scan's definition, batched: a Python loop of steps with `where` for the
-    controls, `stop_gradient` every `k` steps."""
+    controls, `stop_gradient` every `k` steps within each sequence's length."""
     ys = []
     h = jax.tree.map(lambda a: jnp.broadcast_to(a, (B, *a.shape)), h)
     s0 = jax.tree.map(lambda a: jnp.broadcast_to(a, (B, *a.shape)), s0)
     for t in range(T):
-        if t and t % k == 0:
-            h = jax.lax.stop_gradient(h)
         v = (t < lengths)[:, None]
+        if t and t % k == 0:  # a sequence's loop stops at its length: no cut past it
+            h = jax.tree.map(lambda a, v=v: jnp.where(v, jax.lax.stop_gradient(a), a), h)
         r = resets[t][:, None] & v  # past its length a sequence is frozen: no reset there
         h = jax.tree.map(lambda a, b, r=r: jnp.where(r, a, b), s0, h)
         new, y = CELL(params, h, xs[t])

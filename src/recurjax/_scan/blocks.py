@@ -90,8 +90,18 @@ def in_blocks(
     return h, ys
 
 
-def cut_at(h: PyTree, start: jax.Array, k: int) -> PyTree:
+def cut_at(h: PyTree, start: jax.Array, k: int, valid: jax.Array | None = None) -> PyTree:
     """Detach `h` when it enters step `start` (processing order) and `start` is a positive
-    multiple of `k`; a select, so the values stay equal."""
+    multiple of `k`; a select, so the values stay equal. With `valid` (the step's mask,
+    `(*batch)`), only sequences for which the step is within their length are cut: past its
+    length a sequence is frozen, and scan's loop (which stops at the length) never cuts it
+    there, so its final state keeps the gradient of its last block."""
     cut = (start > 0) & (start % k == 0)
-    return jax.tree.map(lambda a: jnp.where(cut, lax.stop_gradient(a), a), h)
+    if valid is None:
+        return jax.tree.map(lambda a: jnp.where(cut, lax.stop_gradient(a), a), h)
+    return jax.tree.map(lambda a: select(cut & valid, lax.stop_gradient(a), a), h)
+
+
+def first_step(mask: jax.Array | None) -> jax.Array | None:
+    """A block's step mask at its first step (`None` stays `None`)."""
+    return None if mask is None else mask[0]

@@ -17,7 +17,16 @@ import jax
 
 from .._contracts import CellFn, PyTree, SequenceCell, kernel_spec
 from . import policy
-from .blocks import Ctl, cut_at, in_blocks, reversed_within, steps_of, take_steps, zero_padding
+from .blocks import (
+    Ctl,
+    cut_at,
+    first_step,
+    in_blocks,
+    reversed_within,
+    steps_of,
+    take_steps,
+    zero_padding,
+)
 from .options import Options
 from .strategies import REGISTRY, associative, chunked, fused, sequential
 
@@ -119,7 +128,7 @@ def _remat_blocks(
     def block(h: PyTree, data: Any, start: jax.Array) -> tuple[PyTree, PyTree]:
         xb, valid, reset = data
         if k is not None:
-            h = cut_at(h, start, k)
+            h = cut_at(h, start, k, first_step(valid))
         block_ctl = None if ctl is None else Ctl(valid, reset, None, ctl.state0)
         return run(cell, params, h, xb, inner, block_ctl)
 

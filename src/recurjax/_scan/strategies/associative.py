@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ..._contracts import PyTree, is_linear
-from ..blocks import Ctl, cut_at, in_blocks, select
+from ..blocks import Ctl, cut_at, first_step, in_blocks, select
 from . import sequential
 
 if TYPE_CHECKING:
@@ -127,18 +127,20 @@ def run(
     a, b = coefficients(cell, params, xs, valid, reset, s0)
     if opts.reverse:
         a, b = jnp.flip(a, 0), jnp.flip(b, 0)
+        valid = None if valid is None else jnp.flip(valid, 0)
     k = opts.truncate_every
     size = k if k is not None and k < T else chunk
     if size is None or size >= T:
         h, hs = _linear_block(h, (a, b))
     else:
 
-        def block(h: jax.Array, ab: Any, start: jax.Array) -> tuple[jax.Array, jax.Array]:
+        def block(h: jax.Array, data: Any, start: jax.Array) -> tuple[jax.Array, jax.Array]:
+            a, b, valid = data
             if k is not None:
-                h = cut_at(h, start, k)
-            return _linear_block(h, ab)
+                h = cut_at(h, start, k, first_step(valid))
+            return _linear_block(h, (a, b))
 
-        h, hs = in_blocks(block, h, (a, b), size, reverse=False)
+        h, hs = in_blocks(block, h, (a, b, valid), size, reverse=False)
     if opts.reverse:
         hs = jnp.flip(hs, 0)
     return h, cell.readout(params, hs, xs)

@@ -226,6 +226,8 @@ def _fused_core_bwd(
             ds0 = jax.tree.map(jnp.add, ds0, _cols(r, dh_in, _zeros(dh_in)))
             dh_in = _cols(r, _zeros(dh_in), dh_in)
         if keep_t is not None:
+            if v is not None:  # past its length a sequence is frozen and never cut
+                keep_t = jnp.logical_or(keep_t, jnp.logical_not(v))[None, :]
             dh_in = jax.tree.map(lambda a: jnp.where(keep_t, a, jnp.zeros_like(a)), dh_in)
         return (dh_in, ds0), dg
 

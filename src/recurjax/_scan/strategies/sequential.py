@@ -13,7 +13,7 @@ import jax
 from jax import lax
 
 from ..._contracts import CellFn, PyTree
-from ..blocks import Ctl, cut_at, in_blocks, select, steps_of
+from ..blocks import Ctl, cut_at, first_step, in_blocks, select, steps_of
 
 if TYPE_CHECKING:
     from ..options import Options
@@ -59,6 +59,7 @@ def run(
         return lax.scan(step, h, data, reverse=opts.reverse, unroll=unroll)
 
     def block(h: PyTree, xb: PyTree, start: jax.Array) -> tuple[PyTree, PyTree]:
-        return lax.scan(step, cut_at(h, start, k), xb, unroll=unroll)
+        h = cut_at(h, start, k, first_step(xb[1]))
+        return lax.scan(step, h, xb, unroll=unroll)
 
     return in_blocks(block, h, data, k, opts.reverse)
