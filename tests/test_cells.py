@@ -45,7 +45,8 @@ def test_shapes_dtype_finite(case: Case):
 def test_dtype_of_params_is_kept(case: Case, dtype):
     params = case.params(0, dtype)
     h0 = case.state(params)
-    h, y = case.cell(params, h0, jnp.ones((2, IN), jnp.float32))
+    # Jitted: one program instead of every op compiled on its own for this dtype.
+    h, y = jax.jit(case.cell)(params, h0, jnp.ones((2, IN), jnp.float32))
     assert y.dtype == dtype
     assert all(a.dtype == dtype for a in jax.tree.leaves(h))
 

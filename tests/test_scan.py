@@ -175,31 +175,30 @@ def _cases(names, strategies, options, batches=((B,),), jit=True):
 
 # The everyday grid, one case per path of the engine rather than every strategy x option x
 # cell: each kernel cell through the fused strategy with truncation in reverse (blocks, a
-# tail, the backward keep mask) and with lengths and resets; the remaining single options
-# on the GRU and LSTM kernels; the sequential strategy with every option on the user cell
-# and the GRUv3 and LSTM (structured state); lengths and resets alone, over two batch axes
-# (eager), batch-major; unbatched and several batch axes through the kernels; remat blocks;
-# the associative and chunked scans; every control at once. The slow tier runs them all.
+# tail, the backward keep mask) and with lengths and resets; forward truncation in the GRU
+# kernel; the sequential strategy's truncation blocks (with a tail, with one block),
+# unrolling, and a structured state; lengths and resets alone, over two batch axes (eager),
+# batch-major; unbatched and several batch axes through the kernels; remat blocks (several
+# with a tail, reversed, with truncation; through a chain part by part); the associative and
+# chunked scans; every control at once. The slow tier runs the full grids.
 GRID = sorted(
     set(
         _cases(KERNEL, ["fused"], ["trunc3-rev"])
         + _cases(KERNEL, ["auto"], ["lengths-resets"], [(6,)])
-        + _cases(["gru"], ["fused"], ["plain", "trunc3"])
-        + _cases(["lstm"], ["auto"], ["reverse", "trunc10", "unroll2"])
+        + _cases(["gru"], ["fused"], ["trunc3"])
         + _cases(["lstm"], ["sequential"], ["trunc2-rev"])
-        + _cases(["gruv3"], ["auto"], ["trunc3-rev"])
-        + _cases(["gruv3", "user_fn"], ["auto"], ["lengths-resets"], [(6,)])
-        + _cases(["user_fn"], ["auto"], ["plain", "trunc3", "trunc7", "unroll2"])
+        + _cases(["gruv3"], ["auto"], ["lengths-resets"], [(6,)])
+        + _cases(["user_fn"], ["auto"], ["trunc3", "trunc7", "unroll2"])
         + _cases(["lstm"], ["sequential"], ["lengths-resets-rev"], [(2, 3)], jit=False)
-        + _cases(["gru", "user_fn"], ["auto"], ["lengths-resets-rev"], [(2, 3)], jit=False)
+        + _cases(["gru"], ["auto"], ["lengths-resets-rev"], [(2, 3)], jit=False)
         + _cases(["lstm"], ["auto"], ["lengths-rev"], [(4,)])
         + _cases(["gru"], ["auto"], ["resets"], [(4,)])
         + _cases(["gru"], ["auto"], ["batch-major-resets"])
         + _cases(["lstm"], ["fused"], ["plain"], [(), (2, 3)])
         + _cases(["gru"], ["fused"], ["plain"], [(1,)])
         + _cases(["chain"], ["fused"], ["plain"], [(2, 3)])
-        + _cases(["lstm"], ["auto"], REMAT_OPTIONS, [(2,)])
-        + _cases(["gruv3", "chain", "user_fn"], ["auto"], ["remat6-trunc3"], [(2,)])
+        + _cases(["lstm"], ["auto"], ["remat2-rev", "remat6-trunc3"], [(2,)])
+        + _cases(["chain", "user_fn"], ["auto"], ["remat6-trunc3"], [(2,)])
         + _cases(["mingru"], ["chunked"], ["lengths-resets"], [(6,)])
         + _cases(["mingru"], ["associative"], ["resets-trunc2-remat4-rev"])
         + _cases(["lstm"], ["auto"], ["lengths-resets-remat-rev"])
@@ -284,7 +283,7 @@ def _check_drawn(drawn):
 
 # A fixed small budget of drawn combinations every day; a larger one in the slow tier.
 @settings(
-    max_examples=5,
+    max_examples=4,
     derandomize=True,
     deadline=None,
     database=None,
@@ -297,7 +296,7 @@ def test_scan_equals_oracle_drawn_options(drawn):
 
 @pytest.mark.slow
 @settings(
-    max_examples=30,
+    max_examples=20,
     derandomize=True,
     deadline=None,
     database=None,
