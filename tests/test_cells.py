@@ -45,7 +45,8 @@ def test_shapes_dtype_finite(case: Case):
 def test_dtype_of_params_is_kept(case: Case, dtype):
     params = case.params(0, dtype)
     h0 = case.state(params)
-    h, y = case.cell(params, h0, jnp.ones((2, IN), jnp.float32))
+    # Jitted: one program instead of every op compiled on its own for this dtype.
+    h, y = jax.jit(case.cell)(params, h0, jnp.ones((2, IN), jnp.float32))
     assert y.dtype == dtype
     assert all(a.dtype == dtype for a in jax.tree.leaves(h))
 
@@ -92,7 +93,10 @@ def test_check_grads_float64(case: Case):
         params, h, x = jax.tree.map(lambda a: a.astype(jnp.float64), (params, h, x))
         if case.name == "rnn_relu":  # keep pre-activations away from relu's kink
             params = {**params, "b": params["b"] + 3.0}
-        check_grads(case.cell, (params, h, x), order=1, modes=["fwd", "rev"])
+        # Jitted: the same derivatives, as a few compiled programs instead of every op of
+        # the JVP and VJP compiled on its own (jit == eager is checked above).
+        cell = jax.jit(lambda p, h, x: case.cell(p, h, x))
+        check_grads(cell, (params, h, x), order=1, modes=["fwd", "rev"])
 
 
 @pytest.mark.parametrize("case", CASES, ids=ids(CASES))

@@ -1,10 +1,10 @@
-"""The fused strategy (hand-written kernels with a custom VJP) against the sequential one.
+"""The fused strategy (hand-written kernels with a custom VJP): what the oracle grid cannot.
 
-`test_scan.py` already checks the default strategy, which is the fused one for the library
-cells, against a Python loop of single steps. Here the two strategies are compared with each
-other directly, on the options and shapes where the kernels do something of their own:
+`test_scan.py` checks every strategy, the fused one included, against the shared oracle
+(tests/oracle.py) on the options and shapes where the kernels do something of their own:
 reversal, truncation masks in the backward loop, batch flattening, chains run part by part,
-dtypes, and JAX transformations around the custom VJP.
+remat blocks. Here: float64 gradients, JAX transformations around the custom VJP, dtypes,
+errors and memory.
 """
 
 from __future__ import annotations
@@ -22,63 +22,14 @@ import recurjax as rj
 
 T = 7
 FUSED = [c for c in CASES if c.name in ("rnn_tanh", "rnn_relu", "lstm", "gru", "chain")]
-OPTIONS = [
-    {},
-    {"reverse": True},
-    {"truncate_every": 3},
-    {"truncate_every": 2, "reverse": True},
-]
 
 
-def _value_and_grads(case: Case, strategy: str, shape: tuple[int, ...], options: dict):
-    """Outputs, final state and the gradients w.r.t. params, h0 and xs of a fixed loss."""
-    params = case.params(0)
-    h0 = case.state(params)
-    xs = jax.random.normal(jax.random.key(1), (*shape, IN))
-    w_y = jax.random.normal(jax.random.key(2), (*shape, case.out))
-
-    def loss(params, h0, xs):
-        h, ys = rj.scan(case.cell, params, h0, xs, strategy=strategy, **options)
-        # Both outputs and the final state feed the loss, so both cotangents are non-zero.
-        state_term = sum(jnp.sum(jnp.sin(a)) for a in jax.tree.leaves(h))
-        return jnp.sum(ys * w_y) + state_term, (h, ys)
-
-    grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))
-    (_, out), grads = grad(params, h0, xs)
-    return out, grads
-
-
-# Every option on the GRU (whose kernel has the most parts); the most involved combination on
-# the other cells. test_scan.py runs every option of the default (fused) strategy on the LSTM
-# against a Python loop too. Each test compiles two gradient programs: the grid stays small.
-GRID = [
-    (case, options)
-    for case in FUSED
-    for options in (OPTIONS if case.name == "gru" else OPTIONS[-1:])
-]
-
-
-@pytest.mark.parametrize(("case", "options"), GRID, ids=[f"{c.name}-{o}" for c, o in GRID])
-def test_fused_equals_sequential(case: Case, options):
-    out_f, grads_f = _value_and_grads(case, "fused", (T, 3), options)
-    out_s, grads_s = _value_and_grads(case, "sequential", (T, 3), options)
-    tree_allclose(out_f, out_s)
-    tree_allclose(grads_f, grads_s, rtol=1e-5, atol=1e-5)
-
-
-SHAPES = [("lstm", (T,)), ("lstm", (T, 2, 3)), ("gru", (T, 1)), ("chain", (T, 2, 3))]
-
-
-@pytest.mark.parametrize(("name", "shape"), SHAPES, ids=[f"{n}-{s}" for n, s in SHAPES])
-def test_fused_unbatched_and_several_batch_axes(name, shape):
-    case = next(c for c in FUSED if c.name == name)
-    out_f, grads_f = _value_and_grads(case, "fused", shape, {})
-    out_s, grads_s = _value_and_grads(case, "sequential", shape, {})
-    tree_allclose(out_f, out_s)
-    tree_allclose(grads_f, grads_s, rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("case", FUSED[:-1], ids=[c.name for c in FUSED[:-1]])
+@pytest.mark.parametrize(
+    "case",
+    # The chain runs part by part through the same kernels: the slow tier (923697d).
+    [*FUSED[:-1], pytest.param(FUSED[-1], marks=pytest.mark.slow)],
+    ids=[c.name for c in FUSED],
+)
 def test_fused_check_grads_float64(case: Case):
     with jax.enable_x64(True):
         params = case.params(0, jnp.float64)
@@ -91,7 +42,7 @@ def test_fused_check_grads_float64(case: Case):
             return ys, h
 
         # Reverse mode only: a custom VJP has no forward-mode rule (see the next test).
-        check_grads(f, (params, h0, xs), order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
+        check_grads(jax.jit(f), (params, h0, xs), order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
 
 
 def test_forward_mode_runs_sequentially_and_explicit_fused_says_so():
@@ -156,8 +107,10 @@ def test_vmap_of_fused_equals_batched():
     tree_allclose(g_vmap, g_seq, atol=1e-5)
 
 
-# float16 takes the same path as bfloat16 (the params' dtype throughout).
-@pytest.mark.parametrize("dtype", [jnp.bfloat16])
+# float16 takes the same path as bfloat16 (the params' dtype throughout): the slow tier.
+@pytest.mark.parametrize(
+    "dtype", [jnp.bfloat16, pytest.param(jnp.float16, marks=pytest.mark.slow)], ids=str
+)
 def test_fused_keeps_low_precision_dtypes(dtype):
     cell = rj.LSTMCell(IN, 4)
     params = jax.tree.map(lambda a: a.astype(dtype), cell.init(jax.random.key(0)))
@@ -255,30 +208,6 @@ def test_recur_scan_passes_strategy():
     m1, ys1 = m.scan(xs, strategy="fused")
     m2, ys2 = m.scan(xs, strategy="sequential")
     tree_allclose((m1.state, ys1), (m2.state, ys2))
-
-
-REMAT_CASES = [c for c in CASES if c.name in ("lstm", "gruv3", "chain", "user_fn")]
-
-
-REMAT_OPTIONS = [{"remat": 4}, {"remat": 4, "reverse": True}, {"remat": 6, "truncate_every": 3}]
-REMAT_GRID = [
-    (case, options)
-    for case in REMAT_CASES
-    for options in (REMAT_OPTIONS if case.name == "lstm" else REMAT_OPTIONS[-1:])
-]
-
-
-@pytest.mark.parametrize(
-    ("case", "options"), REMAT_GRID, ids=[f"{c.name}-{o}" for c, o in REMAT_GRID]
-)
-def test_remat_equals_no_remat(case: Case, options):
-    """11 steps in blocks of 4 or 6: full blocks and a tail; values and gradients unchanged."""
-    base = {k: v for k, v in options.items() if k != "remat"}
-    shape = (11, 2)
-    out_r, grads_r = _value_and_grads(case, "auto", shape, options)
-    out_b, grads_b = _value_and_grads(case, "auto", shape, base)
-    tree_allclose(out_r, out_b)
-    tree_allclose(grads_r, grads_b, rtol=1e-5, atol=1e-5)
 
 
 def test_remat_cuts_backward_memory():

@@ -1,6 +1,6 @@
 """Deep and regularised models: `bidirectional`, `residual`, `stacked`, dropout, dtypes.
 
-`bidirectional` is checked against the per-sequence loop oracle of test_sequences.py, run
+`bidirectional` is checked against the shared per-sequence loop oracle (tests/oracle.py), run
 forward for one cell and in reverse for the other; the rest against the cells they are
 built from, run step by step.
 """
@@ -12,13 +12,13 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
+import oracle
 import pytest
 from cases import IN, tree_allclose
-from test_sequences import T, _oracle
 
 import recurjax as rj
 
-H = 4
+T, H = 6, 4
 KEY = jax.random.key(0)
 
 
@@ -30,8 +30,12 @@ def _padded(batch=(3,), seed=0):
     return jnp.asarray(xs), lengths
 
 
-def test_bidirectional_equals_a_loop_each_way():
-    strategy = "auto"  # fused LSTM and GRU; their sequential form is in test_sequences.py
+# "auto": the fused LSTM and GRU; "sequential" in the slow tier (3a817df dropped it for time).
+STRATEGIES = ["auto", pytest.param("sequential", marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_bidirectional_equals_a_loop_each_way(strategy):
     fwd, bwd = rj.LSTMCell(IN, H), rj.GRUCell(IN, H)
     bi = rj.bidirectional(fwd, bwd)
     params = bi.init(KEY)
@@ -48,12 +52,13 @@ def test_bidirectional_equals_a_loop_each_way():
         jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)
     )(params, xs)
 
-    def oracle(cell, p, h, w_part, reverse):
-        batched = jax.tree.map(lambda a: jnp.broadcast_to(a, (3, *a.shape)), h)
-        return _oracle(cell, p, batched, batched, xs, lengths, None, reverse, w_part)
+    def reference(cell, p, h, w_part, reverse):
+        return oracle.run(
+            cell, p, oracle.batched(h, (3,)), xs, lengths=lengths, reverse=reverse, w_y=w_part
+        )
 
-    hf_ref, yf_ref, gf = oracle(fwd, params[0], h0[0], w[..., :H], False)
-    hb_ref, yb_ref, gb = oracle(bwd, params[1], h0[1], w[..., H:], True)
+    hf_ref, yf_ref, gf = reference(fwd, params[0], h0[0], w[..., :H], False)
+    hb_ref, yb_ref, gb = reference(bwd, params[1], h0[1], w[..., H:], True)
     tree_allclose(ys, np.concatenate([yf_ref, yb_ref], -1), rtol=1e-4, atol=1e-5)
     tree_allclose((hf, hb), (hf_ref, hb_ref), rtol=1e-4, atol=1e-5)
     tree_allclose(dparams, (gf[0], gb[0]), rtol=1e-4, atol=1e-5)
@@ -213,8 +218,9 @@ def test_variational_dropout_on_an_lstm_masks_h_only_and_trains():
 # --- mixed precision ----------------------------------------------------------------------
 
 
-def test_bfloat16_end_to_end_keeps_the_carry_in_bfloat16():
-    strategy = "auto"  # the fused kernels; test_fused.py compares bf16 with "sequential"
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_bfloat16_end_to_end_keeps_the_carry_in_bfloat16(strategy):
+    # test_fused.py also compares bf16 under the fused and sequential strategies.
     net = rj.stacked(rj.LSTMCell, IN, H, num_layers=2, bidirectional=True)
     params32 = net.init(KEY)
     params16 = jax.tree.map(lambda a: a.astype(jnp.bfloat16), params32)

@@ -57,9 +57,10 @@ def _rel(a, b):
     )
 
 
-@pytest.mark.parametrize("cell", CELLS, ids=repr)
-def test_associative_and_chunked_equal_sequential(cell):
-    T = 300  # more than one chunk of 256, with a tail
+def _strategy_runs(cell):
+    """`run(strategy)`: values and gradients of one loss through `rj.scan`, T = 300 (more
+    than one chunk of 256, with a tail), lengths, resets, reverse, a non-zero `h0`."""
+    T = 300
     params = cell.init(jax.random.key(0))
     rng = np.random.default_rng(0)
     xs = jnp.asarray(rng.standard_normal((T, 2, 3), dtype=np.float32))
@@ -77,10 +78,29 @@ def test_associative_and_chunked_equal_sequential(cell):
 
         return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(params, h0, xs)
 
+    return run
+
+
+@pytest.mark.parametrize("cell", CELLS, ids=repr)
+def test_associative_and_chunked_equal_sequential(cell):
+    run = _strategy_runs(cell)
     reference = run("sequential")  # also what "auto" runs on CPU (ASSOCIATIVE_BACKENDS)
-    # The chunked walk does not depend on the cell: run it on two of them.
+    # The chunked walk does not depend on the cell: run it on two of them (the other two in
+    # the slow tier, below).
     chunked = ("chunked",) if isinstance(cell, (rj.MinGRUCell, rj.LRUCell)) else ()
     for strategy in ("associative", *chunked):
+        assert _rel(run(strategy), reference) < 1e-5, strategy
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cell", CELLS, ids=repr)
+def test_chunked_and_auto_equal_sequential_on_every_cell(cell):
+    """The strategies 3a817df left out for time: chunked on minLSTM and the user cell, and
+    "auto" on every cell."""
+    run = _strategy_runs(cell)
+    reference = run("sequential")
+    chunked = () if isinstance(cell, (rj.MinGRUCell, rj.LRUCell)) else ("chunked",)
+    for strategy in (*chunked, "auto"):
         assert _rel(run(strategy), reference) < 1e-5, strategy
 
 
@@ -125,9 +145,11 @@ def test_steps_are_the_papers_equations():
     np.testing.assert_allclose(np.exp(p["gamma_log"]), np.sqrt(1 - r**2), rtol=1e-5)
 
 
-def test_long_sequences_stay_finite():
+# 65,536 steps: the slow tier, minGRU and the LRU (3a817df had dropped the LRU for time).
+@pytest.mark.slow
+@pytest.mark.parametrize("cell", [rj.MinGRUCell(2, 8), rj.LRUCell(2, 8, r_min=0.99)], ids=repr)
+def test_long_sequences_stay_finite(cell):
     T = 65_536
-    cell = rj.MinGRUCell(2, 8)
     params = cell.init(jax.random.key(0))
     xs = jax.random.normal(jax.random.key(1), (T, 1, 2))
 

@@ -1,111 +1,343 @@
-"""The scan engine against a plain Python loop of single steps: outputs and gradients."""
+"""The scan engine against the shared oracle (tests/oracle.py): outputs, states, gradients.
+
+Every strategy is checked against the oracle, not against another strategy: each case
+compiles one gradient program (the oracle compiles only one step and its VJP per cell). The
+explicit grid covers every path of the engine (every option on the LSTM and the user cell,
+the involved combinations on every other cell, each strategy, each batch layout); the
+property-based test draws further combinations of options; the `slow` tier runs the full
+grids that earlier commits trimmed for time.
+"""
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import oracle
 import pytest
-from cases import IN, RECURRENT, Case, ids, tree_allclose
+from cases import CASES, IN, MINGRU, RECURRENT, Case, ids, tree_allclose
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from jax.test_util import check_grads
 
 import recurjax as rj
 
-T, B = 7, 3
+T, B = 7, 3  # 7 = 2 * 3 + 1: truncation every 3 steps leaves a tail step
+# Tolerances: the strictest of the tests this grid merged (fused vs sequential, scan vs loop,
+# remat vs none, lengths and resets vs the per-sequence loop), for every case.
+OUT_TOL = {"rtol": 1e-5, "atol": 1e-6}
+GRAD_TOL = {"rtol": 1e-5, "atol": 1e-5}
+BY_NAME = {c.name: c for c in [*CASES, MINGRU]}
+KERNEL = ("rnn_tanh", "rnn_relu", "lstm", "gru", "chain")  # cells with a fused kernel
 
 
-def loop(cell, params, h, xs, *, truncate_every=None, reverse=False):
-    """The oracle: one cell call per step, in Python, as `scan`'s docstring defines it."""
-    steps = list(range(jax.tree.leaves(xs)[0].shape[0]))
-    order = steps[::-1] if reverse else steps
-    ys = [None] * len(steps)
-    for n, t in enumerate(order):
-        if truncate_every and n > 0 and n % truncate_every == 0:
-            h = jax.lax.stop_gradient(h)
-        h, ys[t] = cell(params, h, jax.tree.map(lambda a, t=t: a[t], xs))
-    return h, jax.tree.map(lambda *a: jnp.stack(a), *ys)
+def strategies_of(case: Case) -> tuple[str, ...]:
+    """The strategies that run this cell: `auto` is `fused` (kernels) or `sequential`."""
+    if case.name in KERNEL:
+        return ("auto", "fused", "sequential")
+    if case.name == "mingru":
+        return ("sequential", "associative", "chunked")
+    return ("auto", "sequential")
 
 
-def _data(case: Case, seed: int = 0, shape=(T, B)):
+def _data(case: Case, batch: tuple[int, ...], seed: int = 0):
+    """Params, a per-sequence initial state, a different `state0`, inputs with NaN padding
+    past each length (never read), lengths with 0 and T, reset flags, output weights."""
     params = case.params(seed)
-    xs = jax.random.normal(jax.random.key(seed + 1), (*shape, IN), jnp.float32)
-    return params, case.state(params), xs
-
-
-def _vjp_both(f, g, *args):
-    """Outputs of f and g and their VJPs for one random cotangent, compared."""
-    out = jax.eval_shape(f, *args)
-    leaves, treedef = jax.tree.flatten(out)
-    keys = jax.random.split(jax.random.key(42), len(leaves))
-    ct = jax.tree.unflatten(
-        treedef,
-        [jax.random.normal(k, a.shape, a.dtype) for k, a in zip(keys, leaves, strict=True)],
+    n = math.prod(batch)
+    lengths = np.array(([5, 0, T, 3, 1, T] * 2)[:n]).reshape(batch)
+    # NumPy's generator: jax.random compiles a program per shape.
+    rng = np.random.default_rng(seed + 1)
+    xs = rng.standard_normal((T, *batch, IN), dtype=np.float32)
+    t = np.arange(T).reshape(T, *(1,) * len(batch))
+    xs = np.where((t < lengths)[..., None], xs, np.float32(np.nan))
+    resets = rng.random((T, *batch)) < 0.3
+    w_y = rng.standard_normal((T, *batch, case.out), dtype=np.float32)
+    h0 = jax.tree.map(
+        lambda a: (
+            a + 0.1 * jnp.arange(n, dtype=a.dtype).reshape(*batch, *(1,) * (a.ndim - len(batch)))
+        ),
+        oracle.batched(case.state(params), batch),
     )
-
-    # jit the oracle too: an eager loop under vjp is slow, and jit does not change its maths.
-    out_f, grads_f = jax.jit(lambda *a: _value_and_vjp(f, ct, a))(*args)
-    out_g, grads_g = jax.jit(lambda *a: _value_and_vjp(g, ct, a))(*args)
-    tree_allclose(out_f, out_g)
-    tree_allclose(grads_f, grads_g, rtol=1e-4, atol=1e-5)
-    return out_f
+    s0 = jax.tree.map(lambda a: 0.3 - a, h0)
+    return params, h0, s0, xs, lengths, resets, w_y
 
 
-def _value_and_vjp(fn, ct, args):
-    out, vjp = jax.vjp(fn, *args)
-    return out, vjp(ct)
+def check_against_oracle(case: Case, strategy: str, options: dict, batch=(B,), jit=True):
+    """`rj.scan` with `strategy` and `options` (scan's keywords; `lengths` and `resets` as
+    booleans) equals the oracle: outputs, final states, and the gradients of
+    `oracle.loss_terms` w.r.t. params, the initial state, `state0` and the inputs."""
+    options = dict(options)
+    use_lengths = options.pop("lengths", False)
+    use_resets = options.pop("resets", False)
+    time_axis = options.pop("time_axis", 0)
+    params, h0, s0, xs, lengths, resets, w_y = _data(case, batch)
+    if not use_lengths:
+        xs = np.nan_to_num(xs)
+    lengths_arg = lengths if use_lengths else None
+    resets_arg = resets if use_resets else None
+    if time_axis:  # batch-major: the library sees time on axis 1, the oracle time-major
+        move = lambda a: None if a is None else jnp.moveaxis(a, 0, time_axis)  # noqa: E731
+        back = lambda a: jnp.moveaxis(a, time_axis, 0)  # noqa: E731
+    else:
+        move = back = lambda a: a
 
+    def run(params, h0, s0, xs):
+        h, ys = rj.scan(
+            case.cell,
+            params,
+            h0,
+            move(xs),
+            lengths=lengths_arg,
+            resets=move(resets_arg),
+            state0=s0 if use_resets else None,
+            strategy=strategy,
+            time_axis=time_axis,
+            **options,
+        )
+        ys = back(ys)
+        return oracle.loss_terms(h, ys, w_y), (h, ys)
 
-OPTIONS = [
-    {},
-    {"reverse": True},
-    {"truncate_every": 3},  # 7 = 2 * 3 + 1: a tail step
-    {"truncate_every": 3, "reverse": True},
-    {"truncate_every": 7},
-    {"truncate_every": 10},
-    {"unroll": 2},
-]
-
-
-# Every option on an LSTM (a structured state) and a user function cell; the most involved
-# combination on every other cell. Each test compiles two programs, so the grid stays small.
-GRID = [
-    (case, options)
-    for case in RECURRENT
-    for options in (
-        OPTIONS
-        if case.name in ("lstm", "user_fn")
-        else [{}, {"truncate_every": 3, "reverse": True}]
+    grad = jax.value_and_grad(run, argnums=(0, 1, 2, 3), has_aux=True)
+    if jit:
+        grad = jax.jit(grad)
+    (_, (h, ys)), grads = grad(params, h0, s0, jnp.asarray(xs))
+    h_ref, ys_ref, grads_ref = oracle.run(
+        case.cell,
+        params,
+        h0,
+        xs,
+        batch=batch,
+        lengths=lengths_arg,
+        resets=resets_arg,
+        state0=s0,
+        reverse=options.get("reverse", False),
+        truncate_every=options.get("truncate_every"),
+        w_y=w_y,
     )
-]
+    tree_allclose(ys, ys_ref, **OUT_TOL)
+    tree_allclose(h, h_ref, **OUT_TOL)
+    tree_allclose(grads, grads_ref, **GRAD_TOL)
+    if use_lengths:  # padded steps: outputs exactly zero, inputs get exactly zero gradient
+        t = np.arange(T).reshape(T, *(1,) * len(batch))
+        pad = ~(t < lengths)
+        np.testing.assert_array_equal(np.asarray(ys)[pad], 0)
+        np.testing.assert_array_equal(np.asarray(grads[3])[pad], 0)
 
 
-@pytest.mark.parametrize("case, options", GRID, ids=[f"{c.name}-{o}" for c, o in GRID])
-def test_scan_equals_loop(case: Case, options):
-    params, h0, xs = _data(case)
-    loop_options = {k: v for k, v in options.items() if k != "unroll"}
+# Named option sets (`lengths` and `resets` switch those controls on).
+OPTIONS = {
+    "plain": {},
+    "reverse": {"reverse": True},
+    "trunc3": {"truncate_every": 3},  # two full blocks and a tail step
+    "trunc3-rev": {"truncate_every": 3, "reverse": True},
+    "trunc2-rev": {"truncate_every": 2, "reverse": True},
+    "trunc7": {"truncate_every": 7},  # one block: no cut
+    "trunc10": {"truncate_every": 10},  # longer than the sequence
+    "unroll2": {"unroll": 2},  # unroll > 1 runs the sequential strategy
+    "lengths": {"lengths": True},
+    "lengths-rev": {"lengths": True, "reverse": True},
+    "resets": {"resets": True},
+    "resets-rev": {"resets": True, "reverse": True},
+    "lengths-resets": {"lengths": True, "resets": True},
+    "lengths-resets-rev": {"lengths": True, "resets": True, "reverse": True},
+    "remat2": {"remat": 2},  # three blocks and a tail
+    "remat2-rev": {"remat": 2, "reverse": True},
+    "remat6-trunc3": {"remat": 6, "truncate_every": 3},
+    "batch-major-resets": {"resets": True, "time_axis": 1},
+    # Every control at once (truncation points fall in padding too).
+    "lengths-resets-remat-rev": {
+        "lengths": True,
+        "resets": True,
+        "reverse": True,
+        "remat": 4,
+        "truncate_every": 2,
+    },
+    "resets-trunc2-remat4-rev": {
+        "resets": True,
+        "reverse": True,
+        "truncate_every": 2,
+        "remat": 4,
+    },
+}
+SCAN_OPTIONS = ["plain", "reverse", "trunc3", "trunc3-rev", "trunc7", "trunc10", "unroll2"]
+FUSED_OPTIONS = ["plain", "reverse", "trunc3", "trunc2-rev"]
+REMAT_OPTIONS = ["remat2", "remat2-rev", "remat6-trunc3"]
+EVERYTHING = ["lengths-resets-remat-rev", "resets-trunc2-remat4-rev"]
 
-    def f(params, h0, xs):
-        return rj.scan(case.cell, params, h0, xs, **options)
 
-    def g(params, h0, xs):
-        # The loop starts from the state settled to the batch, as scan's docstring says.
-        h0 = jax.tree.map(lambda a: jnp.broadcast_to(a, (B, *a.shape)), h0)
-        return loop(case.cell, params, h0, xs, **loop_options)
+def _cases(names, strategies, options, batches=((B,),), jit=True):
+    return [
+        (name, strategy, option, batch, jit)
+        for name in names
+        for strategy in strategies
+        for option in options
+        for batch in batches
+    ]
 
-    _vjp_both(f, g, params, h0, xs)
+
+# The everyday grid, one case per path of the engine rather than every strategy x option x
+# cell: each kernel cell through the fused strategy with truncation in reverse (blocks, a
+# tail, the backward keep mask) and with lengths and resets; forward truncation in the GRU
+# kernel; the sequential strategy's truncation blocks (with a tail, with one block),
+# unrolling, and a structured state; lengths and resets alone, over two batch axes (eager),
+# batch-major; unbatched and several batch axes through the kernels; remat blocks (several
+# with a tail, reversed, with truncation; through a chain part by part); the associative and
+# chunked scans; every control at once. The slow tier runs the full grids.
+GRID = sorted(
+    set(
+        _cases(KERNEL, ["fused"], ["trunc3-rev"])
+        + _cases(KERNEL, ["auto"], ["lengths-resets"], [(6,)])
+        + _cases(["gru"], ["fused"], ["trunc3"])
+        + _cases(["lstm"], ["sequential"], ["trunc2-rev"])
+        + _cases(["gruv3"], ["auto"], ["lengths-resets"], [(6,)])
+        + _cases(["user_fn"], ["auto"], ["trunc3", "trunc7", "unroll2"])
+        + _cases(["lstm"], ["sequential"], ["lengths-resets-rev"], [(2, 3)], jit=False)
+        + _cases(["gru"], ["auto"], ["lengths-resets-rev"], [(2, 3)], jit=False)
+        + _cases(["lstm"], ["auto"], ["lengths-rev"], [(4,)])
+        + _cases(["gru"], ["auto"], ["resets"], [(4,)])
+        + _cases(["gru"], ["auto"], ["batch-major-resets"])
+        + _cases(["lstm"], ["fused"], ["plain"], [(), (2, 3)])
+        + _cases(["gru"], ["fused"], ["plain"], [(1,)])
+        + _cases(["chain"], ["fused"], ["plain"], [(2, 3)])
+        + _cases(["lstm"], ["auto"], ["remat2-rev", "remat6-trunc3"], [(2,)])
+        + _cases(["chain", "user_fn"], ["auto"], ["remat6-trunc3"], [(2,)])
+        + _cases(["mingru"], ["chunked"], ["lengths-resets"], [(6,)])
+        + _cases(["mingru"], ["associative"], ["resets-trunc2-remat4-rev"])
+        + _cases(["lstm"], ["auto"], ["lengths-resets-remat-rev"])
+        + _cases(["user_fn"], ["auto"], ["resets-trunc2-remat4-rev"])
+    ),
+    key=str,
+)
+
+
+def _id(entry) -> str:
+    name, strategy, option, batch, jit = entry
+    return f"{name}-{strategy}-{option}-{batch}" + ("" if jit else "-eager")
+
+
+@pytest.mark.parametrize("entry", GRID, ids=_id)
+def test_scan_equals_oracle(entry):
+    name, strategy, option, batch, jit = entry
+    check_against_oracle(BY_NAME[name], strategy, OPTIONS[option], batch, jit)
+
+
+# The slow tier: the full grids that earlier commits trimmed for time (923697d, 3a817df,
+# 1b3fded, 5c688d4): every option of scan on every cell; every fused-kernel option and batch
+# layout under both strategies; every remat option on every remat cell; lengths and resets
+# on every cell and strategy over one and two batch axes, and each control alone.
+ALL = [c.name for c in RECURRENT]
+SLOW_GRID = sorted(
+    set(
+        _cases(ALL, ["auto"], SCAN_OPTIONS)
+        + _cases(KERNEL, ["fused", "sequential"], FUSED_OPTIONS)
+        + _cases(["lstm", "gru", "chain"], ["fused", "sequential"], ["plain"], [(), (1,), (2, 3)])
+        + _cases(["lstm", "gruv3", "chain", "user_fn"], ["auto"], REMAT_OPTIONS, [(2,)])
+        + _cases(ALL, ["auto", "sequential"], ["lengths-resets"], [(6,)])
+        + _cases(["mingru"], ["sequential", "associative", "chunked"], ["lengths-resets"], [(6,)])
+        + _cases(ALL, ["auto"], ["lengths-resets-rev"], [(2, 3)], jit=False)
+        + _cases(KERNEL, ["sequential"], ["lengths-resets-rev"], [(2, 3)], jit=False)
+        + _cases(
+            ["lstm", "gru"], ["auto"], ["lengths", "lengths-rev", "resets", "resets-rev"], [(4,)]
+        )
+        + _cases(["mingru"], strategies_of(MINGRU), EVERYTHING)
+        + _cases(["lstm", "gru", "user_fn"], ["auto", "sequential"], EVERYTHING)
+    )
+    - set(GRID),
+    key=str,
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("entry", SLOW_GRID, ids=_id)
+def test_scan_equals_oracle_full_grid(entry):
+    name, strategy, option, batch, jit = entry
+    check_against_oracle(BY_NAME[name], strategy, OPTIONS[option], batch, jit)
+
+
+@st.composite
+def _combinations(draw):
+    """A cell, one of its strategies and a combination of scan's options."""
+    case = draw(st.sampled_from([*RECURRENT, MINGRU]))
+    strategy = draw(st.sampled_from(strategies_of(case)))
+    batch = draw(st.sampled_from([(), (B,), (2, 3)]))
+    options: dict = {"reverse": draw(st.booleans())}
+    options["lengths"] = draw(st.booleans())
+    k = draw(st.sampled_from([None, 1, 2, 3, 7, 10]))
+    if k is not None:
+        options["truncate_every"] = k
+    remat = draw(st.sampled_from([None, 1, 2, 3]))
+    if remat is not None:
+        options["remat"] = remat * (k or 2)  # a multiple of truncate_every
+    options["resets"] = draw(st.booleans())
+    if strategy == "sequential" and draw(st.booleans()):
+        options["unroll"] = 2
+    if batch and draw(st.booleans()):
+        options["time_axis"] = 1
+    return case, strategy, options, batch, draw(st.booleans())
+
+
+def _check_drawn(drawn):
+    case, strategy, options, batch, jit = drawn
+    check_against_oracle(case, strategy, options, batch, jit)
+
+
+# A fixed small budget of drawn combinations every day; a larger one in the slow tier.
+@settings(
+    max_examples=4,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(_combinations())
+def test_scan_equals_oracle_drawn_options(drawn):
+    _check_drawn(drawn)
+
+
+@pytest.mark.slow
+@settings(
+    max_examples=20,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(_combinations())
+def test_scan_equals_oracle_drawn_options_many(drawn):
+    _check_drawn(drawn)
+
+
+@pytest.mark.parametrize(
+    "name, strategy", [("gru", "fused"), ("gru", "sequential"), ("mingru", "associative")]
+)
+def test_truncation_past_a_length_keeps_the_last_blocks_gradient(name, strategy):
+    """Lengths 5, 0, 7 with a cut every 2 steps: the first sequence's last valid block is
+    step 4, and its final state must still pass gradient to that step (the oracle's loop
+    stops at the length, so there is no cut at the padded step 6). The engine cut there
+    until this test found it."""
+    check_against_oracle(BY_NAME[name], strategy, {"lengths": True, "truncate_every": 2})
 
 
 @pytest.mark.parametrize("case", RECURRENT, ids=ids(RECURRENT))
 def test_scan_unbatched_and_two_batch_axes(case: Case):
+    """Forward only, eagerly (the kernels' forward paths without a gradient): unbatched (one
+    sequence runs the cell itself) and two batch axes."""
     for shape in [(T,), (T, 2, 3)]:
-        params, h0, xs = _data(case, shape=shape)
-        h0b = jax.tree.map(lambda a, s=shape: jnp.broadcast_to(a, (*s[1:], *a.shape)), h0)
-        tree_allclose(rj.scan(case.cell, params, h0, xs), loop(case.cell, params, h0b, xs))
+        params = case.params(0)
+        h0 = case.state(params)
+        xs = np.random.default_rng(1).standard_normal((*shape, IN), dtype=np.float32)
+        h_ref, ys_ref, _ = oracle.run(case.cell, params, oracle.batched(h0, shape[1:]), xs)
+        tree_allclose(rj.scan(case.cell, params, h0, jnp.asarray(xs)), (h_ref, ys_ref))
 
 
 @pytest.mark.parametrize("case", RECURRENT, ids=ids(RECURRENT))
 def test_batch_major_time_axis(case: Case):
-    params, h0, xs = _data(case)
+    params = case.params(0)
+    h0 = case.state(params)
+    xs = jnp.asarray(np.random.default_rng(1).standard_normal((T, B, IN), dtype=np.float32))
     h, ys = rj.scan(case.cell, params, h0, jnp.swapaxes(xs, 0, 1), time_axis=1)
     h_ref, ys_ref = rj.scan(case.cell, params, h0, xs)
     assert ys.shape == (B, T, ys_ref.shape[-1])
@@ -206,4 +438,4 @@ def test_scan_jit_equals_eager_and_pytree_inputs():
     h, ys = rj.scan(cell, jnp.float32(0.5), h0, xs)
     hj, ysj = jax.jit(lambda p, h, xs: rj.scan(cell, p, h, xs))(jnp.float32(0.5), h0, xs)
     tree_allclose((h, ys), (hj, ysj))
-    tree_allclose((h, ys), loop(cell, jnp.float32(0.5), h0, xs))
+    tree_allclose((h, ys), oracle.run(cell, jnp.float32(0.5), h0, xs, batch=(3,))[:2])
