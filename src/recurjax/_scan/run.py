@@ -15,8 +15,7 @@ from typing import Any
 
 import jax
 
-from .._contracts import CellFn, PyTree, SequenceCell, kernel_spec
-from . import policy
+from .._contracts import CellFn, PyTree, SequenceCell
 from .blocks import (
     Ctl,
     cut_at,
@@ -28,7 +27,7 @@ from .blocks import (
     zero_padding,
 )
 from .options import Options
-from .strategies import REGISTRY, associative, chunked, fused, sequential
+from .strategies import AUTO_ORDER, REGISTRY
 
 
 def run(
@@ -54,18 +53,19 @@ def run(
 
 
 def choose(cell: object, xs: PyTree, opts: Options) -> ModuleType:
-    """The strategy for a stepped cell: the one asked for where it applies, else `auto`'s."""
-    if opts.unroll != 1 or opts.forward_mode:  # only the sequential strategy unrolls, and
-        return sequential  # is differentiated in forward mode
+    """The strategy for a stepped cell: the one asked for where it applies, else the first
+    of `AUTO_ORDER` that supports the cell and pays (under forward-mode autodiff, only the
+    strategies JAX can differentiate that way)."""
+    if opts.unroll != 1:  # `unroll` is lax.scan's: only the sequential strategy has it
+        return REGISTRY["sequential"]
+
+    def allowed(m: ModuleType) -> bool:
+        return (m.FORWARD_MODE or not opts.forward_mode) and m.supports(cell)
+
     asked = REGISTRY.get(opts.strategy)
-    if asked is not None and asked.supports(cell):
+    if asked is not None and allowed(asked):
         return asked
-    if associative.supports(cell) and policy.associative_pays():
-        return chunked
-    spec = kernel_spec(cell)
-    if spec is not None and policy.fused_pays(spec, fused.batch_size(xs)):
-        return fused
-    return sequential
+    return next(m for m in AUTO_ORDER if allowed(m) and m.pays(cell, xs))
 
 
 def _part_runner(opts: Options, ctl: Ctl | None) -> Any:

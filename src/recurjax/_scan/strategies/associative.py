@@ -36,6 +36,12 @@ def supports(cell: object) -> bool:
     return is_linear(cell)
 
 
+def pays(cell: object, xs: PyTree) -> bool:
+    """Never for `auto`: where the associative scan pays, the chunked one does too, with
+    less work (`policy.associative_pays`)."""
+    return False
+
+
 def _combine(
     earlier: tuple[jax.Array, jax.Array], later: tuple[jax.Array, jax.Array]
 ) -> tuple[jax.Array, jax.Array]:

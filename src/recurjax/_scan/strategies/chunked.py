@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import jax
 
 from ..._contracts import PyTree
+from .. import policy
 from ..blocks import Ctl
 from . import associative
 
@@ -21,6 +22,11 @@ FORWARD_MODE = associative.FORWARD_MODE
 # its O(T log T) work stays near the sequential O(T) (benchmarks/RESULTS_linear.md).
 CHUNK = 256
 supports = associative.supports
+
+
+def pays(cell: object, xs: PyTree) -> bool:
+    """Whether `auto` runs a linear cell chunked here (`policy.associative_pays`)."""
+    return policy.associative_pays()
 
 
 def run(

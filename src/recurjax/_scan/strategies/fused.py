@@ -39,9 +39,10 @@ def supports(cell: object) -> bool:
     return kernel_spec(cell) is not None
 
 
-def batch_size(xs: jax.Array) -> int:
-    """The number of sequences in time-major `xs: (T, *batch, in)`."""
-    return math.prod(xs.shape[1:-1])
+def pays(cell: object, xs: jax.Array) -> bool:
+    """Whether `auto` runs this cell's kernel for the batch of `xs` (`policy.fused_pays`)."""
+    spec = kernel_spec(cell)
+    return spec is not None and policy.fused_pays(spec, math.prod(xs.shape[1:-1]))
 
 
 def run(

@@ -28,6 +28,11 @@ def supports(cell: object) -> bool:
     return True
 
 
+def pays(cell: object, xs: PyTree) -> bool:
+    """`auto`'s fallback: always."""
+    return True
+
+
 def run(
     cell: CellFn,
     params: PyTree,
