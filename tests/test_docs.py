@@ -15,6 +15,8 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # parallel.md is about several devices: tests/test_sharding.py runs its blocks on 8 host
 # devices (running them here too, on one device, only repeated that work).
 ONE_DEVICE = [p for p in DOCS if p.name != "parallel.md"]
+# The two long pages (about 30 s of CPU) run in the slow tier, which CI runs too.
+LONG = ("guide.md", "interop.md")
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
 
 
@@ -24,7 +26,11 @@ def test_docs_exist():
         assert BLOCK.findall(path.read_text()), f"{path.name} has no python block"
 
 
-@pytest.mark.parametrize("path", ONE_DEVICE, ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path",
+    [pytest.param(p, marks=pytest.mark.slow) if p.name in LONG else p for p in ONE_DEVICE],
+    ids=lambda p: p.name,
+)
 def test_code_blocks_run(path):
     namespace: dict = {"__name__": f"docs_{path.stem}"}
     for i, block in enumerate(BLOCK.findall(path.read_text())):

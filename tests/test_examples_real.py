@@ -14,6 +14,7 @@ from pathlib import Path
 from types import ModuleType
 
 import jax
+import pytest
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -29,6 +30,7 @@ def load_example(filename: str) -> ModuleType:
     return module
 
 
+@pytest.mark.slow  # trains for a while (7 s of CPU); CI runs the slow tier
 def test_digits_learns_rows(tmp_path: Path) -> None:
     digits = load_example("02_digits.py")
     out = tmp_path / "digits"
@@ -66,6 +68,7 @@ def test_digits_split_is_fixed_and_stratified() -> None:
     assert min(counts) >= 43 and max(counts) <= 47, counts  # ~45 test images per class
 
 
+@pytest.mark.slow  # trains a few seconds; CI runs the slow tier
 def test_sunspots_beats_persistence(tmp_path: Path) -> None:
     sunspots = load_example("03_sunspots.py")
     out = tmp_path / "sunspots"

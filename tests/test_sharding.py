@@ -20,6 +20,9 @@ from typing import Any
 
 import pytest
 
+# Three subprocesses on 8 host devices (about 40 s of CPU): the slow tier, which CI runs.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 DEVICES = 8
 FLAG = "--xla_force_host_platform_device_count"

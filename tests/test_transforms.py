@@ -65,14 +65,16 @@ def _reference(cell: Any) -> dict[str, Any]:
     return {name: fn(params, xs) for name, fn in _transforms(cell, "sequential").items()}
 
 
+# The default on a kernel cell every day (test_fused checks the explicit fused strategy's
+# forward-mode error every day too); the rest in the slow tier, which CI runs.
 @pytest.mark.parametrize(
     "cell, strategy",
     [
         (LSTM, "auto"),
-        (LSTM, "fused"),
-        (MINGRU, "auto"),
-        (MINGRU, "associative"),
-        (MINGRU, "chunked"),
+        pytest.param(LSTM, "fused", marks=pytest.mark.slow),
+        pytest.param(MINGRU, "auto", marks=pytest.mark.slow),
+        pytest.param(MINGRU, "associative", marks=pytest.mark.slow),
+        pytest.param(MINGRU, "chunked", marks=pytest.mark.slow),
     ],
     ids=["lstm-auto", "lstm-fused", "mingru-auto", "mingru-associative", "mingru-chunked"],
 )
