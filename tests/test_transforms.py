@@ -65,12 +65,12 @@ def _reference(cell: Any) -> dict[str, Any]:
     return {name: fn(params, xs) for name, fn in _transforms(cell, "sequential").items()}
 
 
-# The default on a kernel cell every day (test_fused checks the explicit fused strategy's
-# forward-mode error every day too); the rest in the slow tier, which CI runs.
+# In the slow tier, which CI runs (about 25 s of CPU); every day, test_fused checks `jax.jvp`
+# under `auto` and the explicit fused strategy's forward-mode error.
 @pytest.mark.parametrize(
     "cell, strategy",
     [
-        (LSTM, "auto"),
+        pytest.param(LSTM, "auto", marks=pytest.mark.slow),
         pytest.param(LSTM, "fused", marks=pytest.mark.slow),
         pytest.param(MINGRU, "auto", marks=pytest.mark.slow),
         pytest.param(MINGRU, "associative", marks=pytest.mark.slow),
