@@ -147,17 +147,11 @@ class FusedCell(Protocol):
     def fused_kernel(self) -> KernelSpec | None: ...
 
 
-def sequence_parts(cell: object) -> tuple[Any, ...] | None:
-    """The parts of a `SequenceCell`, or `None` for a cell that is stepped."""
-    return cell.parts() if isinstance(cell, SequenceCell) else None
-
-
 def leaf_cells(cell: object) -> list[Any]:
     """The stepped cells inside `cell`, recursively through `SequenceCell` parts."""
-    parts = sequence_parts(cell)
-    if parts is None:
+    if not isinstance(cell, SequenceCell):
         return [cell]
-    return [leaf for part in parts for leaf in leaf_cells(part)]
+    return [leaf for part in cell.parts() for leaf in leaf_cells(part)]
 
 
 def is_linear(cell: object) -> bool:

@@ -197,13 +197,9 @@ def _scan(
     prepared = prepare(cell, params, h, xs, lengths, resets, state0, opts.time_axis)
     h, ys = run(cell, params, prepared.h, prepared.xs, opts, prepared.ctl)
     if opts.unchecked:
-        h, ys = poison_out_of_range(jnp.asarray(lengths), _steps(prepared), h, ys)
+        h, ys = poison_out_of_range(jnp.asarray(lengths), prepared.steps, h, ys)
     ys = jax.tree.map(lambda a: jnp.moveaxis(a, 0, opts.time_axis), ys)
     return h, ys
-
-
-def _steps(prepared: Any) -> int:
-    return jax.tree.leaves(prepared.xs)[0].shape[0]
 
 
 # Jitted with the cell and the options static, so that eager calls with the same cell and
@@ -275,7 +271,7 @@ def sequence_parallel_scan(
         )
     unchecked = lengths is not None and not check_length_values(cell, xs, lengths, 0)
     prepared = prepare(cell, params, h, xs, lengths, resets, state0, 0)
-    T, D = _steps(prepared), mesh.shape[axis]
+    T, D = prepared.steps, mesh.shape[axis]
     if T % D:
         raise ValueError(
             f"sequence_parallel_scan({name}): T={T} steps do not split evenly over {D} "

@@ -20,6 +20,7 @@ class Prepared(NamedTuple):
     """A scan's inputs, ready for the run pipeline (everything time-major)."""
 
     xs: PyTree  # (T, ..., in), padded steps zeroed
+    steps: int  # T
     h: PyTree  # the initial state, settled to the carry's batch shape and dtype
     ctl: Ctl | None  # step masks and the reset state, or None without lengths and resets
 
@@ -42,7 +43,7 @@ def prepare(
         ctl = ctl._replace(state0=reset_state(cell, params, h, state0, xs))
     if ctl is not None:  # padding never reaches a cell
         xs = zero_padding(ctl.valid, xs)
-    return Prepared(xs, h, ctl)
+    return Prepared(xs, T, h, ctl)
 
 
 def time_major(cell: object, xs: PyTree, time_axis: int) -> tuple[PyTree, int]:

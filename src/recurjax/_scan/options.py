@@ -33,6 +33,18 @@ class Options:
         return dataclasses.replace(self, **changes)
 
 
+def _positive_or_none(name: str, option: str, value: object) -> int | None:
+    """`value` as a positive int, or `None`; a `ValueError` naming `option` otherwise."""
+    if value is None:
+        return None
+    n = positive_int(value)
+    if n is None:
+        raise ValueError(
+            f"scan({name}): expected {option} to be a positive int or None, got {value!r}."
+        )
+    return n
+
+
 def build(
     cell: object,
     registry: Mapping[str, ModuleType],
@@ -49,14 +61,7 @@ def build(
     """Check every option of `scan` for `cell` and return them as `Options`; `registry`
     holds the strategies a user may name besides `"auto"`."""
     name = describe(cell)
-    k = None
-    if truncate_every is not None:
-        k = positive_int(truncate_every)
-        if k is None:
-            raise ValueError(
-                f"scan({name}): expected truncate_every to be a positive int or None, "
-                f"got {truncate_every!r}."
-            )
+    k = _positive_or_none(name, "truncate_every", truncate_every)
     steps: int | bool
     if isinstance(unroll, bool):
         steps = unroll
@@ -70,19 +75,13 @@ def build(
     axis = index_or_none(time_axis)
     if axis is None:
         raise TypeError(f"scan({name}): expected time_axis to be an int, got {time_axis!r}.")
-    r = None
-    if remat is not None:
-        r = positive_int(remat)
-        if r is None:
-            raise ValueError(
-                f"scan({name}): expected remat to be a positive int or None, got {remat!r}."
-            )
-        if k is not None and r % k:
-            raise ValueError(
-                f"scan({name}): remat={r} must be a multiple of truncate_every={k}, so that "
-                f"every cut falls inside a block or on its start. Use e.g. "
-                f"remat={r - r % k or k}."
-            )
+    r = _positive_or_none(name, "remat", remat)
+    if r is not None and k is not None and r % k:
+        raise ValueError(
+            f"scan({name}): remat={r} must be a multiple of truncate_every={k}, so that "
+            f"every cut falls inside a block or on its start. Use e.g. "
+            f"remat={r - r % k or k}."
+        )
     names = (AUTO, *registry)
     if strategy not in names:
         raise ValueError(

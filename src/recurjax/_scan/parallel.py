@@ -21,7 +21,7 @@ def run_split(cell: Any, params: PyTree, prepared: Prepared, mesh: Any, axis: st
     keeping the block's composed map `h -> A h + B`; the maps are gathered, each device
     folds the maps of the devices before it into its entering state, and corrects its
     block's states with it. Only the small maps cross devices, once."""
-    xs, h, ctl = prepared
+    xs, _, h, ctl = prepared
     valid, reset, _, s0 = (None, None, None, None) if ctl is None else ctl
     D = mesh.shape[axis]
 

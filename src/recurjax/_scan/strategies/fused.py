@@ -19,8 +19,9 @@ from jax import lax
 
 from ..._contracts import CellFn, PyTree, kernel_spec
 from .. import policy
-from ..blocks import Ctl
+from ..blocks import Ctl, select
 from .kernels import Kernel, kernel_for
+from .sequential import masked_step
 
 if TYPE_CHECKING:
     from ..options import Options
@@ -144,17 +145,12 @@ def _cell_loop(
     """What `_fused_loop` computes, by stepping the cell itself batch-major: the same
     resets, frozen padded steps and zero padded outputs (`h`, `s0` feature-major)."""
     valid, reset = flags if flags is not None else (None, None)
-    rows = None if s0 is None else jax.tree.map(lambda a: a.T, s0)
+    cell_step = masked_step(cell, params, None if s0 is None else jax.tree.map(lambda a: a.T, s0))
 
     def step(h: PyTree, data: Any) -> tuple[PyTree, jax.Array]:
-        x, v, r = data
-        if r is not None:
-            h = jax.tree.map(lambda a, b: jnp.where(r[:, None], a, b), rows, h)
-        new, y = cell(params, h, x)
-        if v is not None:
-            new = jax.tree.map(lambda a, b: jnp.where(v[:, None], a, b), new, h)
-            y = jnp.where(v[:, None], y, jnp.zeros_like(y))
-        return new, y
+        new, y = cell_step(h, data)
+        v = data[1]
+        return new, y if v is None else select(v, y, jnp.zeros_like(y))
 
     h = jax.tree.map(lambda a: a.T, h)
     h, ys = lax.scan(step, h, (xs, valid, reset), reverse=reverse)
