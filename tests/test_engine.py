@@ -1,11 +1,10 @@
 """Engine behaviours that each live in one place of `_scan/`: the input rule for complex
-data, the fused strategy's forward pass through the cell (small batches, no gradient) with
-every control, and the input preparation that `scan` and `sequence_parallel_scan` share."""
+data, the `auto` policy's choice in the benchmarked configs, and the input preparation that
+`scan` and `sequence_parallel_scan` share."""
 
 from __future__ import annotations
 
 import re
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +15,8 @@ from jax.sharding import Mesh
 
 import recurjax as rj
 from recurjax._contracts import KernelSpec  # the protocol type of a fused kernel
+from recurjax._scan import options, run
+from recurjax._scan.strategies import REGISTRY
 
 T, IN, H = 6, 3, 4
 
@@ -36,24 +37,27 @@ def test_complex_inputs_to_real_cells_raise_naming_the_dtype_and_the_fix():
         assert ys.dtype == jnp.float32
 
 
-def test_small_batch_forward_through_the_cell_honours_lengths_and_resets():
-    """Without differentiation `auto` steps the cell itself for at most 4 sequences
-    (`policy.SMALL_BATCH`); that loop must apply resets and freeze padded steps exactly as
-    the fused kernel and the sequential strategy do."""
-    rng = np.random.default_rng(0)
-    xs = rng.standard_normal((T, 3, IN), dtype=np.float32)
-    lengths = np.array([T, 2, 4])
-    resets = rng.random((T, 3)) < 0.4
-    for cell in (rj.LSTMCell(IN, H), rj.GRUCell(IN, H), rj.RNNCell(IN, H)):
-        params = cell.init(jax.random.key(1))
-        s0 = jax.tree.map(lambda a: a + 0.3, cell.initial_state(params))
-        kw: dict[str, Any] = dict(lengths=lengths, resets=resets, state0=s0, reverse=True)
-        runs = [
-            rj.scan(cell, params, cell.initial_state(params), xs, strategy=s, **kw)
-            for s in ("auto", "fused", "sequential")
-        ]
-        tree_allclose(runs[0], runs[2], rtol=1e-5, atol=1e-6)
-        tree_allclose(runs[1], runs[2], rtol=1e-5, atol=1e-6)
+# benchmarks/RESULTS.md, per benchmarked config (cell, B, H): the strategy that `auto` must
+# run, the fastest there or within the A/A noise of the fastest, in fwd and f+b alike.
+MEASURED = {
+    ("lstm", 32, 256): "fused",  # fused 16.3 / 59.9 ms, sequential 17.0 / 69.5
+    ("lstm", 1, 128): "fused",  # fwd a tie (3.33 / 3.29); f+b 8.3 against 11.1
+    ("lstm", 128, 512): "fused",  # a tie: 73 / 278 against 75 / 286
+    ("gru", 32, 256): "fused",  # a tie: 10.0 / 49.8 against 10.8 / 49.2
+    ("gru", 1, 128): "fused",  # fwd 2.18 against 2.25; f+b 6.65 against 7.80
+    ("gru", 128, 512): "sequential",  # fused 60 / 236 against 52 / 209
+}
+
+
+@pytest.mark.parametrize("config", sorted(MEASURED))
+def test_auto_runs_the_measured_fastest_strategy_in_every_benchmarked_config(config):
+    """The policy's choice, not a timing: with and without differentiation (the fused
+    strategy runs its kernel in both) and under `jit`'s abstract inputs."""
+    kind, B, hidden = config
+    cell = (rj.LSTMCell if kind == "lstm" else rj.GRUCell)(8, hidden)
+    xs = jax.ShapeDtypeStruct((5, B, 8), jnp.float32)
+    chosen = run.choose(cell, xs, options.build(cell, REGISTRY))
+    assert MEASURED[config] == chosen.NAME
 
 
 def test_sequence_parallel_scan_marks_out_of_range_lengths_like_scan():

@@ -11,13 +11,11 @@ import jax
 
 from .._contracts import KernelSpec
 
-# benchmarks/RESULTS.md (2-core x86 CPU, XLA:CPU): without differentiation the fused loop
-# lost to the cell's own step for a batch of a few sequences (B=1: GRU fwd 6.4 vs 5.0 ms,
-# LSTM 10.0 vs 9.1 ms), so a forward pass of at most this many sequences steps the cell.
-SMALL_BATCH = 4
-
-# benchmarks/RESULTS.md: the fused GRU lost to the sequential one at B=128, H=512 (f+b 762
-# vs 701 ms; the LSTM tied there), so a GRU batch of this many sequences runs sequentially.
+# benchmarks/RESULTS.md (2-core AMD EPYC, XLA:CPU, 3 processes): the fused GRU lost to the
+# sequential one at B=128, H=512 (f+b 236 vs 209 ms, fwd 60 vs 52; the LSTM tied there),
+# so a GRU batch of this many sequences runs sequentially. At B=1 and B=32 the fused
+# kernels were as fast or faster in fwd and f+b, so `auto` runs them there, with or without
+# differentiation.
 LARGE_GRU_BATCH = 128
 
 # benchmarks/RESULTS_linear.md (B=4, in=64, H=128): on XLA:CPU (2 cores) the associative
@@ -37,8 +35,3 @@ def associative_pays() -> bool:
 def fused_pays(spec: KernelSpec, batch: int) -> bool:
     """Whether `auto` runs a cell's fused kernel for a flattened batch of `batch` sequences."""
     return not (spec.name == "gru" and batch >= LARGE_GRU_BATCH)
-
-
-def forward_through_cell(strategy: str, batch: int) -> bool:
-    """Whether the fused strategy's primal (no differentiation) steps the cell itself."""
-    return strategy == "auto" and batch <= SMALL_BATCH

@@ -19,9 +19,8 @@ from jax import lax
 
 from ..._contracts import CellFn, PyTree, kernel_spec
 from .. import policy
-from ..blocks import Ctl, select
+from ..blocks import Ctl
 from .kernels import Kernel, kernel_for
-from .sequential import masked_step
 
 if TYPE_CHECKING:
     from ..options import Options
@@ -67,9 +66,6 @@ def run(
     xs = xs.astype(dtype)
     T, batch, n_in = xs.shape[0], tuple(xs.shape[1:-1]), xs.shape[-1]
     N = math.prod(batch)
-    # Without differentiation, a batch of a few sequences runs faster through the cell
-    # itself (policy.SMALL_BATCH); the kernel's forward loop is used under `grad`.
-    primal = cell if policy.forward_through_cell(opts.strategy, N) else None
 
     def feature_major(tree: PyTree) -> PyTree:
         return jax.tree.map(lambda a: a.reshape(N, a.shape[-1]).T, tree)
@@ -79,7 +75,6 @@ def run(
         flags = tuple(None if m is None else m.reshape(T, N) for m in (ctl.valid, ctl.reset))
     out = _fused_core(
         kernel,
-        primal,
         opts.reverse,
         opts.truncate_every,
         params,
@@ -133,34 +128,9 @@ def _fused_loop(
     return (h, *out) if keep_res else (h, out, None)
 
 
-def _cell_loop(
-    cell: CellFn,
-    reverse: bool,
-    params: PyTree,
-    h: PyTree,
-    xs: jax.Array,
-    flags: Any,
-    s0: PyTree,
-) -> tuple[PyTree, jax.Array]:
-    """What `_fused_loop` computes, by stepping the cell itself batch-major: the same
-    resets, frozen padded steps and zero padded outputs (`h`, `s0` feature-major)."""
-    valid, reset = flags if flags is not None else (None, None)
-    cell_step = masked_step(cell, params, None if s0 is None else jax.tree.map(lambda a: a.T, s0))
-
-    def step(h: PyTree, data: Any) -> tuple[PyTree, jax.Array]:
-        new, y = cell_step(h, data)
-        v = data[1]
-        return new, y if v is None else select(v, y, jnp.zeros_like(y))
-
-    h = jax.tree.map(lambda a: a.T, h)
-    h, ys = lax.scan(step, h, (xs, valid, reset), reverse=reverse)
-    return jax.tree.map(lambda a: a.T, h), ys
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
 def _fused_core(
     kernel: Kernel,
-    primal: CellFn | None,
     reverse: bool,
     truncate_every: int | None,
     params: PyTree,
@@ -169,15 +139,12 @@ def _fused_core(
     flags: Any,
     s0: PyTree,
 ) -> tuple[PyTree, jax.Array]:
-    if primal is not None:  # the cell itself, batch-major, when nothing differentiates
-        return _cell_loop(primal, reverse, params, h, xs, flags, s0)
     h, ys, _ = _fused_loop(kernel, reverse, params, h, xs, flags, s0, keep_res=False)
     return h, ys
 
 
 def _fused_core_fwd(
     kernel: Kernel,
-    primal: CellFn | None,
     reverse: bool,
     truncate_every: int | None,
     params: PyTree,
@@ -192,7 +159,6 @@ def _fused_core_fwd(
 
 def _fused_core_bwd(
     kernel: Kernel,
-    primal: CellFn | None,
     reverse: bool,
     truncate_every: int | None,
     saved: tuple[Any, ...],
