@@ -68,21 +68,35 @@ GATES = {"lstm": 4, "gru": 3}
 PACKAGES = ("jax", "jaxlib", "numpy", "torch", "flax", "equinox", "dm-haiku", "memax")
 
 
-def _job(kind: str, B: int, T: int, F: int, H: int, rounds: int, burst: int) -> dict[str, Any]:
+def _job(
+    kind: str, B: int, T: int, F: int, H: int, rounds: int, burst: int, env: str = ""
+) -> dict[str, Any]:
+    """One config; `env` (`NAME=value`) is set for the worker process, for every
+    implementation alike."""
+    name = f"{kind}-{B}-{T}-{F}-{H}" + (f" with {env}" if env else "")
     return {
-        "name": f"{kind}-{B}-{T}-{F}-{H}",
+        "name": name,
         "kind": kind,
         "size": [B, T, F, H],
         "rounds": rounds,
         "burst": burst,
+        "env": env,
     }
 
+
+# glibc gives a large allocation (over its 32 MB mmap threshold) fresh pages from the kernel
+# on every call, and XLA's temporary buffer of an f+b program above that size is page-faulted
+# in each time (so are torch's buffers). With transparent huge pages for malloc (glibc >=
+# 2.35) a fault brings 2 MB instead of 4 kB: these jobs measure what the faults cost.
+HUGETLB = "GLIBC_TUNABLES=glibc.malloc.hugetlb=1"
 
 JOBS = [
     _job(kind, *size)
     for kind in ("lstm", "gru")
     for size in ((32, 128, 64, 256, 8, 3), (1, 1000, 32, 128, 8, 3), (128, 64, 256, 512, 3, 1))
 ] + [
+    _job("lstm", 32, 128, 64, 256, 8, 3, HUGETLB),
+    _job("lstm", 128, 64, 256, 512, 3, 1, HUGETLB),
     {"name": "streaming", "kind": "streaming", "rounds": 300},
     {"name": "padded", "kind": "padded", "size": [32, 128, 64, 256], "rounds": 8, "burst": 3},
     {"name": "memory", "kind": "memory", "size": [4096, 32, 64, 256], "rounds": 2},
@@ -617,7 +631,8 @@ def _rnn_section(job: dict[str, Any], runs: list[dict[str, Any]]) -> tuple[list[
             for w in ("fwd", "fb"):
                 ratios[n][w].append(base[w] / run["impls"][n][w])
     rows = [
-        f"## {job['kind'].upper()} B={B} T={T} F={F} H={H}",
+        f"## {job['kind'].upper()} B={B} T={T} F={F} H={H}"
+        + (f", every process run with `{job['env']}`" if job.get("env") else ""),
         "",
         "| implementation | fwd ms | f+b ms | recurjax/impl fwd | recurjax/impl f+b "
         "| f+b % peak | compile s (fwd, f+b) | temp MB (fwd, f+b) | max diff |",
@@ -819,12 +834,22 @@ def drive(jobs: list[dict[str, Any]], processes: int, out: Path | None) -> None:
                     f.name,
                 ]
                 t0 = time.time()
-                subprocess.run(cmd, check=True)
+                proc_env = dict(os.environ)
+                if job.get("env"):
+                    key, value = job["env"].split("=", 1)
+                    proc_env[key] = value
+                subprocess.run(cmd, check=True, env=proc_env)
                 results[job["name"]].append(json.loads(Path(f.name).read_text()))
             print(
                 f"process {p + 1}/{processes} {job['name']}: {time.time() - t0:.0f} s", flush=True
             )
     v = env["versions"]
+    peaks = [
+        r["peak"]
+        for j in jobs
+        if j["kind"] in GATES and not j.get("env")
+        for r in results[j["name"]]
+    ]
     lines = [
         "# Benchmark results",
         "",
@@ -833,7 +858,7 @@ def drive(jobs: list[dict[str, Any]], processes: int, out: Path | None) -> None:
         f"{env['backend']}; torch threads {env['torch_threads']}; Python {env['python']}; "
         + ", ".join(f"{k} {val}" for k, val in v.items())
         + f"; XLA_FLAGS={env['xla_flags'] or '(unset)'}. Matmul peak (2048^3, jit): "
-        + _range([r["peak"] for j in jobs if j["kind"] in GATES for r in results[j["name"]]], 0)
+        + _range(peaks or [float("nan")], 0)
         + f" GFLOP/s. {time.time() - started:.0f} s in all.",
         "",
         "Float32, batch-major `(B, T, F)` unless a row says otherwise. Times (ms) are medians "

@@ -117,7 +117,10 @@ def _fused_loop(
         x, v, r = data
         if r is not None:
             h = _cols(r, s0, h)
-        new, y, res = kernel.step(kp, h, x)  # type: ignore[arg-type]
+        if keep_res:
+            new, y, res = kernel.step(kp, h, x)  # type: ignore[arg-type]
+        else:
+            (new, y), res = kernel.primal_step(kp, h, x), None  # type: ignore[arg-type]
         if v is not None:
             new = _cols(v, new, h)
             y = jnp.where(v[:, None], y, jnp.zeros_like(y))
