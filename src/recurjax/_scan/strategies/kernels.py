@@ -12,7 +12,8 @@ matmuls afterwards read them without a transpose. A kernel has:
   `sigmoid(a) = (1 + tanh(a / 2)) / 2`);
 - `step(kp, state, x) -> (state, y, res)`: one step for `x: (in, N)`, with `y: (N, H)` and
   the residuals `res` its backward needs (activated gates: no matmul is redone);
-- `primal_step(kp, state, x) -> (state, y)`: the same step where nothing differentiates;
+- `primal_step(kp, state, x) -> (state, y)`: the same step where nothing differentiates and
+  no step is masked (no `lengths` or `resets`);
 - `step_bwd(params, res, dstate, dy) -> (dstate_prev, dg)`: the cotangent of the previous
   state and the step's gate cotangents `dg: (N, G)`; the only matmul is `Wh dg` for the state;
 - `grads(params, xs, res, dg) -> (dparams, dxs)`: the weight and input cotangents of the
@@ -93,9 +94,10 @@ class LSTMKernel(NamedTuple):
         return new, new.h.T, (h.T, c, acts)
 
     def primal_step(self, kp: dict[str, Array], state: LSTMState, x: Array) -> Any:
-        """One matmul of `[x; h]`: on the 2-core benchmark machine the forward pass was 5-11%
+        """One matmul of `[x; h]`: on the 2-core benchmark machine the forward pass was 5-13%
         faster than with two (B=1, 8, 32), while in `step`, which keeps the residuals, the
-        f+b at B=32 was 6-10% slower with one."""
+        f+b at B=32 was 6-10% slower with one, and with masked steps (`lengths`) the
+        forward pass 1.5x slower."""
         h, c = state
         new, _ = self._cell(kp["wT"] @ jnp.concatenate([x, h]) + kp["b"], c)
         return new, new.h.T
