@@ -28,6 +28,9 @@ How the numbers are made, so that they can be trusted:
 - fwd: the outputs of the whole sequence; f+b: the gradient of `sum(y**2)` w.r.t. the
   params (JAX: one jitted function each; PyTorch: `backward()`, torch on all cores, both
   `batch_first=True` and time-major).
+- The jobs named "... with GLIBC_TUNABLES=glibc.malloc.hugetlb=1" run every implementation
+  with transparent huge pages for malloc: the difference to the plain job is what page
+  faults of the large temporary buffers cost (the guide's "Speed and memory" section).
 - GFLOP/s counts the gate matmuls, `2 B T (F + H) G H` for fwd and three times that for
   f+b (G = 4 for LSTM, 3 for GRU); "% peak" divides by a 2048^3 float32 matmul under
   `jax.jit` measured in the same process. The floor is `lax.scan` of the step's two

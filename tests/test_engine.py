@@ -40,12 +40,12 @@ def test_complex_inputs_to_real_cells_raise_naming_the_dtype_and_the_fix():
 # benchmarks/RESULTS.md, per benchmarked config (cell, B, H): the strategy that `auto` must
 # run, the fastest there or within the A/A noise of the fastest, in fwd and f+b alike.
 MEASURED = {
-    ("lstm", 32, 256): "fused",  # fused 16.3 / 59.9 ms, sequential 17.0 / 69.5
-    ("lstm", 1, 128): "fused",  # fwd a tie (3.33 / 3.29); f+b 8.3 against 11.1
-    ("lstm", 128, 512): "fused",  # a tie: 73 / 278 against 75 / 286
-    ("gru", 32, 256): "fused",  # a tie: 10.0 / 49.8 against 10.8 / 49.2
-    ("gru", 1, 128): "fused",  # fwd 2.18 against 2.25; f+b 6.65 against 7.80
-    ("gru", 128, 512): "sequential",  # fused 60 / 236 against 52 / 209
+    ("lstm", 32, 256): "fused",  # fused 15.3 / 57.8 ms, sequential 17.0 / 68.8
+    ("lstm", 1, 128): "fused",  # 2.94 / 7.79 against 3.31 / 10.76
+    ("lstm", 128, 512): "fused",  # a tie: 70.9 / 277 against 68.7 / 290
+    ("gru", 32, 256): "fused",  # a tie: 9.87 / 49.0 against 10.5 / 48.8
+    ("gru", 1, 128): "fused",  # 2.21 / 6.90 against 2.31 / 7.97
+    ("gru", 128, 512): "sequential",  # fused 56.5 / 228 against 50.8 / 206
 }
 
 

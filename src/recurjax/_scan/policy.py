@@ -12,7 +12,7 @@ import jax
 from .._contracts import KernelSpec
 
 # benchmarks/RESULTS.md (2-core AMD EPYC, XLA:CPU, 3 processes): the fused GRU lost to the
-# sequential one at B=128, H=512 (f+b 236 vs 209 ms, fwd 60 vs 52; the LSTM tied there),
+# sequential one at B=128, H=512 (f+b 228 vs 206 ms, fwd 56 vs 51; the LSTM tied there),
 # so a GRU batch of this many sequences runs sequentially. At B=1 and B=32 the fused
 # kernels were as fast or faster in fwd and f+b, so `auto` runs them there, with or without
 # differentiation.
