@@ -68,6 +68,8 @@ CASES = [
     _library("lstm", rj.LSTMCell(IN, H, forget_bias=1.0)),
     _library("gru", rj.GRUCell(IN, H)),
     _library("gruv3", rj.GRUv3Cell(IN, H)),
+    _library("indrnn", rj.IndRNNCell(IN, H)),
+    _library("peephole", rj.PeepholeLSTMCell(IN, H)),
     _library("dense", rj.Dense(IN, H, activation=jnp.tanh)),
     _library("chain", rj.chain(rj.LSTMCell(IN, 5), rj.Dense(5, H))),
     Case("user_fn", elman, _elman_params, lambda p: jnp.zeros((H,), p["wxh"].dtype)),

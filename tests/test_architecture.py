@@ -136,6 +136,7 @@ def test_the_engine_names_no_cell_class():
         "recurjax._layers",
         "recurjax._linear",
         "recurjax._dropout",
+        "recurjax._variants",
     }
     named = {}
     for path in sorted((PACKAGE / "_scan").rglob("*.py")):

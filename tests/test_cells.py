@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -283,6 +285,8 @@ def test_reprs():
     assert repr(rj.RNNCell(10, 5, activation=jax.nn.relu)) == "RNNCell(10 => 5, relu)"
     assert repr(rj.LSTMCell(10, 15)) == "LSTMCell(10 => 15)"
     assert repr(rj.LSTMCell(10, 15, forget_bias=1.0)) == "LSTMCell(10 => 15, forget_bias=1.0)"
+    assert repr(rj.PeepholeLSTMCell(10, 15)) == "PeepholeLSTMCell(10 => 15)"
+    assert repr(rj.IndRNNCell(10, 5)) == "IndRNNCell(10 => 5, relu)"
     assert repr(rj.GRUCell(10, 5)) == "GRUCell(10 => 5)"
     assert repr(rj.GRUv3Cell(10, 5)) == "GRUv3Cell(10 => 5)"
     assert repr(rj.Dense(15, 5)) == "Dense(15 => 5)"
@@ -333,3 +337,69 @@ def test_flux_gru_equations_by_hand(cell):
     np.testing.assert_allclose(value, 4 / 5, rtol=1e-6)
     np.testing.assert_allclose(g["b"], [0, 1 / 10, 8 / 25], rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(gh0, [1 / 2], rtol=1e-6)
+
+
+def test_peephole_lstm_equations_by_hand():
+    # One unit, all matrix weights zero, b = [0, 0, ln 2, 0], c0 = 1, h0 = 0, any x, and
+    # peepholes p = [p_i, p_f, p_o] = [ln 3, -ln 3, (10/7) ln 3]:
+    #   i = sigmoid(ln 3 * c0) = 3/4;  f = sigmoid(-ln 3 * c0) = 1/4;  g = tanh(ln 2) = 3/5
+    #   c1 = f c0 + i g = 1/4 + 9/20 = 7/10
+    #   o = sigmoid(p_o * c1) = sigmoid(ln 3) = 3/4 (the output gate sees the *new* state)
+    #   h1 = 3/4 tanh(7/10)
+    #   dc1/dp_i = i(1 - i) c0 g = 9/80;  dc1/dp_f = f(1 - f) c0^2 = 3/16;  dc1/dp_o = 0
+    #   dc1/dc0 = f + p_f f(1 - f) c0 + p_i i(1 - i) g = 1/4 - (3/40) ln 3
+    #   dh1/dp_o = o(1 - o) c1 tanh(c1) = 3/16 * 7/10 * tanh(7/10)
+    cell = rj.PeepholeLSTMCell(1, 1)
+    ln3 = np.log(3.0)
+    params = {
+        "wi": jnp.zeros((1, 4)),
+        "wh": jnp.zeros((1, 4)),
+        "b": jnp.array([0.0, 0.0, np.log(2.0), 0.0], jnp.float32),
+        "p": jnp.array([[ln3], [-ln3], [10 / 7 * ln3]], jnp.float32),
+    }
+
+    def step(params, c0):
+        state, y = cell(params, rj.LSTMState(jnp.zeros(1), c0), jnp.array([2.0]))
+        return state.c[0], y[0]
+
+    c0 = jnp.array([1.0])
+    (c1, h1) = step(params, c0)
+    np.testing.assert_allclose(c1, 7 / 10, rtol=1e-6)
+    np.testing.assert_allclose(h1, 3 / 4 * np.tanh(0.7), rtol=1e-6)
+    g, gc0 = jax.grad(lambda p, c: step(p, c)[0], argnums=(0, 1))(params, c0)
+    np.testing.assert_allclose(g["p"][:, 0], [9 / 80, 3 / 16, 0], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(gc0, [1 / 4 - 3 / 40 * ln3], rtol=1e-5)
+    gh = jax.grad(lambda p: step(p, c0)[1])(params)
+    np.testing.assert_allclose(gh["p"][2, 0], 3 / 16 * 7 / 10 * np.tanh(0.7), rtol=1e-5)
+
+
+def test_indrnn_equations_by_hand_and_its_vector_recurrence():
+    # One unit: wi = 2, u = 1/2, b = -1, h0 = 4, x = 3: h1 = relu(6 + 2 - 1) = 7, and
+    # d/dwi = x = 3, d/du = h0 = 4, d/db = 1, d/dh0 = u = 1/2; with x = -3, relu cuts: 0.
+    cell = rj.IndRNNCell(1, 1)
+    params = {"wi": jnp.array([[2.0]]), "u": jnp.array([0.5]), "b": jnp.array([-1.0])}
+
+    def h1(params, h0, x):
+        return cell(params, h0, x)[0][0]
+
+    x = jnp.array([3.0])
+    assert float(h1(params, jnp.array([4.0]), x)) == 7.0
+    g, gh0 = jax.grad(h1, argnums=(0, 1))(params, jnp.array([4.0]), x)
+    assert {k: float(v.ravel()[0]) for k, v in g.items()} == {"wi": 3.0, "u": 4.0, "b": 1.0}
+    assert float(gh0[0]) == 0.5
+    assert float(h1(params, jnp.array([4.0]), -x)) == 0.0
+    # Each unit recurs on itself only: a change of unit 0's state never reaches unit 1.
+    cell = rj.IndRNNCell(2, 3, activation=jnp.tanh)
+    params = cell.init(jax.random.key(0))
+    jac = jax.jacobian(lambda h: cell(params, h, jnp.ones(2))[0])(jnp.full(3, 0.5))
+    np.testing.assert_array_equal(jac, np.diag(np.diag(jac)))
+    assert cell.init(jax.random.key(1))["u"].shape == (3,)
+
+
+def test_indrnn_given_a_recurrent_matrix_names_the_layout():
+    cell = rj.IndRNNCell(3, 4)
+    params = {**cell.init(jax.random.key(0)), "u": jnp.ones((4, 4))}
+    msg = "expected shapes {'wi': (3, 4), 'u': (4,), 'b': (4,)}, got {'wi': (3, 4), "
+    msg += "'u': (4, 4), 'b': (4,)}"
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        cell(params, jnp.zeros(4), jnp.ones(3))

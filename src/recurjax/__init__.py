@@ -15,6 +15,7 @@ from ._linear import LinearCell, LRUCell, MinGRUCell, MinLSTMCell
 from ._recur import GRU, LSTM, RNN, GRUv3, Recur
 from ._scan import scan, sequence_parallel_scan
 from ._tbptt import chunks, tbptt
+from ._variants import IndRNNCell, PeepholeLSTMCell
 
 __version__ = "0.1.0"
 
@@ -30,12 +31,14 @@ __all__ = [
     "GRUCell",
     "GRUv3",
     "GRUv3Cell",
+    "IndRNNCell",
     "LRUCell",
     "LSTMCell",
     "LSTMState",
     "LinearCell",
     "MinGRUCell",
     "MinLSTMCell",
+    "PeepholeLSTMCell",
     "RNNCell",
     "Recur",
     "Residual",

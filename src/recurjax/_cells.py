@@ -117,8 +117,12 @@ class RNNCell(_HiddenCell):
         dtype = self._dtype(params)
         x = check_input(self, x, dtype)
         h = match_state(self, "h", h, _batch(x), self.hidden_size, dtype)
-        h = self.activation(affine(x, params["wi"], params["b"]) + h @ params["wh"])
+        h = self.activation(affine(x, params["wi"], params["b"]) + self._recur(params, h))
         return h, h
+
+    def _recur(self, params: dict[str, jax.Array], h: jax.Array) -> jax.Array:
+        """The recurrent term, `h Wh` (IndRNN's is per unit)."""
+        return h @ params["wh"]
 
 
 class LSTMState(NamedTuple):
@@ -213,25 +217,34 @@ class LSTMCell(_HiddenCell):
         zeros = jnp.zeros((self.hidden_size,), dtype)
         return LSTMState(zeros, zeros)
 
-    def __call__(
-        self, params: dict[str, jax.Array], state: LSTMState, x: jax.Array
-    ) -> tuple[LSTMState, jax.Array]:
-        dtype = self._dtype(params)
-        x = check_input(self, x, dtype)
+    def _state(self, state: object, batch: tuple[int, ...], dtype: Any) -> LSTMState:
+        """`state` checked: an `LSTMState` whose `h` and `c` fit the batch of the input."""
         if not isinstance(state, LSTMState):
             raise TypeError(
                 f"{self!r}: expected the state to be an LSTMState(h, c), got "
                 f"{type(state).__name__}. Use {self!r}.initial_state(params), or build it "
                 "with rj.LSTMState(h, c)."
             )
-        batch = _batch(x)
         h = match_state(self, "h", state.h, batch, self.hidden_size, dtype)
         c = match_state(self, "c", state.c, batch, self.hidden_size, dtype)
+        return LSTMState(h, c)
+
+    def __call__(
+        self, params: dict[str, jax.Array], state: LSTMState, x: jax.Array
+    ) -> tuple[LSTMState, jax.Array]:
+        dtype = self._dtype(params)
+        x = check_input(self, x, dtype)
+        h, c = self._update(params, *self._state(state, _batch(x), dtype), x)
+        return LSTMState(h, c), h
+
+    def _update(
+        self, params: dict[str, jax.Array], h: jax.Array, c: jax.Array, x: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        """`(h', c')` from checked `h`, `c` and `x` (the peephole LSTM overrides it)."""
         gates = affine(x, params["wi"], params["b"]) + h @ params["wh"]
         i, f, g, o = jnp.split(gates, 4, axis=-1)
         c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-        h = jax.nn.sigmoid(o) * jnp.tanh(c)
-        return LSTMState(h, c), h
+        return jax.nn.sigmoid(o) * jnp.tanh(c), c
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
