@@ -312,6 +312,19 @@ def test_to_torch_errors():
         interop.to_torch(mixed, mixed.init(jax.random.key(0)))
 
 
+def test_cell_variants_convert_to_no_module_of_their_base_class():
+    """A subclass computes another step: converting it as its base class would drop the
+    peepholes (or read IndRNN's vector as a matrix), so every converter refuses it."""
+    for cell in (rj.PeepholeLSTMCell(5, 6), rj.IndRNNCell(5, 6)):
+        params = cell.init(jax.random.key(0))
+        for convert in (interop.to_torch, interop.to_flax, interop.to_equinox):
+            with pytest.raises(TypeError, match=re.escape(f"got {cell!r}")):
+                convert(cell, params)
+    peephole = rj.PeepholeLSTMCell(5, 6)
+    with pytest.raises(TypeError, match=re.escape("got PeepholeLSTMCell(5 => 6)")):
+        interop.to_haiku(peephole, peephole.init(jax.random.key(0)))
+
+
 def test_flax_errors():
     nn = need("flax.linen")
     need("flax.nnx")

@@ -78,8 +78,10 @@ def rnn_activation(cell: RNNCell, where: str, allowed: dict[str, Any]) -> str:
 
 
 def expect_cell(where: str, cell: object, kinds: tuple[type, ...], why: str = "") -> None:
-    """Raise `TypeError` unless `cell` is an instance of one of `kinds`."""
-    if not isinstance(cell, kinds):
+    """Raise `TypeError` unless `cell` is exactly one of `kinds`: a subclass (e.g.
+    `PeepholeLSTMCell` of `LSTMCell`) computes another step, and its params would convert to
+    a module that computes the base class's step."""
+    if type(cell) not in kinds:
         names = ", ".join(k.__name__ for k in kinds)
         raise TypeError(
             f"{where}: expected one of the cells {names}, got {cell!r}.{' ' + why if why else ''}"
