@@ -233,6 +233,25 @@ def test_haiku_gru_maps_to_gruv3_with_negated_update_gate():
 # --- what cannot be converted ---------------------------------------------------------------
 
 
+LENGTHS = np.array([7, 3, 5, 1])
+
+
+def _torch_packed(module: Any, width: int) -> tuple[Any, ...]:
+    """Run a torch module on a `pack_padded_sequence` of 4 sequences (lengths `LENGTHS`) and
+    backpropagate `sum(y * proj)`: `(xs, proj, x, ys_ref, final)`, `x.grad` set."""
+    torch = need("torch")
+    rng = np.random.default_rng(0)
+    xs = rng.normal(size=(7, 4, 5)).astype(np.float32)
+    proj = rng.normal(size=(7, 4, width)).astype(np.float32)
+    rnn = torch.nn.utils.rnn
+    x = torch.from_numpy(xs).requires_grad_()
+    packed = rnn.pack_padded_sequence(x, torch.from_numpy(LENGTHS), enforce_sorted=False)
+    out, final = module(packed)
+    ys_ref, _ = rnn.pad_packed_sequence(out, total_length=7)
+    (ys_ref * torch.from_numpy(proj)).sum().backward()
+    return xs, proj, x, ys_ref, final
+
+
 @pytest.mark.parametrize("kind", ["LSTM", "GRU"])
 def test_torch_bidirectional_packed_sequences(kind):
     """A 2-layer bidirectional torch module on a `pack_padded_sequence` equals the converted
@@ -241,23 +260,14 @@ def test_torch_bidirectional_packed_sequences(kind):
     torch = need("torch")
     torch.manual_seed(0)
     module = getattr(torch.nn, kind)(5, 6, num_layers=2, bidirectional=True)
-    rng = np.random.default_rng(0)
-    lengths = np.array([7, 3, 5, 1])
-    xs = rng.normal(size=(7, 4, 5)).astype(np.float32)
-    proj = rng.normal(size=(7, 4, 12)).astype(np.float32)
-    rnn = torch.nn.utils.rnn
-    x = torch.from_numpy(xs).requires_grad_()
-    packed = rnn.pack_padded_sequence(x, torch.from_numpy(lengths), enforce_sorted=False)
-    out, final = module(packed)
-    ys_ref, _ = rnn.pad_packed_sequence(out, total_length=7)
-    (ys_ref * torch.from_numpy(proj)).sum().backward()
+    xs, proj, x, ys_ref, final = _torch_packed(module, 12)
     h_ref = (final[0] if kind == "LSTM" else final).detach().numpy()  # (layers * 2, B, H)
 
     cell, params = interop.from_torch(module)
     assert cell == rj.stacked(getattr(rj, f"{kind}Cell"), 5, 6, num_layers=2, bidirectional=True)
 
     def loss(xs):
-        h, ys = rj.scan(cell, params, cell.initial_state(params), xs, lengths=lengths)
+        h, ys = rj.scan(cell, params, cell.initial_state(params), xs, lengths=LENGTHS)
         return jnp.sum(ys * proj), (h, ys)
 
     (_, (h, ys)), dx = jax.value_and_grad(loss, has_aux=True)(jnp.asarray(xs))
@@ -272,10 +282,46 @@ def test_torch_bidirectional_packed_sequences(kind):
     exact(back_params, params)
 
 
+def test_torch_projected_lstm_outputs_gradients_and_round_trip():
+    """`nn.LSTM(proj_size=P)`, 2 layers, bidirectional, on a packed sequence equals the
+    converted chain of bidirectional `ProjLSTMCell` layers run with `lengths=`: outputs,
+    final `h` (size P) and `c` (size H) of every layer and direction, and the gradients of
+    every weight (`weight_hr` included) and of the input."""
+    torch = need("torch")
+    torch.manual_seed(0)
+    module = torch.nn.LSTM(5, 6, num_layers=2, bidirectional=True, proj_size=3)
+    xs, proj, x, ys_ref, (h_ref, c_ref) = _torch_packed(module, 6)
+
+    cell, params = interop.from_torch(module)
+    layer = rj.ProjLSTMCell(5, 6, proj_size=3)
+    assert cell.cells[0] == rj.bidirectional(layer, layer)
+    assert cell.cells[1].forward == rj.ProjLSTMCell(6, 6, proj_size=3)
+
+    def loss(sd, xs):
+        cell, params = interop.from_torch(sd, mode="LSTM")
+        h, ys = rj.scan(cell, params, cell.initial_state(params), xs, lengths=LENGTHS)
+        return jnp.sum(ys * proj), (h, ys)
+
+    sd = {k: jnp.asarray(v.detach().numpy()) for k, v in module.state_dict().items()}
+    (_, (h, ys)), (g, dx) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
+        sd, jnp.asarray(xs)
+    )
+    np.testing.assert_allclose(ys, ys_ref.detach().numpy(), atol=1e-5)
+    finals = [d for layer in h for d in layer]
+    np.testing.assert_allclose(np.stack([d.h for d in finals]), h_ref.detach(), atol=1e-5)
+    np.testing.assert_allclose(np.stack([d.c for d in finals]), c_ref.detach(), atol=1e-5)
+    np.testing.assert_allclose(dx, x.grad.numpy(), atol=1e-5)
+    for name, p in module.named_parameters():
+        np.testing.assert_allclose(g[name], p.grad.numpy(), atol=1e-4, err_msg=name)
+    back = interop.to_torch(cell, params)
+    assert set(back) == set(module.state_dict())
+    back_cell, back_params = interop.from_torch(back, mode="LSTM")
+    assert back_cell == cell
+    exact(back_params, params)
+
+
 def test_torch_unsupported_modules():
     torch = need("torch")
-    with pytest.raises(ValueError, match=r"proj_size=3 .* not supported"):
-        interop.from_torch(torch.nn.LSTM(5, 6, proj_size=3))
     sd = _torch_state(torch.nn.GRU(5, 6, num_layers=2, bidirectional=True))
     sd = {k: v for k, v in sd.items() if not k.endswith("l1_reverse")}
     with pytest.raises(ValueError, match=re.escape("needs '_reverse' keys for every layer")):

@@ -225,9 +225,13 @@ class LSTMCell(_HiddenCell):
                 f"{type(state).__name__}. Use {self!r}.initial_state(params), or build it "
                 "with rj.LSTMState(h, c)."
             )
-        h = match_state(self, "h", state.h, batch, self.hidden_size, dtype)
+        h = match_state(self, "h", state.h, batch, self._h_size(), dtype)
         c = match_state(self, "c", state.c, batch, self.hidden_size, dtype)
         return LSTMState(h, c)
+
+    def _h_size(self) -> int:
+        """The size of `h` (and of the output): `H`, or `P` with a projection."""
+        return self.hidden_size
 
     def __call__(
         self, params: dict[str, jax.Array], state: LSTMState, x: jax.Array

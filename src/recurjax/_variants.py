@@ -11,11 +11,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ._cells import LSTMCell, RNNCell
-from ._checks import fn_name
+from ._cells import LSTMCell, LSTMState, RNNCell
+from ._checks import fn_name, positive_int
 from ._init import affine, glorot_uniform
 
-__all__ = ["IndRNNCell", "PeepholeLSTMCell"]
+__all__ = ["IndRNNCell", "PeepholeLSTMCell", "ProjLSTMCell"]
 
 
 def _diag(w: jax.Array, a: jax.Array) -> jax.Array:
@@ -146,3 +146,93 @@ class PeepholeLSTMCell(LSTMCell):
         i = jax.nn.sigmoid(a_i + _diag(p_i, c))
         c_new = jax.nn.sigmoid(a_f + _diag(p_f, c)) * c + i * jnp.tanh(a_g)
         return jax.nn.sigmoid(a_o + _diag(p_o, c_new)) * jnp.tanh(c_new), c_new
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class ProjLSTMCell(LSTMCell):
+    r"""The LSTM with a projected hidden state of Sak, Senior & Beaufays (2014), PyTorch's
+    `nn.LSTM(proj_size=P)`: the output and the recurrent state are `o ⊙ tanh(c')` mapped
+    down to `P < H` features, so the recurrent matmul is `(P, 4H)` instead of `(H, 4H)`.
+
+    .. math::
+
+        [i, f, g, o] &= x W_i + h W_h + b \\
+        c' &= \sigma(f) \odot c + \sigma(i) \odot \tanh(g) \\
+        h' &= (\sigma(o) \odot \tanh(c')) W_r, \qquad y = h'
+
+    Params (`init`): `{"wi": (in, 4H), "wh": (P, 4H), "b": (4H,), "wr": (H, P)}`, gate blocks
+    `i, f, g, o`; Glorot-uniform weights, zero bias except the forget block
+    (`forget_bias`). State: `LSTMState(h: (..., P), c: (..., H))`. Input `x: (..., in)`;
+    output `y = h': (..., P)`. PyTorch's `weight_hr_l0` is `wr.T` (`recurjax.interop`
+    converts both ways). It runs with the sequential strategy.
+
+    Paper: H. Sak, A. Senior, F. Beaufays, "Long Short-Term Memory Based Recurrent Neural
+    Network Architectures for Large Vocabulary Speech Recognition", arXiv:1402.1128.
+
+    Args:
+      in_features: size of the last axis of `x`.
+      hidden_size: `H`, the size of the cell state `c`.
+      forget_bias: initial value of the forget-gate bias block, as for `LSTMCell`.
+      proj_size: `P`, keyword-only, `1 <= P < H`.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, recurjax as rj
+      >>> cell = rj.ProjLSTMCell(3, 8, proj_size=2)
+      >>> cell.param_shapes()
+      {'wi': (3, 32), 'wh': (2, 32), 'b': (32,), 'wr': (8, 2)}
+      >>> params = cell.init(jax.random.key(0))
+      >>> state, y = cell(params, cell.initial_state(params), jnp.ones((4, 3)))
+      >>> state.h.shape, state.c.shape, y.shape
+      ((4, 2), (4, 8), (4, 2))
+    """
+
+    proj_size: int = dataclasses.field(default=0, kw_only=True)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        p = positive_int(self.proj_size)
+        if p is None or p >= self.hidden_size:
+            raise ValueError(
+                f"ProjLSTMCell: proj_size must be an int with 1 <= proj_size < hidden_size "
+                f"= {self.hidden_size}, got {self.proj_size!r}. Pass it by keyword, e.g. "
+                f"ProjLSTMCell({self.in_features}, {self.hidden_size}, "
+                f"proj_size={max(1, self.hidden_size // 2)}); without a projection use "
+                f"LSTMCell({self.in_features}, {self.hidden_size})."
+            )
+        object.__setattr__(self, "proj_size", p)
+
+    def __repr__(self) -> str:
+        return super().__repr__()[:-1].replace("LSTMCell", "ProjLSTMCell", 1) + (
+            f", proj_size={self.proj_size})"
+        )
+
+    def _h_size(self) -> int:
+        return self.proj_size
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """`{"wi": (in, 4H), "wh": (P, 4H), "b": (4H,), "wr": (H, P)}`."""
+        i, h, p = self.in_features, self.hidden_size, self.proj_size
+        return {"wi": (i, 4 * h), "wh": (p, 4 * h), "b": (4 * h,), "wr": (h, p)}
+
+    def init(self, key: jax.Array, dtype: Any = jnp.float32) -> dict[str, jax.Array]:
+        """Params as `param_shapes()`: Glorot-uniform weights, zero bias but `forget_bias`."""
+        ki, kh, kr = jax.random.split(key, 3)
+        i, h, p = self.in_features, self.hidden_size, self.proj_size
+        return {
+            "wi": glorot_uniform(ki, (i, 4 * h), dtype),
+            "wh": glorot_uniform(kh, (p, 4 * h), dtype),
+            "b": jnp.zeros((4 * h,), dtype).at[h : 2 * h].set(self.forget_bias),
+            "wr": glorot_uniform(kr, (h, p), dtype),
+        }
+
+    def initial_state(self, params: dict[str, jax.Array]) -> LSTMState:
+        """`LSTMState(h=zeros(P), c=zeros(H))` in the params' dtype."""
+        dtype = self._dtype(params)
+        zeros = jnp.zeros((self.hidden_size,), dtype)
+        return LSTMState(zeros[: self.proj_size], zeros)
+
+    def _update(
+        self, params: dict[str, jax.Array], h: jax.Array, c: jax.Array, x: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        h, c = super()._update(params, h, c, x)
+        return h @ params["wr"], c

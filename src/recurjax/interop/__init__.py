@@ -63,7 +63,10 @@ back as `(b_f + 1) - 1`, equal to `b_f` up to one float rounding. `from_x(to_x(p
 PyTorch `bidirectional=True` modules convert to a chain of `rj.bidirectional` layers; run
 with `lengths=`, they equal torch on a `pack_padded_sequence` (tested).
 
-Not supported, with a clear error: PyTorch `proj_size > 0`; Flax cells
+PyTorch `nn.LSTM(proj_size=P)` converts to `ProjLSTMCell` layers (`wr = weight_hr.T`), and
+back (tested against torch on a packed sequence).
+
+Not supported, with a clear error: Flax cells
 with non-default `gate_fn`/`activation_fn` (LSTM, GRU) or `residual=True`; `GRUv3Cell` to
 PyTorch, Flax or Equinox and `GRUCell` to Haiku (no such cell there); a non-zero `bhn` to Flax
 NNX.

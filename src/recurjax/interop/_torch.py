@@ -12,25 +12,19 @@ import numpy as np
 
 from .._cells import GRUCell, LSTMCell, RNNCell
 from .._compose import Bidirectional, Chain, bidirectional, chain
+from .._variants import ProjLSTMCell
 from ._common import as_array, as_numpy, expect_cell, expect_shape, is_zero, rnn_activation
 
 _GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
 _LAYERS = ("RNN", "LSTM", "GRU")
 _CELLS = ("RNNCell", "LSTMCell", "GRUCell")
-_KEY = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh)(_l(\d+)(_reverse)?)?$")
+_KEY = re.compile(r"^(weight_ih|weight_hh|weight_hr|bias_ih|bias_hh)(_l(\d+)(_reverse)?)?$")
 
 
 def _module_mode(module: Any) -> str:
-    """Torch's mode string of an RNN module or cell, after checking what we cannot convert."""
+    """Torch's mode string of an RNN module or cell."""
     name = type(module).__name__
-    where = f"from_torch({name})"
     if name in _LAYERS:
-        if getattr(module, "proj_size", 0):
-            raise ValueError(
-                f"{where}: proj_size={module.proj_size} (an LSTM with a projected hidden "
-                "state) is not supported: recurjax's LSTMCell has no projection. Convert a "
-                "module with proj_size=0."
-            )
         return module.mode
     if name == "RNNCell":
         return "RNN_TANH" if module.nonlinearity == "tanh" else "RNN_RELU"
@@ -52,15 +46,11 @@ def _layers(
     for key, value in state_dict.items():
         m = _KEY.match(key)
         if m is None:
-            why = (
-                " ('weight_hr' keys come from proj_size > 0, which is not supported)"
-                if key.startswith("weight_hr")
-                else ""
-            )
             raise ValueError(
-                f"{where}: unexpected key {key!r} in the state_dict{why}. Expected "
+                f"{where}: unexpected key {key!r} in the state_dict. Expected "
                 "weight_ih, weight_hh, bias_ih, bias_hh (cells) or the same with _l0, _l1, ... "
-                "and _l0_reverse, ... (nn.RNN, nn.LSTM, nn.GRU)."
+                "and _l0_reverse, ... (nn.RNN, nn.LSTM, nn.GRU; weight_hr_l0, ... with an "
+                "LSTM's proj_size)."
             )
         if m.group(4):
             reverse.setdefault(int(m.group(3)), {})[m.group(1)] = value
@@ -92,6 +82,8 @@ def _one_layer(mode: str, tensors: dict[str, Any], where: str) -> tuple[Any, dic
     if w_ih.ndim != 2 or w_hh.ndim != 2:
         raise ValueError(f"{where}: weight_ih and weight_hh must be matrices.")
     hidden, in_features = w_hh.shape[1], w_ih.shape[1]
+    if "weight_hr" in tensors:
+        return _projected(tensors, w_ih, w_hh, where)
     if w_hh.shape[0] != gates * hidden:
         raise ValueError(
             f"{where}: mode {mode!r} has {gates} gate block(s), so weight_hh should have shape "
@@ -123,6 +115,27 @@ def _one_layer(mode: str, tensors: dict[str, Any], where: str) -> tuple[Any, dic
     return cell, params
 
 
+def _projected(
+    tensors: dict[str, Any], w_ih: Any, w_hh: Any, where: str
+) -> tuple[ProjLSTMCell, dict[str, Any]]:
+    """An `nn.LSTM(proj_size=P)` layer: `weight_hr (P, H)` projects `o * tanh(c)` to `h`."""
+    w_hr = as_array(tensors["weight_hr"])
+    if w_hr.ndim != 2:
+        raise ValueError(f"{where}: weight_hr must be a matrix (P, H).")
+    proj, hidden = w_hr.shape
+    in_features = w_ih.shape[1]
+    expect_shape(where, "weight_hh", w_hh, (4 * hidden, proj))
+    expect_shape(where, "weight_ih", w_ih, (4 * hidden, in_features))
+    bias = jnp.zeros((4 * hidden,), w_ih.dtype)
+    if "bias_ih" in tensors:
+        b_ih, b_hh = as_array(tensors["bias_ih"]), as_array(tensors["bias_hh"])
+        expect_shape(where, "bias_ih", b_ih, (4 * hidden,))
+        expect_shape(where, "bias_hh", b_hh, (4 * hidden,))
+        bias = b_ih + b_hh
+    cell = ProjLSTMCell(in_features, hidden, proj_size=proj)
+    return cell, {"wi": w_ih.T, "wh": w_hh.T, "b": bias, "wr": w_hr.T}
+
+
 def from_torch(source: Any, *, mode: str | None = None) -> tuple[Any, Any]:
     """Convert a PyTorch recurrent module, or its `state_dict`, to `(cell, params)`.
 
@@ -150,8 +163,7 @@ def from_torch(source: Any, *, mode: str | None = None) -> tuple[Any, Any]:
       source arrays.
 
     Raises:
-      ValueError: `proj_size > 0` (not supported), a state_dict without `mode`, or arrays
-        whose shapes do not fit the mode.
+      ValueError: a state_dict without `mode`, or arrays whose shapes do not fit the mode.
 
     Examples:
       >>> import numpy as np, recurjax as rj
@@ -209,8 +221,8 @@ def from_torch(source: Any, *, mode: str | None = None) -> tuple[Any, Any]:
 def _width(cell: Any) -> int:
     """Output features of a converted layer (both directions for a bidirectional one)."""
     if isinstance(cell, Bidirectional):
-        return cell.forward.hidden_size + cell.backward.hidden_size
-    return cell.hidden_size
+        return _width(cell.forward) + _width(cell.backward)
+    return cell.proj_size if isinstance(cell, ProjLSTMCell) else cell.hidden_size
 
 
 def to_torch(cell: Any, params: Any, *, bias: bool = True) -> dict[str, np.ndarray]:
@@ -273,16 +285,19 @@ def _layers_to_torch(
     """The state_dict of one direction's layers; layer k reads `fed * H` features from k-1."""
     why = "PyTorch's GRU applies the reset gate after the matmul, which is GRUCell."
     for c in cells:
-        expect_cell(where, c, (RNNCell, LSTMCell, GRUCell), why)
+        expect_cell(where, c, (RNNCell, LSTMCell, GRUCell, ProjLSTMCell), why)
     first = cells[0]
     for k, c in enumerate(cells[1:], start=1):
         prev = cells[k - 1]
-        if type(c) is not type(first) or c.hidden_size != first.hidden_size:
+        if type(c) is not type(first) or (c.hidden_size, _width(c)) != (
+            first.hidden_size,
+            _width(first),
+        ):
             raise ValueError(
                 f"{where}: a PyTorch multi-layer module has one cell type and one hidden size; "
                 f"part {k} is {c!r}, part 0 is {first!r}."
             )
-        if c.in_features != fed * prev.hidden_size:
+        if c.in_features != fed * _width(prev):
             raise ValueError(f"{where}: part {k} is not fed by part {k - 1}'s output.")
     acts = {"tanh": jnp.tanh, "relu": jax.nn.relu}
     if isinstance(first, RNNCell):
@@ -298,6 +313,8 @@ def _layers_to_torch(
             b_hh = jnp.concatenate([jnp.zeros_like(b_ih[: 2 * hidden]), p["bhn"]])
         out[f"weight_ih_l{k}"] = as_numpy(p["wi"].T)
         out[f"weight_hh_l{k}"] = as_numpy(p["wh"].T)
+        if isinstance(c, ProjLSTMCell):
+            out[f"weight_hr_l{k}"] = as_numpy(p["wr"].T)
         if bias:
             out[f"bias_ih_l{k}"] = as_numpy(b_ih)
             out[f"bias_hh_l{k}"] = as_numpy(b_hh)
