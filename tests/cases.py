@@ -71,6 +71,7 @@ CASES = [
     _library("indrnn", rj.IndRNNCell(IN, H)),
     _library("peephole", rj.PeepholeLSTMCell(IN, H)),
     _library("projlstm", rj.ProjLSTMCell(IN, H + 2, proj_size=H)),  # y and h: H, c: H + 2
+    _library("lnlstm", rj.LayerNormLSTMCell(IN, H)),
     _library("dense", rj.Dense(IN, H, activation=jnp.tanh)),
     _library("chain", rj.chain(rj.LSTMCell(IN, 5), rj.Dense(5, H))),
     Case("user_fn", elman, _elman_params, lambda p: jnp.zeros((H,), p["wxh"].dtype)),

@@ -15,7 +15,7 @@ from ._linear import LinearCell, LRUCell, MinGRUCell, MinLSTMCell
 from ._recur import GRU, LSTM, RNN, GRUv3, Recur
 from ._scan import scan, sequence_parallel_scan
 from ._tbptt import chunks, tbptt
-from ._variants import IndRNNCell, PeepholeLSTMCell, ProjLSTMCell
+from ._variants import IndRNNCell, LayerNormLSTMCell, PeepholeLSTMCell, ProjLSTMCell
 
 __version__ = "0.1.0"
 
@@ -35,6 +35,7 @@ __all__ = [
     "LRUCell",
     "LSTMCell",
     "LSTMState",
+    "LayerNormLSTMCell",
     "LinearCell",
     "MinGRUCell",
     "MinLSTMCell",

@@ -15,7 +15,7 @@ from ._cells import LSTMCell, LSTMState, RNNCell
 from ._checks import fn_name, positive_int
 from ._init import affine, glorot_uniform
 
-__all__ = ["IndRNNCell", "PeepholeLSTMCell", "ProjLSTMCell"]
+__all__ = ["IndRNNCell", "LayerNormLSTMCell", "PeepholeLSTMCell", "ProjLSTMCell"]
 
 
 def _diag(w: jax.Array, a: jax.Array) -> jax.Array:
@@ -236,3 +236,90 @@ class ProjLSTMCell(LSTMCell):
     ) -> tuple[jax.Array, jax.Array]:
         h, c = super()._update(params, h, c, x)
         return h @ params["wr"], c
+
+
+def _layer_norm(z: jax.Array, gain: jax.Array, eps: float) -> jax.Array:
+    """`gain ⊙ (z - mean) / sqrt(var + eps)` over the last axis (no shift: see the cell)."""
+    mean = jnp.mean(z, axis=-1, keepdims=True)
+    centred = z - mean
+    var = jnp.mean(centred * centred, axis=-1, keepdims=True)
+    return _diag(gain, centred * jax.lax.rsqrt(var + eps))
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class LayerNormLSTMCell(LSTMCell):
+    r"""The LSTM with layer normalisation of Ba, Kiros & Hinton (2016): the input and the
+    recurrent pre-activations are normalised separately, and the cell state before the
+    output's `tanh`.
+
+    .. math::
+
+        [i, f, g, o] &= \mathrm{LN}(x W_i; \gamma_x) + \mathrm{LN}(h W_h; \gamma_h) + b \\
+        c' &= \sigma(f) \odot c + \sigma(i) \odot \tanh(g) \\
+        h' &= \sigma(o) \odot \tanh(\mathrm{LN}(c'; \gamma_c) + \beta_c), \qquad y = h'
+
+    with :math:`\mathrm{LN}(z; \gamma) = \gamma \odot (z - \mu_z) / \sqrt{\sigma_z^2 +
+    \epsilon}` over the last axis (all `4H` gate pre-activations together, as the paper's
+    one layer). The two shifts the paper gives the gate norms add to `b`, so `b` is their
+    sum. The carried `c'` is not normalised (the paper's equations; TF-Addons'
+    `LayerNormLSTMCell` carries the normalised one).
+
+    Params (`init`): `LSTMCell`'s `{"wi": (in, 4H), "wh": (H, 4H), "b": (4H,)}` (gates `i, f,
+    g, o`, `forget_bias`), gains `"gx": (4H,)`, `"gh": (4H,)`, `"gc": (H,)` (ones) and shift
+    `"bc": (H,)` (zeros). State: `LSTMState(h, c)`, each `(..., H)`. Input `x: (..., in)`;
+    output `y = h': (..., H)`. It runs with the sequential strategy.
+
+    Paper: J. L. Ba, J. R. Kiros, G. E. Hinton, "Layer Normalization", arXiv:1607.06450.
+
+    Args:
+      in_features: size of the last axis of `x`.
+      hidden_size: `H`.
+      forget_bias: initial value of the forget-gate bias block, as for `LSTMCell`.
+      eps: the `epsilon` of every norm, `1e-5` by default (keyword-only).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, recurjax as rj
+      >>> cell = rj.LayerNormLSTMCell(3, 4)
+      >>> list(cell.param_shapes())
+      ['wi', 'wh', 'b', 'gx', 'gh', 'gc', 'bc']
+      >>> params = cell.init(jax.random.key(0))
+      >>> state, y = cell(params, cell.initial_state(params), 1e3 * jnp.ones((2, 3)))
+      >>> y.shape, bool(jnp.isfinite(y).all())
+      ((2, 4), True)
+    """
+
+    eps: float = dataclasses.field(default=1e-5, kw_only=True)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)) or self.eps <= 0:
+            raise ValueError(
+                f"LayerNormLSTMCell: eps must be a positive float, got {self.eps!r}; the "
+                "default is 1e-5."
+            )
+
+    def __repr__(self) -> str:
+        eps = f", eps={self.eps}" if self.eps != 1e-5 else ""
+        return "LayerNorm" + super().__repr__()[:-1] + eps + ")"
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """`LSTMCell`'s shapes, the gains `gx`, `gh` (4H,), `gc` (H,) and the shift `bc`."""
+        h = self.hidden_size
+        return {**super().param_shapes(), "gx": (4 * h,), "gh": (4 * h,), "gc": (h,), "bc": (h,)}
+
+    def init(self, key: jax.Array, dtype: Any = jnp.float32) -> dict[str, jax.Array]:
+        """`LSTMCell`'s params, gains of one and a zero shift."""
+        shapes = self.param_shapes()
+        norms = {k: jnp.ones(shapes[k], dtype) for k in ("gx", "gh", "gc")}
+        return {**super().init(key, dtype), **norms, "bc": jnp.zeros(shapes["bc"], dtype)}
+
+    def _update(
+        self, params: dict[str, jax.Array], h: jax.Array, c: jax.Array, x: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        gates = _layer_norm(x @ params["wi"], params["gx"], self.eps)
+        gates = gates + _layer_norm(h @ params["wh"], params["gh"], self.eps)
+        gates = gates + jnp.broadcast_to(params["b"], gates.shape)
+        i, f, g, o = jnp.split(gates, 4, axis=-1)
+        c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+        c_out = _layer_norm(c, params["gc"], self.eps) + jnp.broadcast_to(params["bc"], c.shape)
+        return jax.nn.sigmoid(o) * jnp.tanh(c_out), c
