@@ -1,4 +1,5 @@
-"""Linear recurrences: minGRU, minLSTM, LRU and a user `LinearCell`, sequential vs associative.
+"""Linear recurrences: minGRU, minLSTM, LRU, RG-LRU and a user `LinearCell`, sequential vs
+associative.
 
 The sequential strategy is `lax.scan` of the cell's step, itself checked against a Python
 loop of steps for minGRU in the shared contract suite (cases.py) and test_sequences.py.
@@ -44,6 +45,7 @@ CELLS = [
     rj.MinLSTMCell(3, 4),
     rj.LRUCell(3, 4, r_min=0.5),
     Leaky(3, 4),
+    rj.RGLRUCell(4, 4, num_heads=2),
 ]
 
 
@@ -63,10 +65,10 @@ def _strategy_runs(cell):
     T = 300
     params = cell.init(jax.random.key(0))
     rng = np.random.default_rng(0)
-    xs = jnp.asarray(rng.standard_normal((T, 2, 3), dtype=np.float32))
+    xs = jnp.asarray(rng.standard_normal((T, 2, cell.in_features), dtype=np.float32))
     lengths = np.array([T, 170])
     resets = rng.random((T, 2)) < 0.02
-    h0 = jnp.ones((2, 4), cell.initial_state(params).dtype) * 0.5
+    h0 = jnp.ones((2, cell.hidden_size), cell.initial_state(params).dtype) * 0.5
 
     def run(strategy):
         def loss(params, h0, xs):
@@ -147,11 +149,15 @@ def test_steps_are_the_papers_equations():
 
 # 65,536 steps: the slow tier, minGRU and the LRU (3a817df had dropped the LRU for time).
 @pytest.mark.slow
-@pytest.mark.parametrize("cell", [rj.MinGRUCell(2, 8), rj.LRUCell(2, 8, r_min=0.99)], ids=repr)
+@pytest.mark.parametrize(
+    "cell",
+    [rj.MinGRUCell(2, 8), rj.LRUCell(2, 8, r_min=0.99), rj.RGLRUCell(8, 8, num_heads=2)],
+    ids=repr,
+)
 def test_long_sequences_stay_finite(cell):
     T = 65_536
     params = cell.init(jax.random.key(0))
-    xs = jax.random.normal(jax.random.key(1), (T, 1, 2))
+    xs = jax.random.normal(jax.random.key(1), (T, 1, cell.in_features))
 
     def loss(params, strategy):
         _, ys = rj.scan(cell, params, cell.initial_state(params), xs, strategy=strategy)
@@ -188,3 +194,43 @@ def test_linear_cells_in_chains_and_errors():
         )
     with pytest.raises(ValueError, match=re.escape("expected 0 <= r_min < r_max <= 1")):
         rj.LRUCell(3, 4, r_min=0.9, r_max=0.5)
+
+
+def _rg_lru_numpy(params, xs, h0):
+    """Griffin's RG-LRU (De et al. 2024, eq. 1-4) as a float64 NumPy loop over one sequence:
+    block-diagonal gates, `a_t = sigmoid(-lam)^(8 r_t)`, `h = a h + sqrt(1 - a^2) (i x)`."""
+    p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    n, d, _ = p["wa"].shape
+
+    def blocks(x, w, b):
+        return np.concatenate([x[k * d : (k + 1) * d] @ w[k] for k in range(n)]) + b
+
+    sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    h, ys = np.asarray(h0, np.float64), []
+    for x in np.asarray(xs, np.float64):
+        r, i = sig(blocks(x, p["wa"], p["ba"])), sig(blocks(x, p["wx"], p["bx"]))
+        a = sig(-p["lam"]) ** (8 * r)
+        h = a * h + np.sqrt(1 - a**2) * (i * x)
+        ys.append(h)
+    return np.stack(ys), h
+
+
+def test_rg_lru_step_is_griffins_equations_and_its_errors():
+    cell = rj.RGLRUCell(6, 6, num_heads=3)
+    params = jax.tree.map(
+        lambda a: a + 0.3 * jax.random.normal(jax.random.key(7), a.shape),
+        cell.init(jax.random.key(0)),
+    )  # non-zero biases
+    xs = np.random.default_rng(0).standard_normal((12, 6)).astype(np.float32)
+    h0 = np.linspace(-1, 1, 6).astype(np.float32)
+    h, ys = rj.scan(cell, params, jnp.asarray(h0), jnp.asarray(xs))
+    ys_ref, h_ref = _rg_lru_numpy(params, xs, h0)
+    np.testing.assert_allclose(ys, ys_ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(h, h_ref, rtol=1e-5, atol=1e-6)
+    a = jax.nn.sigmoid(-cell.init(jax.random.key(1))["lam"]) ** 8  # the decay at r = 1
+    assert bool(((a >= 0.9 - 1e-6) & (a <= 0.999 + 1e-6)).all())
+    fix = "rj.chain(rj.Dense(3, 4), rj.RGLRUCell(4, 4))"
+    with pytest.raises(ValueError, match=re.escape(fix)):
+        rj.RGLRUCell(3, 4)
+    with pytest.raises(ValueError, match=re.escape("num_heads=3 must divide hidden_size=4")):
+        rj.RGLRUCell(4, 4, num_heads=3)

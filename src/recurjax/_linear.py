@@ -1,4 +1,5 @@
-"""Cells whose state update is linear in the state: minGRU, minLSTM, LRU and their base.
+"""Cells whose state update is linear in the state: minGRU, minLSTM, LRU, RG-LRU and their
+base.
 
 For these cells `h' = a * h + b` with `a` and `b` computed from `x` alone, so a whole
 sequence can also be evaluated with `lax.associative_scan` (`O(log T)` depth), which the
@@ -19,7 +20,7 @@ from ._checks import check_input, check_params, check_sizes, match_state
 from ._contracts import Cell, PyTree
 from ._init import affine, glorot_uniform
 
-__all__ = ["LRUCell", "LinearCell", "MinGRUCell", "MinLSTMCell"]
+__all__ = ["LRUCell", "LinearCell", "MinGRUCell", "MinLSTMCell", "RGLRUCell"]
 
 
 class LinearCell(Cell):
@@ -318,3 +319,121 @@ class LRUCell(LinearCell):
         y = h.real @ params["C_re"].astype(real) - h.imag @ params["C_im"].astype(real)
         skip = jnp.broadcast_to(params["D"].astype(real), x.shape) * x.astype(real)
         return (y + skip).astype(dtype)
+
+
+# The smallest `1 - a^2` under the RG-LRU's square root: its derivative stays below 1000 (as
+# RecurrentGemma bounds it) where a gate drives `a` to 1.
+_RG_LRU_FLOOR = 2.5e-7
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class RGLRUCell(LinearCell):
+    r"""The Real-Gated Linear Recurrent Unit of Griffin (De et al., 2024), RecurrentGemma's
+    recurrence: a diagonal decay that the input gates per step, with a normalised input.
+
+    .. math::
+
+        r = \sigma(x W_a + b_a), \qquad i = \sigma(x W_x + b_x) \\
+        \log a = -c \, r \odot \mathrm{softplus}(\lambda) \quad (a = \sigma(-\lambda)^{c r}) \\
+        h' = a \odot h + \sqrt{1 - a^2} \odot (i \odot x), \qquad y = h'
+
+    with `c = 8`. `W_a` and `W_x` are block-diagonal with `num_heads` blocks (Griffin's
+    heads), stored as `(heads, H / heads, H / heads)`. The decay is computed in log space, and
+    `1 - a^2` as `-expm1(2 log a)` floored at 2.5e-7 (so the square root's derivative stays
+    below 1000, the bound RecurrentGemma uses). As a `LinearCell`: `a` above and
+    `b = sqrt(1 - a^2) * i * x`, so the associative and chunked strategies and
+    `sequence_parallel_scan` run it.
+
+    The input has the state's width (`in_features == hidden_size`): in Griffin a linear layer
+    and a convolution come before it; put a `rj.Dense` before it in a chain for another width.
+
+    Params (`init`): `{"wa": (n, d, d), "ba": (H,), "wx": (n, d, d), "bx": (H,), "lam": (H,)}`
+    for `n` heads of `d = H / n`; LeCun-normal blocks, zero biases, and `lam` such that
+    the decay at `r = 1`, `a^c`, lies in `[0.9, 0.999]` with its square uniform (the paper's
+    ring initialisation).
+    State `(..., H)`, zeros. Output `y = h'`.
+
+    Paper: S. De, S. L. Smith, A. Fernando, et al., "Griffin: Mixing Gated Linear Recurrences
+    with Local Attention for Efficient Language Models", arXiv:2402.19427.
+
+    Args:
+      in_features: size of `x`; must equal `hidden_size`.
+      hidden_size: `H`.
+      num_heads: the blocks of the gate weights, dividing `H` (1 by default: dense gates).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, recurjax as rj
+      >>> cell = rj.RGLRUCell(8, 8, num_heads=2)
+      >>> cell.param_shapes()
+      {'wa': (2, 4, 4), 'ba': (8,), 'wx': (2, 4, 4), 'bx': (8,), 'lam': (8,)}
+      >>> params = cell.init(jax.random.key(0))
+      >>> a = jax.nn.sigmoid(-params["lam"]) ** 8  # the decay where the gate r is 1
+      >>> bool(((a > 0.899) & (a < 0.9991)).all())
+      True
+      >>> h, ys = rj.scan(cell, params, cell.initial_state(params), jnp.ones((300, 2, 8)),
+      ...                 strategy="chunked")
+      >>> ys.shape, bool(jnp.isfinite(ys).all())
+      ((300, 2, 8), True)
+    """
+
+    in_features: int
+    hidden_size: int
+    num_heads: int = 1
+
+    def __post_init__(self) -> None:
+        check_sizes(self, "in_features", "hidden_size", "num_heads")
+        H, n = self.hidden_size, self.num_heads
+        if self.in_features != H:
+            raise ValueError(
+                f"RGLRUCell: the input gates the state unit by unit, so in_features must equal "
+                f"hidden_size; got {self.in_features} and {H}. Put a projection first: "
+                f"rj.chain(rj.Dense({self.in_features}, {H}), rj.RGLRUCell({H}, {H}))."
+            )
+        if H % n:
+            raise ValueError(
+                f"RGLRUCell: num_heads={n} must divide hidden_size={H} (each head gates "
+                f"H / num_heads units); use a divisor of {H}, e.g. 1."
+            )
+
+    def __repr__(self) -> str:
+        heads = f", num_heads={self.num_heads}" if self.num_heads != 1 else ""
+        return f"RGLRUCell({self.in_features} => {self.hidden_size}{heads})"
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shape of every params entry that `init` makes."""
+        H, n = self.hidden_size, self.num_heads
+        d = H // n
+        return {"wa": (n, d, d), "ba": (H,), "wx": (n, d, d), "bx": (H,), "lam": (H,)}
+
+    def init(self, key: jax.Array, dtype: Any = jnp.float32) -> dict[str, jax.Array]:
+        """LeCun-normal gate blocks, zero biases, `lam` from the ring `[0.9, 0.999]`."""
+        shapes = self.param_shapes()
+        d = shapes["wa"][1]
+        ka, kx, kl = jax.random.split(key, 3)
+        a2 = jax.random.uniform(kl, shapes["lam"], dtype, 0.9**2, 0.999**2)  # (a^c)^2 at r=1
+        # softplus(lam) = -log(a^c) / c, and softplus^-1(y) = log(expm1(y))
+        lam = jnp.log(jnp.expm1(-0.5 * jnp.log(a2) / 8.0))
+        return {
+            "wa": jax.random.normal(ka, shapes["wa"], dtype) / math.sqrt(d),
+            "ba": jnp.zeros(shapes["ba"], dtype),
+            "wx": jax.random.normal(kx, shapes["wx"], dtype) / math.sqrt(d),
+            "bx": jnp.zeros(shapes["bx"], dtype),
+            "lam": lam,
+        }
+
+    def _heads(self, x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
+        """`x W + b` for a block-diagonal `W` of `n` heads, `x: (..., H)`."""
+        n, d = w.shape[0], w.shape[1]
+        y = jnp.einsum("...nd,nde->...ne", x.reshape(*x.shape[:-1], n, d), w)
+        y = y.reshape(x.shape)
+        return y + jnp.broadcast_to(b, y.shape)
+
+    def coefficients(self, params: PyTree, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        dtype = check_params(self, params, self.param_shapes())
+        x = check_input(self, x, dtype)
+        r = jax.nn.sigmoid(self._heads(x, params["wa"], params["ba"]))
+        i = jax.nn.sigmoid(self._heads(x, params["wx"], params["bx"]))
+        log_a = -8.0 * r * jnp.broadcast_to(jax.nn.softplus(params["lam"]), r.shape)
+        a = jnp.exp(log_a)
+        scale = jnp.sqrt(jnp.maximum(-jnp.expm1(2.0 * log_a), _RG_LRU_FLOOR))
+        return a, scale * (i * x)
