@@ -46,6 +46,7 @@ CELLS = [
     rj.LRUCell(3, 4, r_min=0.5),
     Leaky(3, 4),
     rj.RGLRUCell(4, 4, num_heads=2),
+    rj.SelectiveSSMCell(3, state_size=2, dt_rank=2),
 ]
 
 
@@ -151,7 +152,12 @@ def test_steps_are_the_papers_equations():
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "cell",
-    [rj.MinGRUCell(2, 8), rj.LRUCell(2, 8, r_min=0.99), rj.RGLRUCell(8, 8, num_heads=2)],
+    [
+        rj.MinGRUCell(2, 8),
+        rj.LRUCell(2, 8, r_min=0.99),
+        rj.RGLRUCell(8, 8, num_heads=2),
+        rj.SelectiveSSMCell(2, state_size=4),
+    ],
     ids=repr,
 )
 def test_long_sequences_stay_finite(cell):
@@ -234,3 +240,38 @@ def test_rg_lru_step_is_griffins_equations_and_its_errors():
         rj.RGLRUCell(3, 4)
     with pytest.raises(ValueError, match=re.escape("num_heads=3 must divide hidden_size=4")):
         rj.RGLRUCell(4, 4, num_heads=3)
+
+
+def _s6_numpy(params, xs):
+    """Mamba's S6 recurrence as in the paper's reference scan (`selective_scan_ref`), float64
+    NumPy, one sequence: `h = exp(Δ A) h + Δ B x`, `y = C h + D x`, per channel."""
+    p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    softplus = lambda z: np.log1p(np.exp(z))  # noqa: E731
+    A = -np.exp(p["A_log"])  # (D, N)
+    h, ys = np.zeros_like(A), []
+    for x in np.asarray(xs, np.float64):
+        dt = softplus(x @ p["w_dt1"] @ p["w_dt2"] + p["b_dt"])  # (D,)
+        B, C = x @ p["w_B"], x @ p["w_C"]  # (N,)
+        h = np.exp(dt[:, None] * A) * h + (dt * x)[:, None] * B[None, :]
+        ys.append(h @ C + p["D"] * x)
+    return np.stack(ys), h
+
+
+def test_selective_ssm_step_is_mambas_recurrence_and_its_errors():
+    cell = rj.SelectiveSSMCell(5, state_size=3, dt_rank=2)
+    params = jax.tree.map(
+        lambda a: a + 0.2 * jax.random.normal(jax.random.key(5), a.shape),
+        cell.init(jax.random.key(0)),
+    )
+    xs = np.random.default_rng(1).standard_normal((10, 5)).astype(np.float32)
+    h, ys = rj.scan(cell, params, cell.initial_state(params), jnp.asarray(xs))
+    ys_ref, h_ref = _s6_numpy(params, xs)
+    np.testing.assert_allclose(ys, ys_ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(h, h_ref.reshape(-1), rtol=1e-5, atol=1e-6)
+    init = cell.init(jax.random.key(2))
+    dt = jax.nn.softplus(init["b_dt"])
+    assert bool(((dt >= 1e-3 * 0.999) & (dt <= 0.1 * 1.001)).all())
+    np.testing.assert_allclose(-jnp.exp(init["A_log"][0]), [-1.0, -2.0, -3.0], rtol=1e-6)
+    assert rj.SelectiveSSMCell(40).dt_rank == 3  # ceil(40 / 16), Mamba's default
+    with pytest.raises(TypeError, match="expected state_size to be a positive int, got 0"):
+        rj.SelectiveSSMCell(4, state_size=0)

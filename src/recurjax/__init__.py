@@ -11,7 +11,7 @@ from ._compose import Bidirectional, Chain, Residual, bidirectional, chain, resi
 from ._contracts import Cell
 from ._dropout import Dropout, VariationalDropout, seed_dropout
 from ._layers import Dense, Stateless, stateless
-from ._linear import LinearCell, LRUCell, MinGRUCell, MinLSTMCell, RGLRUCell
+from ._linear import LinearCell, LRUCell, MinGRUCell, MinLSTMCell, RGLRUCell, SelectiveSSMCell
 from ._recur import GRU, LSTM, RNN, GRUv3, Recur
 from ._scan import scan, sequence_parallel_scan
 from ._tbptt import chunks, tbptt
@@ -45,6 +45,7 @@ __all__ = [
     "RNNCell",
     "Recur",
     "Residual",
+    "SelectiveSSMCell",
     "Stateless",
     "VariationalDropout",
     "__version__",

@@ -1,5 +1,5 @@
-"""Cells whose state update is linear in the state: minGRU, minLSTM, LRU, RG-LRU and their
-base.
+"""Cells whose state update is linear in the state: minGRU, minLSTM, LRU, RG-LRU, Mamba's
+selective SSM and their base.
 
 For these cells `h' = a * h + b` with `a` and `b` computed from `x` alone, so a whole
 sequence can also be evaluated with `lax.associative_scan` (`O(log T)` depth), which the
@@ -20,7 +20,7 @@ from ._checks import check_input, check_params, check_sizes, match_state
 from ._contracts import Cell, PyTree
 from ._init import affine, glorot_uniform
 
-__all__ = ["LRUCell", "LinearCell", "MinGRUCell", "MinLSTMCell", "RGLRUCell"]
+__all__ = ["LRUCell", "LinearCell", "MinGRUCell", "MinLSTMCell", "RGLRUCell", "SelectiveSSMCell"]
 
 
 class LinearCell(Cell):
@@ -437,3 +437,112 @@ class RGLRUCell(LinearCell):
         a = jnp.exp(log_a)
         scale = jnp.sqrt(jnp.maximum(-jnp.expm1(2.0 * log_a), _RG_LRU_FLOOR))
         return a, scale * (i * x)
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class SelectiveSSMCell(LinearCell):
+    r"""Mamba's selective state space layer, S6 (Gu & Dao, 2023): a diagonal SSM per input
+    channel whose step size `Δ` and projections `B`, `C` are computed from the input.
+
+    .. math::
+
+        \Delta = \mathrm{softplus}(x W_{\Delta 1} W_{\Delta 2} + b_\Delta), \qquad
+        B = x W_B, \qquad C = x W_C, \qquad A = -e^{A_{\log}} \\
+        h'_{d,n} = e^{\Delta_d A_{d,n}} h_{d,n} + \Delta_d B_n x_d, \qquad
+        y_d = \textstyle\sum_n C_n h'_{d,n} + D_d x_d
+
+    for channels `d < in_features` (`D`) and state units `n < state_size` (`N`): the
+    zero-order hold of `A` with Mamba's first-order `Δ B` for the input
+    (`selective_scan_ref`). The state `(..., D * N)` is the `(D, N)` matrix flattened, so
+    `hidden_size = D * N`; as a `LinearCell`, `a = exp(Δ A)` and `b = Δ B x`, and the
+    associative and chunked strategies and `sequence_parallel_scan` run it.
+
+    Params (`init`): `A_log: (D, N)` = `log(1..N)` per channel (S4D-real), `w_dt1: (D, R)`,
+    `w_dt2: (R, D)` (the low-rank `Δ` projection, `R = dt_rank`), `b_dt: (D,)` with
+    `softplus(b_dt)` log-uniform in `[1e-3, 1e-1]`, `w_B, w_C: (D, N)` (LeCun normal), and the
+    skip `D: (D,)` (ones). Input `x: (..., D)`, output `y: (..., D)`. Mamba's convolution,
+    gating and projections around S6 are separate layers (`rj.Dense`, `rj.chain`).
+
+    Paper: A. Gu, T. Dao, "Mamba: Linear-Time Sequence Modeling with Selective State Spaces",
+    arXiv:2312.00752.
+
+    Args:
+      in_features: `D`, the channels of `x` and `y`.
+      state_size: `N`, the state units per channel (16 in Mamba).
+      dt_rank: `R`, the rank of the `Δ` projection; `ceil(D / 16)` by default (Mamba's).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, recurjax as rj
+      >>> cell = rj.SelectiveSSMCell(4, state_size=3)
+      >>> cell.hidden_size, cell.param_shapes()["A_log"]
+      (12, (4, 3))
+      >>> params = cell.init(jax.random.key(0))
+      >>> xs = jnp.ones((50, 2, 4))
+      >>> h, ys = rj.scan(cell, params, cell.initial_state(params), xs, strategy="associative")
+      >>> h.shape, ys.shape
+      ((2, 12), (50, 2, 4))
+    """
+
+    in_features: int
+    state_size: int = 16
+    dt_rank: int | None = None
+    hidden_size: int = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hidden_size", 1)
+        check_sizes(self, "in_features", "state_size")
+        rank = math.ceil(self.in_features / 16) if self.dt_rank is None else self.dt_rank
+        object.__setattr__(self, "dt_rank", rank)
+        check_sizes(self, "dt_rank")
+        object.__setattr__(self, "hidden_size", self.in_features * self.state_size)
+
+    def __repr__(self) -> str:
+        return f"SelectiveSSMCell({self.in_features}, state_size={self.state_size})"
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shape of every params entry that `init` makes."""
+        D, N, R = self.in_features, self.state_size, int(self.dt_rank or 1)
+        return {
+            "A_log": (D, N),
+            "w_dt1": (D, R),
+            "w_dt2": (R, D),
+            "b_dt": (D,),
+            "w_B": (D, N),
+            "w_C": (D, N),
+            "D": (D,),
+        }
+
+    def init(self, key: jax.Array, dtype: Any = jnp.float32) -> dict[str, jax.Array]:
+        """S4D-real `A`, log-uniform initial step sizes, LeCun-normal projections."""
+        shapes = self.param_shapes()
+        D, N, R = self.in_features, self.state_size, int(self.dt_rank or 1)
+        k1, k2, k3, kb, kc = jax.random.split(key, 5)
+        dt = jnp.exp(jax.random.uniform(k3, (D,), dtype, math.log(1e-3), math.log(1e-1)))
+        return {
+            "A_log": jnp.log(jnp.broadcast_to(jnp.arange(1, N + 1, dtype=dtype), (D, N))),
+            "w_dt1": jax.random.normal(k1, shapes["w_dt1"], dtype) / math.sqrt(D),
+            "w_dt2": jax.random.uniform(k2, shapes["w_dt2"], dtype, -1.0, 1.0) / math.sqrt(R),
+            "b_dt": jnp.log(jnp.expm1(dt)),  # softplus^-1(dt)
+            "w_B": jax.random.normal(kb, shapes["w_B"], dtype) / math.sqrt(D),
+            "w_C": jax.random.normal(kc, shapes["w_C"], dtype) / math.sqrt(D),
+            "D": jnp.ones((D,), dtype),
+        }
+
+    def coefficients(self, params: PyTree, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        dtype = check_params(self, params, self.param_shapes())
+        x = check_input(self, x, dtype)
+        D, N = self.in_features, self.state_size
+        dt = jax.nn.softplus(affine(x @ params["w_dt1"], params["w_dt2"], params["b_dt"]))
+        A = -jnp.exp(params["A_log"])
+        shape = (*x.shape[:-1], D, N)
+        a = jnp.exp(dt[..., :, None] * jnp.broadcast_to(A, shape))
+        b = (dt * x)[..., :, None] * (x @ params["w_B"])[..., None, :]
+        return a.reshape(*x.shape[:-1], D * N), b.reshape(*x.shape[:-1], D * N)
+
+    def readout(self, params: PyTree, h: jax.Array, x: jax.Array) -> jax.Array:
+        dtype = check_params(self, params, self.param_shapes())
+        x = check_input(self, x, dtype)
+        C = x @ params["w_C"]
+        hs = h.reshape(*h.shape[:-1], self.in_features, self.state_size)
+        y = jnp.sum(hs * C[..., None, :], axis=-1)
+        return y + jnp.broadcast_to(params["D"], x.shape) * x
