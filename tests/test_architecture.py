@@ -137,6 +137,7 @@ def test_the_engine_names_no_cell_class():
         "recurjax._linear",
         "recurjax._dropout",
         "recurjax._variants",
+        "recurjax._ssm",
     }
     named = {}
     for path in sorted((PACKAGE / "_scan").rglob("*.py")):

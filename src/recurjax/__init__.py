@@ -11,9 +11,10 @@ from ._compose import Bidirectional, Chain, Residual, bidirectional, chain, resi
 from ._contracts import Cell
 from ._dropout import Dropout, VariationalDropout, seed_dropout
 from ._layers import Dense, Stateless, stateless
-from ._linear import LinearCell, LRUCell, MinGRUCell, MinLSTMCell, RGLRUCell, SelectiveSSMCell
+from ._linear import LinearCell, LRUCell, MinGRUCell, MinLSTMCell
 from ._recur import GRU, LSTM, RNN, GRUv3, Recur
 from ._scan import scan, sequence_parallel_scan
+from ._ssm import RGLRUCell, SelectiveSSMCell
 from ._tbptt import chunks, tbptt
 from ._variants import IndRNNCell, LayerNormLSTMCell, PeepholeLSTMCell, ProjLSTMCell
 
