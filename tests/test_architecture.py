@@ -138,6 +138,7 @@ def test_the_engine_names_no_cell_class():
         "recurjax._dropout",
         "recurjax._variants",
         "recurjax._ssm",
+        "recurjax._xlstm",
     }
     named = {}
     for path in sorted((PACKAGE / "_scan").rglob("*.py")):

@@ -440,3 +440,50 @@ def test_layer_norm_lstm_equals_a_numpy_loop_of_the_papers_equations():
     big = jnp.asarray(xs) * 1e6
     grads = jax.grad(lambda p: jnp.sum(rj.scan(cell, p, cell.initial_state(p), big)[1]))(params)
     assert all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grads))
+
+
+def _slstm_numpy(params, xs, heads, exp_forget=False):
+    """xLSTM's sLSTM (Beck et al. 2024, eq. 8-18) *without* the stabiliser, float64 NumPy,
+    one sequence: `i = exp(i~)`, `c = f c + i z`, `n = f n + i`, `h = o c / n`, with the
+    recurrent weights block-diagonal per head (gate blocks i, f, z, o)."""
+    p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    H = p["wi"].shape[1] // 4
+    d = H // heads
+    sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    h, c, n, ys = np.zeros(H), np.zeros(H), np.zeros(H), []
+    for x in np.asarray(xs, np.float64):
+        rec = np.zeros(4 * H)
+        for k in range(heads):  # head k: its d units of h to its d units of each gate
+            g = h[k * d : (k + 1) * d] @ p["wh"][k]  # (4d,), gates i, f, z, o
+            for gate in range(4):
+                rec[gate * H + k * d : gate * H + (k + 1) * d] = g[gate * d : (gate + 1) * d]
+        a = x @ p["wi"] + rec + p["b"]
+        i_t, f_t, z_t, o_t = a[:H], a[H : 2 * H], a[2 * H : 3 * H], a[3 * H :]
+        f = np.exp(f_t) if exp_forget else sig(f_t)
+        c = f * c + np.exp(i_t) * np.tanh(z_t)
+        n = f * n + np.exp(i_t)
+        h = sig(o_t) * c / n
+        ys.append(h)
+    return np.stack(ys)
+
+
+@pytest.mark.parametrize("exp_forget", [False, True])
+def test_slstm_equals_the_papers_unstabilised_equations_and_stays_finite(exp_forget):
+    cell = rj.SLSTMCell(IN, 6, num_heads=3, exp_forget=exp_forget)
+    case = Case("slstm", cell, cell.init, cell.initial_state, 6)
+    params = case.params(seed=2)
+    xs = np.random.default_rng(3).standard_normal((8, IN)).astype(np.float32)
+    _, ys = rj.scan(cell, params, cell.initial_state(params), jnp.asarray(xs))
+    np.testing.assert_allclose(ys, _slstm_numpy(params, xs, 3, exp_forget), rtol=1e-4, atol=1e-6)
+    # Pre-activations of about 1e4, where exp(i~) overflows: the stabilised state is finite.
+    big = jnp.asarray(xs) * 1e4
+    grads = jax.grad(lambda p: jnp.sum(rj.scan(cell, p, cell.initial_state(p), big)[1]))(params)
+    _, ys_big = rj.scan(cell, params, cell.initial_state(params), big)
+    assert bool(jnp.isfinite(ys_big).all())
+    assert all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grads))
+
+
+def test_slstm_heads_must_divide_the_hidden_size():
+    with pytest.raises(ValueError, match=re.escape("num_heads=3 must divide hidden_size=4")):
+        rj.SLSTMCell(2, 4, num_heads=3)
+    assert repr(rj.SLSTMCell(2, 4, num_heads=2)) == "SLSTMCell(2 => 4, num_heads=2)"

@@ -17,6 +17,7 @@ from ._scan import scan, sequence_parallel_scan
 from ._ssm import RGLRUCell, SelectiveSSMCell
 from ._tbptt import chunks, tbptt
 from ._variants import IndRNNCell, LayerNormLSTMCell, PeepholeLSTMCell, ProjLSTMCell
+from ._xlstm import SLSTMCell, SLSTMState
 
 __version__ = "0.1.0"
 
@@ -46,6 +47,8 @@ __all__ = [
     "RNNCell",
     "Recur",
     "Residual",
+    "SLSTMCell",
+    "SLSTMState",
     "SelectiveSSMCell",
     "Stateless",
     "VariationalDropout",

@@ -65,6 +65,16 @@ def positive_int(value: object) -> int | None:
     return n if n is not None and n >= 1 else None
 
 
+def check_heads(cell: object) -> None:
+    """`ValueError` unless the cell's `num_heads` divides its `hidden_size`."""
+    name, n, H = type(cell).__name__, cell.num_heads, cell.hidden_size  # type: ignore[attr-defined]
+    if H % n:
+        raise ValueError(
+            f"{name}: num_heads={n} must divide hidden_size={H} (each head holds "
+            f"H / num_heads units); use a divisor of {H}, e.g. 1."
+        )
+
+
 def shape_of(a: object) -> tuple[int, ...] | str:
     """The shape of an array-like, or its type name when it has none (for messages)."""
     shape = getattr(a, "shape", None)

@@ -11,7 +11,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ._checks import check_input, check_params, check_sizes
+from ._checks import check_heads, check_input, check_params, check_sizes
 from ._contracts import PyTree
 from ._init import affine
 from ._linear import LinearCell
@@ -80,18 +80,14 @@ class RGLRUCell(LinearCell):
 
     def __post_init__(self) -> None:
         check_sizes(self, "in_features", "hidden_size", "num_heads")
-        H, n = self.hidden_size, self.num_heads
+        H = self.hidden_size
         if self.in_features != H:
             raise ValueError(
                 f"RGLRUCell: the input gates the state unit by unit, so in_features must equal "
                 f"hidden_size; got {self.in_features} and {H}. Put a projection first: "
                 f"rj.chain(rj.Dense({self.in_features}, {H}), rj.RGLRUCell({H}, {H}))."
             )
-        if H % n:
-            raise ValueError(
-                f"RGLRUCell: num_heads={n} must divide hidden_size={H} (each head gates "
-                f"H / num_heads units); use a divisor of {H}, e.g. 1."
-            )
+        check_heads(self)
 
     def __repr__(self) -> str:
         heads = f", num_heads={self.num_heads}" if self.num_heads != 1 else ""
