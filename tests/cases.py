@@ -75,6 +75,7 @@ CASES = [
     _library("rglru", rj.RGLRUCell(IN, IN), out=IN),  # the input gates the state: width IN
     _library("s6", rj.SelectiveSSMCell(IN, state_size=2), out=IN),  # state IN * 2, y: IN
     _library("slstm", rj.SLSTMCell(IN, H, num_heads=2)),
+    _library("mlstm", rj.MLSTMCell(IN, H, num_heads=2)),
     _library("dense", rj.Dense(IN, H, activation=jnp.tanh)),
     _library("chain", rj.chain(rj.LSTMCell(IN, 5), rj.Dense(5, H))),
     Case("user_fn", elman, _elman_params, lambda p: jnp.zeros((H,), p["wxh"].dtype)),

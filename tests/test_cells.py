@@ -467,15 +467,15 @@ def _slstm_numpy(params, xs, heads, exp_forget=False):
     return np.stack(ys)
 
 
-@pytest.mark.parametrize("exp_forget", [False, True])
-def test_slstm_equals_the_papers_unstabilised_equations_and_stays_finite(exp_forget):
-    cell = rj.SLSTMCell(IN, 6, num_heads=3, exp_forget=exp_forget)
-    case = Case("slstm", cell, cell.init, cell.initial_state, 6)
-    params = case.params(seed=2)
-    xs = np.random.default_rng(3).standard_normal((8, IN)).astype(np.float32)
+def _check_xlstm_cell(cls, numpy_loop, exp_forget, seed):
+    """An xLSTM cell (3 heads of 2 units) equals the NumPy loop of the paper's unstabilised
+    equations, and stays finite, with its gradients, at pre-activations of about 1e4, where
+    `exp(i~)` overflows without the stabiliser."""
+    cell = cls(IN, 6, num_heads=3, exp_forget=exp_forget)
+    params = Case(cell.__class__.__name__, cell, cell.init, cell.initial_state, 6).params(seed)
+    xs = np.random.default_rng(seed + 1).standard_normal((8, IN)).astype(np.float32)
     _, ys = rj.scan(cell, params, cell.initial_state(params), jnp.asarray(xs))
-    np.testing.assert_allclose(ys, _slstm_numpy(params, xs, 3, exp_forget), rtol=1e-4, atol=1e-6)
-    # Pre-activations of about 1e4, where exp(i~) overflows: the stabilised state is finite.
+    np.testing.assert_allclose(ys, numpy_loop(params, xs, 3, exp_forget), rtol=1e-4, atol=1e-6)
     big = jnp.asarray(xs) * 1e4
     grads = jax.grad(lambda p: jnp.sum(rj.scan(cell, p, cell.initial_state(p), big)[1]))(params)
     _, ys_big = rj.scan(cell, params, cell.initial_state(params), big)
@@ -483,7 +483,41 @@ def test_slstm_equals_the_papers_unstabilised_equations_and_stays_finite(exp_for
     assert all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grads))
 
 
+@pytest.mark.parametrize("exp_forget", [False, True])
+def test_slstm_equals_the_papers_unstabilised_equations_and_stays_finite(exp_forget):
+    _check_xlstm_cell(rj.SLSTMCell, _slstm_numpy, exp_forget, seed=2)
+
+
 def test_slstm_heads_must_divide_the_hidden_size():
     with pytest.raises(ValueError, match=re.escape("num_heads=3 must divide hidden_size=4")):
         rj.SLSTMCell(2, 4, num_heads=3)
     assert repr(rj.SLSTMCell(2, 4, num_heads=2)) == "SLSTMCell(2 => 4, num_heads=2)"
+
+
+def _mlstm_numpy(params, xs, heads, exp_forget=False):
+    """xLSTM's mLSTM (Beck et al. 2024, eq. 19-27) *without* the stabiliser, float64 NumPy,
+    one sequence: per head `C = f C + i v k^T`, `n = f n + i k`, `h = o * C q / max(|n q|, 1)`."""
+    p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    H = (p["wi"].shape[1] - 2 * heads) // 4
+    d = H // heads
+    sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    C, n, ys = np.zeros((heads, d, d)), np.zeros((heads, d)), []
+    for x in np.asarray(xs, np.float64):
+        a = x @ p["wi"] + p["b"]
+        q, k, v, o = (a[j * H : (j + 1) * H].reshape(heads, d) for j in range(4))
+        k = k / np.sqrt(d)
+        i_t, f_t = a[4 * H : 4 * H + heads], a[4 * H + heads :]
+        i, f = np.exp(i_t), (np.exp(f_t) if exp_forget else sig(f_t))
+        C = f[:, None, None] * C + i[:, None, None] * np.einsum("hi,hj->hij", v, k)
+        n = f[:, None] * n + i[:, None] * k
+        num = np.einsum("hij,hj->hi", C, q)
+        den = np.maximum(np.abs(np.sum(n * q, axis=-1)), 1.0)
+        ys.append((sig(o) * num / den[:, None]).reshape(H))
+    return np.stack(ys)
+
+
+@pytest.mark.parametrize("exp_forget", [False, True])
+def test_mlstm_equals_the_papers_unstabilised_equations_and_stays_finite(exp_forget):
+    _check_xlstm_cell(rj.MLSTMCell, _mlstm_numpy, exp_forget, seed=4)
+    with pytest.raises(ValueError, match=re.escape("num_heads=4 must divide hidden_size=6")):
+        rj.MLSTMCell(IN, 6, num_heads=4)

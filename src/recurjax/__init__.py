@@ -17,7 +17,7 @@ from ._scan import scan, sequence_parallel_scan
 from ._ssm import RGLRUCell, SelectiveSSMCell
 from ._tbptt import chunks, tbptt
 from ._variants import IndRNNCell, LayerNormLSTMCell, PeepholeLSTMCell, ProjLSTMCell
-from ._xlstm import SLSTMCell, SLSTMState
+from ._xlstm import MLSTMCell, MLSTMState, SLSTMCell, SLSTMState
 
 __version__ = "0.1.0"
 
@@ -39,6 +39,8 @@ __all__ = [
     "LSTMState",
     "LayerNormLSTMCell",
     "LinearCell",
+    "MLSTMCell",
+    "MLSTMState",
     "MinGRUCell",
     "MinLSTMCell",
     "PeepholeLSTMCell",

@@ -1,9 +1,11 @@
-"""xLSTM's scalar-memory cell, sLSTM (Beck et al., 2024): exponential input gates with a
-log-space stabiliser, a normaliser state, and block-diagonal (per head) recurrence."""
+"""xLSTM's cells (Beck et al., 2024): sLSTM (scalar memory, exponential gates with a log-space
+stabiliser, a normaliser state, block-diagonal recurrence) and mLSTM (a matrix memory per
+head with a covariance update)."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -13,7 +15,7 @@ from ._checks import check_heads, check_input, check_params, check_sizes, match_
 from ._contracts import Cell
 from ._init import affine, glorot_uniform
 
-__all__ = ["SLSTMCell", "SLSTMState"]
+__all__ = ["MLSTMCell", "MLSTMState", "SLSTMCell", "SLSTMState"]
 
 
 class SLSTMState(NamedTuple):
@@ -33,7 +35,39 @@ class SLSTMState(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
-class SLSTMCell(Cell):
+class _XLSTMCell(Cell):
+    """The shared fields of xLSTM's cells: sizes, heads (checked to divide `H`), the forget
+    gate's initial bias and kind."""
+
+    in_features: int
+    hidden_size: int
+    num_heads: int = 1
+    forget_bias: float = 3.0
+    exp_forget: bool = False
+
+    def __post_init__(self) -> None:
+        check_sizes(self, "in_features", "hidden_size", "num_heads")
+        check_heads(self)
+
+    def __repr__(self) -> str:
+        heads = f", num_heads={self.num_heads}" if self.num_heads != 1 else ""
+        return f"{type(self).__name__}({self.in_features} => {self.hidden_size}{heads})"
+
+    def _checked(self, params: Any, state: object, x: jax.Array, kind: type) -> tuple[Any, Any]:
+        """`(dtype, x)` after checking params, input and the state's type."""
+        dtype = check_params(self, params, self.param_shapes())  # type: ignore[attr-defined]
+        x = check_input(self, x, dtype)
+        if not isinstance(state, kind):
+            fields = ", ".join(kind._fields)  # type: ignore[attr-defined]
+            raise TypeError(
+                f"{self!r}: expected the state to be an {kind.__name__}({fields}), got "
+                f"{type(state).__name__}. Use {self!r}.initial_state(params)."
+            )
+        return dtype, x
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class SLSTMCell(_XLSTMCell):
     r"""xLSTM's sLSTM cell: an LSTM with an exponential input gate, a normaliser state and a
     stabiliser that keeps every exponential finite.
 
@@ -78,20 +112,6 @@ class SLSTMCell(Cell):
       ((2, 8), True)
     """
 
-    in_features: int
-    hidden_size: int
-    num_heads: int = 1
-    forget_bias: float = 3.0
-    exp_forget: bool = False
-
-    def __post_init__(self) -> None:
-        check_sizes(self, "in_features", "hidden_size", "num_heads")
-        check_heads(self)
-
-    def __repr__(self) -> str:
-        heads = f", num_heads={self.num_heads}" if self.num_heads != 1 else ""
-        return f"SLSTMCell({self.in_features} => {self.hidden_size}{heads})"
-
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """The shape of every params entry that `init` makes."""
         i, h, n = self.in_features, self.hidden_size, self.num_heads
@@ -126,24 +146,140 @@ class SLSTMCell(Cell):
     def __call__(
         self, params: dict[str, jax.Array], state: SLSTMState, x: jax.Array
     ) -> tuple[SLSTMState, jax.Array]:
-        dtype = check_params(self, params, self.param_shapes())
-        x = check_input(self, x, dtype)
-        if not isinstance(state, SLSTMState):
-            raise TypeError(
-                f"{self!r}: expected the state to be an SLSTMState(h, c, n, m), got "
-                f"{type(state).__name__}. Use {self!r}.initial_state(params)."
-            )
+        dtype, x = self._checked(params, state, x, SLSTMState)
         batch, H = tuple(x.shape[:-1]), self.hidden_size
         h, c, n, m = (match_state(self, k, v, batch, H, dtype) for k, v in state._asdict().items())
         pre = affine(x, params["wi"], params["b"]) + self._recurrent(params["wh"], h)
         i_t, f_t, z_t, o_t = jnp.split(pre, 4, axis=-1)
-        log_f = f_t if self.exp_forget else jax.nn.log_sigmoid(f_t)
-        m_new = jnp.maximum(log_f + m, i_t)
-        i = jnp.exp(i_t - m_new)
-        f = jnp.exp(log_f + m - m_new)
+        i, f, m_new = _stabilised_gates(i_t, f_t, m, self.exp_forget)
         c = f * c + i * jnp.tanh(z_t)
         n = f * n + i
         # n' > 0 unless both terms underflow (then c' is 0 too): the output is 0 there.
         ratio = jnp.where(n > 0, c / jnp.where(n > 0, n, 1), 0)
         h = jax.nn.sigmoid(o_t) * ratio
         return SLSTMState(h, c, n, m_new), h
+
+
+def _stabilised_gates(
+    i_t: jax.Array, f_t: jax.Array, m: jax.Array, exp_forget: bool
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """xLSTM's stabiliser: `(i', f', m')` with `m' = max(log f + m, i~)`, `i' = exp(i~ - m')`,
+    `f' = exp(log f + m - m')`; `log f` is `log sigmoid(f~)`, or `f~` with `exp_forget`."""
+    log_f = f_t if exp_forget else jax.nn.log_sigmoid(f_t)
+    m_new = jnp.maximum(log_f + m, i_t)
+    return jnp.exp(i_t - m_new), jnp.exp(log_f + m - m_new), m_new
+
+
+class MLSTMState(NamedTuple):
+    """The carry of `MLSTMCell`, flattened over heads: the matrix memory `C` (`heads * d * d`),
+    the normaliser `n` (`heads * d`) and the stabiliser `m` (`heads`), each `(..., size)`.
+
+    Examples:
+      >>> import jax, recurjax as rj
+      >>> cell = rj.MLSTMCell(3, 8, num_heads=2)
+      >>> [a.shape for a in cell.initial_state(cell.init(jax.random.key(0)))]
+      [(32,), (8,), (2,)]
+    """
+
+    C: jax.Array  # shape=(..., heads * d * d): matrix memory per head, scaled by exp(-m)
+    n: jax.Array  # shape=(..., heads * d): normaliser, scaled by exp(-m)
+    m: jax.Array  # shape=(..., heads): log-space stabiliser
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class MLSTMCell(_XLSTMCell):
+    r"""xLSTM's mLSTM cell: per head, a `d x d` matrix memory written with the outer product
+    of a value and a key and read with a query, under exponential gating.
+
+    .. math::
+
+        q = x W_q + b_q, \quad k = (x W_k + b_k) / \sqrt{d}, \quad v = x W_v + b_v, \quad
+        o = \sigma(x W_o + b_o) \\
+        (i', f', m') &= \mathrm{stabilise}(\tilde\imath, \tilde f, m) \quad
+        \text{(one scalar pair per head, as sLSTM)} \\
+        C' = f' C + i' \, v k^\top, \qquad n' = f' n + i' k \\
+        h' = o \odot \frac{C' q}{\max(|n'^\top q|, e^{-m'})}, \qquad y = h'
+
+    The memory is the paper's `C` and `n` scaled by `exp(-m)`, so `exp(-m')` in the
+    denominator is the paper's lower bound of 1 (tested: equal to the unstabilised equations
+    where those are finite, finite for pre-activations of 1e4). This is the recurrent form,
+    one step at a time, for streaming and the sequential strategy; the paper's parallel
+    training form is not implemented.
+
+    Params (`init`): `{"wi": (in, 4H + 2 heads), "b": (4H + 2 heads,)}` with blocks `q, k, v,
+    o` (`H` each) and the per-head `i~, f~`; Glorot-uniform `wi`, zero bias except the forget
+    block (`forget_bias`). State: `MLSTMState(C, n, m)`, flattened per head (see there),
+    zeros. Input `x: (..., in)`; output `y: (..., H)`.
+
+    Paper: M. Beck, K. Pöppel, M. Spanring, et al., "xLSTM: Extended Long Short-Term
+    Memory", arXiv:2405.04517 (section 2.3).
+
+    Args:
+      in_features: size of the last axis of `x`.
+      hidden_size: `H = heads * d`.
+      num_heads: the heads, dividing `H` (1 by default).
+      forget_bias: initial value of the forget-gate biases (3.0 by default).
+      exp_forget: an exponential forget gate, `f = exp(f~)`, instead of the sigmoid.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, recurjax as rj
+      >>> cell = rj.MLSTMCell(3, 8, num_heads=2)
+      >>> cell.param_shapes()
+      {'wi': (3, 36), 'b': (36,)}
+      >>> params = cell.init(jax.random.key(0))
+      >>> state, ys = rj.scan(cell, params, cell.initial_state(params), jnp.ones((5, 4, 3)))
+      >>> ys.shape, state.C.shape
+      ((5, 4, 8), (4, 32))
+    """
+
+    def _sizes(self) -> tuple[int, int, int]:
+        """`(H, heads, d)`."""
+        return self.hidden_size, self.num_heads, self.hidden_size // self.num_heads
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shape of every params entry that `init` makes."""
+        H, heads, _ = self._sizes()
+        width = 4 * H + 2 * heads
+        return {"wi": (self.in_features, width), "b": (width,)}
+
+    def init(self, key: jax.Array, dtype: Any = jnp.float32) -> dict[str, jax.Array]:
+        """Glorot-uniform `wi`, zero bias but the forget block."""
+        H, heads, _ = self._sizes()
+        width = 4 * H + 2 * heads
+        b = jnp.zeros((width,), dtype).at[4 * H + heads :].set(self.forget_bias)
+        return {"wi": glorot_uniform(key, (self.in_features, width), dtype), "b": b}
+
+    def initial_state(self, params: dict[str, jax.Array]) -> MLSTMState:
+        """`MLSTMState` of zeros in the params' dtype."""
+        dtype = check_params(self, params, self.param_shapes())
+        H, heads, d = self._sizes()
+        return MLSTMState(
+            jnp.zeros((heads * d * d,), dtype), jnp.zeros((H,), dtype), jnp.zeros((heads,), dtype)
+        )
+
+    def __call__(
+        self, params: dict[str, jax.Array], state: MLSTMState, x: jax.Array
+    ) -> tuple[MLSTMState, jax.Array]:
+        dtype, x = self._checked(params, state, x, MLSTMState)
+        H, heads, d = self._sizes()
+        batch = tuple(x.shape[:-1])
+        C = match_state(self, "C", state.C, batch, heads * d * d, dtype)
+        n = match_state(self, "n", state.n, batch, H, dtype)
+        m = match_state(self, "m", state.m, batch, heads, dtype)
+        pre = affine(x, params["wi"], params["b"])
+        q, k, v, o = (pre[..., j * H : (j + 1) * H].reshape(*batch, heads, d) for j in range(4))
+        k = k / math.sqrt(d)
+        i, f, m = _stabilised_gates(
+            pre[..., 4 * H : 4 * H + heads], pre[..., 4 * H + heads :], m, self.exp_forget
+        )
+        C = C.reshape(*batch, heads, d, d)
+        C = f[..., None, None] * C + i[..., None, None] * (v[..., :, None] * k[..., None, :])
+        n = f[..., None] * n.reshape(*batch, heads, d) + i[..., None] * k
+        num = jnp.einsum("...ij,...j->...i", C, q)
+        # exp(-m') capped at e^80 (finite in float32): past it, the paper's output is below
+        # e^-80 times the memory's read-out, and the cap keeps it (and its gradient) finite.
+        den = jnp.maximum(jnp.abs(jnp.sum(n * q, axis=-1)), jnp.exp(jnp.minimum(-m, 80.0)))
+        # den is 0 only where i' underflowed with an empty memory (C = n = 0): output 0 there.
+        den = jnp.where(den > 0, den, jnp.inf)[..., None]
+        h = (jax.nn.sigmoid(o) * num / den).reshape(*batch, H)
+        return MLSTMState(C.reshape(*batch, heads * d * d), n.reshape(*batch, H), m), h
