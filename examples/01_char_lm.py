@@ -37,6 +37,8 @@ Run it (about 3 minutes on a 2-core CPU)::
     python examples/01_char_lm.py --epochs 4 --resume     # two more epochs, same result as 4
     python examples/01_char_lm.py --data my_book.txt --out runs/book
     python examples/01_char_lm.py --cell mingru            # minGRU in place of the LSTM
+    python examples/01_char_lm.py --cell slstm             # or peephole, projlstm, lnlstm,
+                                                           # indrnn, mlstm, rglru, s6
 """
 
 from __future__ import annotations
@@ -140,20 +142,50 @@ def _embed(params: dict[str, jax.Array], x: jax.Array) -> jax.Array:
     return params["table"][x.astype(jnp.int32)]
 
 
+def recurrent_layer(kind: str, embed: int, hidden: int) -> tuple[Any, int]:
+    """The recurrent part for `--cell kind`, reading `embed` features: `(layer, width)`, the
+    width being what the output layer reads. Heads and sizes follow each paper's defaults
+    scaled to `hidden`; RG-LRU gates its input unit by unit, so a `Dense` widens the
+    embedding first, and S6 keeps its input's width (its state is `embed * 16`)."""
+    layers: dict[str, Any] = {
+        "lstm": lambda: rj.LSTMCell(embed, hidden, forget_bias=1.0),
+        "mingru": lambda: rj.MinGRUCell(embed, hidden),
+        "peephole": lambda: rj.PeepholeLSTMCell(embed, hidden, forget_bias=1.0),
+        "projlstm": lambda: rj.ProjLSTMCell(embed, hidden, forget_bias=1.0, proj_size=hidden // 2),
+        "lnlstm": lambda: rj.LayerNormLSTMCell(embed, hidden, forget_bias=1.0),
+        "indrnn": lambda: rj.IndRNNCell(embed, hidden),
+        "slstm": lambda: rj.SLSTMCell(embed, hidden, num_heads=4),
+        "mlstm": lambda: rj.MLSTMCell(embed, hidden, num_heads=4),
+        "rglru": lambda: rj.chain(rj.Dense(embed, hidden), rj.RGLRUCell(hidden, hidden)),
+        "s6": lambda: rj.SelectiveSSMCell(embed, state_size=16),
+    }
+    width = {"projlstm": hidden // 2, "s6": embed}.get(kind, hidden)
+    return layers[kind](), width
+
+
+CELLS = (
+    "lstm",
+    "mingru",
+    "peephole",
+    "projlstm",
+    "lnlstm",
+    "indrnn",
+    "slstm",
+    "mlstm",
+    "rglru",
+    "s6",
+)
+
+
 def build_model(key: jax.Array, hidden: int, embed: int, kind: str = "lstm") -> rj.Recur:
     """`Recur(chain(embedding, LSTMCell(embed, hidden), Dense(hidden, VOCAB)))`, unbatched;
-    `kind="mingru"` puts a `MinGRUCell` (linear in its state) where the LSTM is."""
+    another `kind` (`--cell`, one of `CELLS`) puts that recurrent layer where the LSTM is."""
 
     def init_table(k: jax.Array) -> dict[str, jax.Array]:
         return {"table": jax.random.normal(k, (VOCAB, embed), jnp.float32)}
 
-    cell = rj.chain(
-        rj.stateless(_embed, init_table),
-        rj.LSTMCell(embed, hidden, forget_bias=1.0)
-        if kind == "lstm"
-        else rj.MinGRUCell(embed, hidden),
-        rj.Dense(hidden, VOCAB),
-    )
+    layer, width = recurrent_layer(kind, embed, hidden)
+    cell = rj.chain(rj.stateless(_embed, init_table), layer, rj.Dense(width, VOCAB))
     return rj.Recur(cell, key=key)
 
 
@@ -315,9 +347,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=32, help="parallel streams")
     p.add_argument("--seq", type=int, default=64, help="steps per chunk (BPTT length)")
     p.add_argument("--hidden", type=int, default=256, help="LSTM hidden size")
-    p.add_argument(
-        "--cell", choices=["lstm", "mingru"], default="lstm", help="the recurrent layer"
-    )
+    p.add_argument("--cell", choices=CELLS, default="lstm", help="the recurrent layer")
     p.add_argument("--embed", type=int, default=32, help="byte embedding size")
     p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
     p.add_argument("--seed", type=int, default=0)
