@@ -322,6 +322,9 @@ def test_torch_projected_lstm_outputs_gradients_and_round_trip():
 
 def test_torch_unsupported_modules():
     torch = need("torch")
+    sd = _torch_state(torch.nn.LSTM(5, 6, proj_size=3))
+    with pytest.raises(ValueError, match=re.escape("in a 'GRU' state_dict of shape (3, 6)")):
+        interop.from_torch(sd, mode="GRU")
     sd = _torch_state(torch.nn.GRU(5, 6, num_layers=2, bidirectional=True))
     sd = {k: v for k, v in sd.items() if not k.endswith("l1_reverse")}
     with pytest.raises(ValueError, match=re.escape("needs '_reverse' keys for every layer")):

@@ -82,9 +82,16 @@ def _one_layer(mode: str, tensors: dict[str, Any], where: str) -> tuple[Any, dic
     if w_ih.ndim != 2 or w_hh.ndim != 2:
         raise ValueError(f"{where}: weight_ih and weight_hh must be matrices.")
     hidden, in_features = w_hh.shape[1], w_ih.shape[1]
-    if "weight_hr" in tensors:
-        return _projected(tensors, w_ih, w_hh, where)
-    if w_hh.shape[0] != gates * hidden:
+    w_hr = as_array(tensors["weight_hr"]) if "weight_hr" in tensors else None
+    if w_hr is not None:  # nn.LSTM(proj_size=P): weight_hr (P, H) and weight_hh (4H, P)
+        if mode != "LSTM" or w_hr.ndim != 2:
+            raise ValueError(
+                f"{where}: weight_hr (an LSTM's projection, a (P, H) matrix) in a {mode!r} "
+                f"state_dict of shape {tuple(w_hr.shape)}; only mode 'LSTM' has one."
+            )
+        proj, hidden = w_hr.shape
+        expect_shape(where, "weight_hh", w_hh, (gates * hidden, proj))
+    elif w_hh.shape[0] != gates * hidden:
         raise ValueError(
             f"{where}: mode {mode!r} has {gates} gate block(s), so weight_hh should have shape "
             f"({gates} * H, H) = ({gates * hidden}, {hidden}); got {tuple(w_hh.shape)}. "
@@ -106,34 +113,16 @@ def _one_layer(mode: str, tensors: dict[str, Any], where: str) -> tuple[Any, dic
         params["b"] = b_ih + jnp.concatenate([r_z, jnp.zeros_like(bhn)])
         params["bhn"] = bhn
     else:
-        if mode == "LSTM":
+        if w_hr is not None:
+            cell = ProjLSTMCell(in_features, hidden, proj_size=w_hr.shape[0])
+            params["wr"] = w_hr.T
+        elif mode == "LSTM":
             cell = LSTMCell(in_features, hidden)
         else:
             act = jnp.tanh if mode == "RNN_TANH" else jax.nn.relu
             cell = RNNCell(in_features, hidden, activation=act)
         params["b"] = b_ih + b_hh
     return cell, params
-
-
-def _projected(
-    tensors: dict[str, Any], w_ih: Any, w_hh: Any, where: str
-) -> tuple[ProjLSTMCell, dict[str, Any]]:
-    """An `nn.LSTM(proj_size=P)` layer: `weight_hr (P, H)` projects `o * tanh(c)` to `h`."""
-    w_hr = as_array(tensors["weight_hr"])
-    if w_hr.ndim != 2:
-        raise ValueError(f"{where}: weight_hr must be a matrix (P, H).")
-    proj, hidden = w_hr.shape
-    in_features = w_ih.shape[1]
-    expect_shape(where, "weight_hh", w_hh, (4 * hidden, proj))
-    expect_shape(where, "weight_ih", w_ih, (4 * hidden, in_features))
-    bias = jnp.zeros((4 * hidden,), w_ih.dtype)
-    if "bias_ih" in tensors:
-        b_ih, b_hh = as_array(tensors["bias_ih"]), as_array(tensors["bias_hh"])
-        expect_shape(where, "bias_ih", b_ih, (4 * hidden,))
-        expect_shape(where, "bias_hh", b_hh, (4 * hidden,))
-        bias = b_ih + b_hh
-    cell = ProjLSTMCell(in_features, hidden, proj_size=proj)
-    return cell, {"wi": w_ih.T, "wh": w_hh.T, "b": bias, "wr": w_hr.T}
 
 
 def from_torch(source: Any, *, mode: str | None = None) -> tuple[Any, Any]:
