@@ -33,23 +33,6 @@ def pays(cell: object, xs: PyTree) -> bool:
     return True
 
 
-def masked_step(cell: CellFn, params: PyTree, s0: PyTree) -> Any:
-    """One step of `cell` for `lax.scan` over `(x, valid, reset)` (masks `(*batch)` or
-    `None`): the state becomes `s0` where a reset is set, and stays as it was where the
-    step is past the sequence's length."""
-
-    def step(h: PyTree, data: Any) -> tuple[PyTree, PyTree]:
-        x, valid, reset = data
-        if reset is not None:
-            h = jax.tree.map(functools.partial(select, reset), s0, h)
-        new, y = cell(params, h, x)
-        if valid is not None:
-            new = jax.tree.map(functools.partial(select, valid), new, h)
-        return new, y
-
-    return step
-
-
 def run(
     cell: CellFn,
     params: PyTree,
@@ -64,7 +47,17 @@ def run(
     input zero); the engine zeroes them once, after the strategy.
     """
     T = jax.tree.leaves(xs)[0].shape[0]
-    step = masked_step(cell, params, None if ctl is None else ctl.state0)
+    s0 = None if ctl is None else ctl.state0
+
+    def step(h: PyTree, data: Any) -> tuple[PyTree, PyTree]:
+        x, valid, reset = data
+        if reset is not None:
+            h = jax.tree.map(functools.partial(select, reset), s0, h)
+        new, y = cell(params, h, x)
+        if valid is not None:
+            new = jax.tree.map(functools.partial(select, valid), new, h)
+        return new, y
+
     data = steps_of(xs, ctl)
     k, unroll = opts.truncate_every, opts.unroll
     if k is None or k >= T:
