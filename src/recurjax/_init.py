@@ -1,5 +1,5 @@
-"""Initialisers (private): the defaults of Flux's recurrent layers; and the affine map
-every layer shares."""
+"""Initialisers (private): the defaults of Flux's recurrent layers; and the affine and
+block-diagonal maps the layers share."""
 
 from __future__ import annotations
 
@@ -41,3 +41,10 @@ def affine(x: jax.Array, w: jax.Array, b: jax.Array | None = None) -> jax.Array:
     if b is not None:
         y = y + jnp.broadcast_to(b, y.shape)
     return y
+
+
+def by_heads(x: jax.Array, w: jax.Array) -> jax.Array:
+    """`x @ W` for a block-diagonal `W` stored as its blocks `w: (heads, d, e)`: each head's
+    `d` features of `x: (..., heads * d)` map to its `e` outputs, `(..., heads, e)`."""
+    heads, d = w.shape[0], w.shape[1]
+    return jnp.einsum("...nd,nde->...ne", x.reshape(*x.shape[:-1], heads, d), w)

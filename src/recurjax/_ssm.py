@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from ._checks import check_heads, check_input, check_params, check_sizes
 from ._contracts import PyTree
-from ._init import affine
+from ._init import affine, by_heads
 from ._linear import LinearCell
 
 __all__ = ["RGLRUCell", "SelectiveSSMCell"]
@@ -117,9 +117,7 @@ class RGLRUCell(LinearCell):
 
     def _heads(self, x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
         """`x W + b` for a block-diagonal `W` of `n` heads, `x: (..., H)`."""
-        n, d = w.shape[0], w.shape[1]
-        y = jnp.einsum("...nd,nde->...ne", x.reshape(*x.shape[:-1], n, d), w)
-        y = y.reshape(x.shape)
+        y = by_heads(x, w).reshape(x.shape)
         return y + jnp.broadcast_to(b, y.shape)
 
     def coefficients(self, params: PyTree, x: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from ._checks import check_heads, check_input, check_params, check_sizes, match_state
 from ._contracts import Cell
-from ._init import affine, glorot_uniform
+from ._init import affine, by_heads, glorot_uniform
 
 __all__ = ["MLSTMCell", "MLSTMState", "SLSTMCell", "SLSTMState"]
 
@@ -139,8 +139,7 @@ class SLSTMCell(_XLSTMCell):
     def _recurrent(self, wh: jax.Array, h: jax.Array) -> jax.Array:
         """`heads(h)`: `(..., H)` to the four gate blocks `(..., 4H)`, head by head."""
         n, d = wh.shape[0], wh.shape[1]
-        g = jnp.einsum("...nd,nde->...ne", h.reshape(*h.shape[:-1], n, d), wh)
-        g = g.reshape(*h.shape[:-1], n, 4, d)  # head, gate, unit
+        g = by_heads(h, wh).reshape(*h.shape[:-1], n, 4, d)  # head, gate, unit
         return jnp.swapaxes(g, -3, -2).reshape(*h.shape[:-1], 4 * n * d)
 
     def __call__(
