@@ -13,30 +13,33 @@ and, for the first epoch, compilation: one default run each, as the README repor
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import jax
 
 HERE = Path(__file__).resolve().parent
 EXAMPLE = HERE.parent / "examples" / "01_char_lm.py"
-CELLS = ("lstm", "mingru", "peephole", "projlstm", "lnlstm", "indrnn", "slstm", "mlstm")
-CELLS += ("rglru", "s6")  # the example's CELLS, in its order
 
 
-def param_count(kind: str) -> int:
-    """Parameters of the example's default model with `--cell kind`."""
+def load_example() -> Any:
+    """`examples/01_char_lm.py` as a module (its `CELLS` and `build_model`)."""
     sys.path.insert(0, str(EXAMPLE.parent))
-    import importlib.util
-
     spec = importlib.util.spec_from_file_location("char_lm", EXAMPLE)
     assert spec is not None and spec.loader is not None
     lm = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(lm)
+    return lm
+
+
+def param_count(lm: Any, kind: str) -> int:
+    """Parameters of the example's default model with `--cell kind`."""
     model = lm.build_model(jax.random.key(0), 256, 32, kind)
     return sum(int(a.size) for a in jax.tree.leaves(model.params))
 
@@ -46,7 +49,8 @@ def main() -> None:
     ap.add_argument("--cells", default="")
     ap.add_argument("--out", default=str(HERE / "RESULTS_char_lm.md"))
     args = ap.parse_args()
-    cells = args.cells.split(",") if args.cells else list(CELLS)
+    lm = load_example()
+    cells = args.cells.split(",") if args.cells else list(lm.CELLS)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for kind in cells:
@@ -56,7 +60,7 @@ def main() -> None:
             final = json.loads((out / "log.json").read_text())["final"]
             rows.append(
                 f"| `--cell {kind}` | {final['val_bpc']:.3f} | {final['train_bpc']:.3f} | "
-                f"{param_count(kind):,} | {final['chars_per_second']:,.0f} | "
+                f"{param_count(lm, kind):,} | {final['chars_per_second']:,.0f} | "
                 f"{final['train_seconds']:.0f} |"
             )
             print(rows[-1], flush=True)
