@@ -20,15 +20,18 @@ import gzip
 import json
 import resource
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
 import recurjax as rj
+
+sys.path.insert(0, str(Path(__file__).parent))
+from rnn import _recurjax, fwd_and_fb  # the functions rnn.py times
 
 
 def build(cell_name: str, what: str, size: list[int], strategy: str) -> tuple[Any, tuple]:
@@ -37,13 +40,8 @@ def build(cell_name: str, what: str, size: list[int], strategy: str) -> tuple[An
     cell = (rj.LSTMCell if cell_name == "lstm" else rj.GRUCell)(F, H)
     params = cell.init(jax.random.key(0))
     xs = jax.random.normal(jax.random.key(1), (B, T, F))
-
-    def ys(p: Any, xs: jax.Array) -> jax.Array:
-        h0 = jax.tree.map(lambda a: jnp.broadcast_to(a, (B, *a.shape)), cell.initial_state(p))
-        return rj.scan(cell, p, h0, xs, time_axis=1, strategy=strategy)[1]
-
-    fn = ys if what == "fwd" else jax.grad(lambda p, xs: jnp.sum(ys(p, xs) ** 2))
-    return jax.jit(fn), (params, xs)
+    fwd, fb = fwd_and_fb(_recurjax(cell, strategy))
+    return (fwd if what == "fwd" else fb), (params, xs)
 
 
 def ops_per_call(trace_dir: Path, calls: int) -> list[tuple[float, int, str, str]]:

@@ -124,15 +124,17 @@ def _block(x: Any) -> Any:
     return jax.block_until_ready(x)
 
 
+def fwd_and_fb(ys_fn: Callable[..., Any]) -> tuple[Any, Any]:
+    """`ys_fn(params, xs)` jitted, and the jitted gradient of `sum(ys**2)` w.r.t. `params`:
+    the fwd and f+b every benchmark here times."""
+    return jax.jit(ys_fn), jax.jit(jax.grad(lambda p, xs: jnp.sum(ys_fn(p, xs) ** 2)))
+
+
 def jax_impl(
     name: str, ys_fn: Callable[..., Any], params: Any, xs: jax.Array, reference: str = "recurjax"
 ) -> Impl:
     """Wrap `ys_fn(params, xs) -> ys (B, T, H)` as a jitted fwd and a jitted f+b."""
-
-    def loss(p: Any, xs: jax.Array) -> jax.Array:
-        return jnp.sum(ys_fn(p, xs) ** 2)
-
-    fwd, fb = jax.jit(ys_fn), jax.jit(jax.grad(loss))
+    fwd, fb = fwd_and_fb(ys_fn)
     impl = Impl(
         name,
         lambda: _block(fwd(params, xs)),
