@@ -45,6 +45,13 @@ class RGLRUCell(LinearCell):
     The input has the state's width (`in_features == hidden_size`): in Griffin a linear layer
     and a convolution come before it; put a `rj.Dense` before it in a chain for another width.
 
+    Checked against RecurrentGemma's JAX `RGLRU` layer (outputs, final state and every
+    gradient, to 1e-5 in float32; `tests/test_references.py`), whose `a_gate`, `input_gate`
+    and `a_param` are `wa, ba`, `wx, bx` and `lam` here. One difference: at the first token
+    of a segment RecurrentGemma writes `i * x` into the state, without the normalisation;
+    this cell runs the paper's recurrence at every step, so from a zero state its first
+    output is `sqrt(1 - a^2) * i * x`, and the two agree from the second token on.
+
     Params (`init`): `{"wa": (n, d, d), "ba": (H,), "wx": (n, d, d), "bx": (H,), "lam": (H,)}`
     for `n` heads of `d = H / n`; LeCun-normal blocks, zero biases, and `lam` such that
     the decay at `r = 1`, `a^c`, lies in `[0.9, 0.999]` with its square uniform (the paper's
@@ -154,6 +161,11 @@ class SelectiveSSMCell(LinearCell):
     `softplus(b_dt)` log-uniform in `[1e-3, 1e-1]`, `w_B, w_C: (D, N)` (LeCun normal), and the
     skip `D: (D,)` (ones). Input `x: (..., D)`, output `y: (..., D)`. Mamba's convolution,
     gating and projections around S6 are separate layers (`rj.Dense`, `rj.chain`).
+
+    Checked against Mamba's `selective_scan_ref` (`mamba-ssm` 2.3.2, with Mamba's own
+    projections of `Δ, B, C`; outputs, final state and every gradient, to 1e-5 in float32;
+    `tests/test_references.py`): Mamba's `x_proj` weight is `[w_dt1, w_B, w_C]` transposed
+    and stacked, its `dt_proj` weight and bias are `w_dt2` transposed and `b_dt`.
 
     Paper: A. Gu, T. Dao, "Mamba: Linear-Time Sequence Modeling with Selective State Spaces",
     arXiv:2312.00752.
