@@ -88,12 +88,12 @@ def test_sequence_parallel_scan_marks_out_of_range_lengths_like_scan():
         )  # fmt: skip
 
 
-def test_associative_strategies_reverse_and_empty_sequences_equal_sequential():
+def test_linear_strategies_reverse_and_empty_sequences_equal_sequential():
     cell = rj.MinGRUCell(IN, H)
     params = cell.init(jax.random.key(2))
     h0 = cell.initial_state(params)
     xs = jnp.asarray(np.random.default_rng(2).standard_normal((T, 2, IN), dtype=np.float32))
-    for strategy in ("associative", "chunked"):
+    for strategy in ("associative", "chunked", "hoisted"):
         for data, kw in ((xs, {"reverse": True, "truncate_every": 4}), (xs[:0], {})):
             want = rj.scan(cell, params, h0, data, strategy="sequential", **kw)
             tree_allclose(rj.scan(cell, params, h0, data, strategy=strategy, **kw), want)

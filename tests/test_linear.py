@@ -85,13 +85,13 @@ def _strategy_runs(cell):
 
 
 @pytest.mark.parametrize("cell", CELLS, ids=repr)
-def test_associative_and_chunked_equal_sequential(cell):
+def test_associative_hoisted_and_chunked_equal_sequential(cell):
     run = _strategy_runs(cell)
-    reference = run("sequential")  # also what "auto" runs on CPU (ASSOCIATIVE_BACKENDS)
+    reference = run("sequential")
     # The chunked walk does not depend on the cell: run it on two of them (the other two in
     # the slow tier, below).
     chunked = ("chunked",) if isinstance(cell, (rj.MinGRUCell, rj.LRUCell)) else ()
-    for strategy in ("associative", *chunked):
+    for strategy in ("associative", "hoisted", *chunked):
         assert _rel(run(strategy), reference) < 1e-5, strategy
 
 
@@ -170,7 +170,7 @@ def test_long_sequences_stay_finite(cell):
         return jnp.mean(ys**2), ys
 
     grads = {}
-    for strategy in ("sequential", "associative", "chunked"):
+    for strategy in ("sequential", "associative", "chunked", "hoisted"):
         (value, ys), g = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)(
             params, strategy
         )
@@ -179,6 +179,7 @@ def test_long_sequences_stay_finite(cell):
         grads[strategy] = (ys, g)
     assert _rel(grads["associative"], grads["sequential"]) < 1e-4
     assert _rel(grads["chunked"], grads["sequential"]) < 1e-4
+    assert _rel(grads["hoisted"], grads["sequential"]) < 1e-4
 
 
 def test_linear_cells_in_chains_and_errors():

@@ -38,7 +38,7 @@ def strategies_of(case: Case) -> tuple[str, ...]:
     if case.name in KERNEL:
         return ("auto", "fused", "sequential")
     if case.name == "mingru":
-        return ("sequential", "associative", "chunked")
+        return ("sequential", "associative", "chunked", "hoisted")
     return ("auto", "sequential")
 
 
@@ -206,6 +206,7 @@ GRID = sorted(
         + _cases(["chain", "user_fn"], ["auto"], ["remat6-trunc3"], [(2,)])
         + _cases(["mingru"], ["chunked"], ["lengths-resets"], [(6,)])
         + _cases(["mingru"], ["associative"], ["resets-trunc2-remat4-rev"])
+        + _cases(["mingru"], ["hoisted"], ["lengths-resets-remat-rev"])
         + _cases(["lstm"], ["auto"], ["lengths-resets-remat-rev"])
         + _cases(["user_fn"], ["auto"], ["resets-trunc2-remat4-rev"])
     ),
@@ -236,7 +237,7 @@ SLOW_GRID = sorted(
         + _cases(["lstm", "gru", "chain"], ["fused", "sequential"], ["plain"], [(), (1,), (2, 3)])
         + _cases(["lstm", "gruv3", "chain", "user_fn"], ["auto"], REMAT_OPTIONS, [(2,)])
         + _cases(ALL, ["auto", "sequential"], ["lengths-resets"], [(6,)])
-        + _cases(["mingru"], ["sequential", "associative", "chunked"], ["lengths-resets"], [(6,)])
+        + _cases(["mingru"], strategies_of(MINGRU), ["lengths-resets"], [(6,)])
         + _cases(ALL, ["auto"], ["lengths-resets-rev"], [(2, 3)], jit=False)
         + _cases(KERNEL, ["sequential"], ["lengths-resets-rev"], [(2, 3)], jit=False)
         + _cases(

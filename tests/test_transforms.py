@@ -75,8 +75,16 @@ def _reference(cell: Any) -> dict[str, Any]:
         pytest.param(MINGRU, "auto", marks=pytest.mark.slow),
         pytest.param(MINGRU, "associative", marks=pytest.mark.slow),
         pytest.param(MINGRU, "chunked", marks=pytest.mark.slow),
+        pytest.param(MINGRU, "hoisted", marks=pytest.mark.slow),
     ],
-    ids=["lstm-auto", "lstm-fused", "mingru-auto", "mingru-associative", "mingru-chunked"],
+    ids=[
+        "lstm-auto",
+        "lstm-fused",
+        "mingru-auto",
+        "mingru-associative",
+        "mingru-chunked",
+        "mingru-hoisted",
+    ],
 )
 def test_every_transformation_equals_the_sequential_strategy(cell, strategy):
     params, xs = _data(cell)

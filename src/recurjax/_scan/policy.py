@@ -27,6 +27,31 @@ LARGE_GRU_BATCH = 128
 ASSOCIATIVE_BACKENDS: frozenset[str] = frozenset()
 
 
+# benchmarks/RESULTS_cells.md (2-core AMD EPYC, XLA:CPU, 3 processes): the hoisted
+# strategy beat the sequential one for the cells linear in their state while its stored
+# coefficients `a, b` and states (each `T x batch x H`) stayed at most this many elements;
+# past it (B=32, T=4096, H=64: 8M), memory traffic and page faults made it the slower one
+# (see the table).
+HOISTED_MAX_ELEMENTS = 2**20
+# ... and while the state was at most this many times the input's width: Mamba's S6 state
+# is `D x N` per input channel (16 x the input), and the hoisted backward pass was slower.
+HOISTED_MAX_WIDENING = 4
+
+
+def hoisted_pays(cell: object, xs: object) -> bool:
+    """Whether `auto` runs a linear cell with the hoisted strategy for these time-major
+    inputs: a state no more than `HOISTED_MAX_WIDENING` times the input's width, and
+    `T x batch x H` of at most `HOISTED_MAX_ELEMENTS`."""
+    hidden = getattr(cell, "hidden_size", None)
+    leaves = jax.tree.leaves(xs)
+    if not isinstance(hidden, int) or len(leaves) != 1 or leaves[0].ndim < 1:
+        return False
+    x = leaves[0]
+    width = x.shape[-1] if x.ndim > 1 else 1
+    elements = x.size // max(width, 1) * hidden
+    return hidden <= HOISTED_MAX_WIDENING * width and elements <= HOISTED_MAX_ELEMENTS
+
+
 def associative_pays() -> bool:
     """Whether `auto` runs a linear cell with the chunked associative scan here."""
     return jax.default_backend() in ASSOCIATIVE_BACKENDS

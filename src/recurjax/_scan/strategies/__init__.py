@@ -13,9 +13,11 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import associative, chunked, fused, sequential
+from . import associative, chunked, fused, hoisted, sequential
 
-REGISTRY: dict[str, ModuleType] = {m.NAME: m for m in (fused, sequential, associative, chunked)}
+REGISTRY: dict[str, ModuleType] = {
+    m.NAME: m for m in (fused, sequential, associative, chunked, hoisted)
+}
 # `auto` takes the first strategy here that supports the cell and pays for its inputs;
 # the sequential one, last, always does.
-AUTO_ORDER: tuple[ModuleType, ...] = (chunked, fused, sequential)
+AUTO_ORDER: tuple[ModuleType, ...] = (chunked, hoisted, fused, sequential)

@@ -51,45 +51,53 @@ def _combine(
     return a1 * a2, a2 * b1 + b2
 
 
-def _linear_block(h: jax.Array, ab: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
-    """All states of a block from its entering state `h`: `(h_last, hs)`."""
-    hs = linear_scan(h, *ab)
-    return hs[-1], hs
-
-
 def _affine_prefix(h: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:
     """`hs[t] = a[t] hs[t-1] + b[t]` from `hs[-1] = h`, by `lax.associative_scan`."""
     A, B = lax.associative_scan(_combine, (a, b), axis=0)
     return A * h[None] + B
 
 
-@jax.custom_vjp
-def linear_scan(h: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:
-    """Every state of `h_t = a_t h_{t-1} + b_t`, time on axis 0.
+def _stepped_prefix(h: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:
+    """The same states by `lax.scan`, one multiply-add a step."""
 
-    Its VJP is the same kind of recurrence run backwards, so the backward pass is one more
-    associative scan instead of the transpose of the forward one (which XLA took several
-    times longer to compile, and ran slower): with `g_t` the cotangent of `h_t` from
-    outside, `l_t = g_t + a_{t+1} l_{t+1}`, then `db_t = l_t`, `da_t = l_t h_{t-1}` and
-    `dh = a_0 l_0`.
-    """
-    return _affine_prefix(h, a, b)
+    def step(h: jax.Array, ab: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        h = ab[0] * h + ab[1]
+        return h, h
+
+    return lax.scan(step, h, (a, b))[1]
 
 
-def _linear_scan_fwd(h: jax.Array, a: jax.Array, b: jax.Array) -> tuple[jax.Array, Any]:
-    hs = _affine_prefix(h, a, b)
-    return hs, (h, a, hs)
+def _linear_scan(prefix: Any) -> Any:
+    """Every state of `h_t = a_t h_{t-1} + b_t` (time on axis 0) by `prefix`, with a VJP
+    that is the same kind of recurrence run backwards, so the backward pass is one more
+    `prefix` instead of the transpose of the forward one (which XLA took several times
+    longer to compile, and ran slower, for the associative scan): with `g_t` the cotangent of
+    `h_t` from outside, `l_t = g_t + a_{t+1} l_{t+1}`, then `db_t = l_t`,
+    `da_t = l_t h_{t-1}` and `dh = a_0 l_0`."""
+
+    @jax.custom_vjp
+    def scan(h: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:
+        return prefix(h, a, b)
+
+    def fwd(h: jax.Array, a: jax.Array, b: jax.Array) -> tuple[jax.Array, Any]:
+        hs = prefix(h, a, b)
+        return hs, (h, a, hs)
+
+    def bwd(saved: Any, g: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        h, a, hs = saved
+        later = jnp.concatenate([a[1:], jnp.zeros_like(a[:1])])  # a_{t+1}, none after the end
+        lam = jnp.flip(prefix(jnp.zeros_like(h), jnp.flip(later, 0), jnp.flip(g, 0)), 0)
+        before = jnp.concatenate([h[None], hs[:-1]])
+        return a[0] * lam[0], lam * before, lam
+
+    scan.defvjp(fwd, bwd)
+    return scan
 
 
-def _linear_scan_bwd(saved: Any, g: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    h, a, hs = saved
-    later = jnp.concatenate([a[1:], jnp.zeros_like(a[:1])])  # a_{t+1}, none after the end
-    lam = jnp.flip(_affine_prefix(jnp.zeros_like(h), jnp.flip(later, 0), jnp.flip(g, 0)), 0)
-    before = jnp.concatenate([h[None], hs[:-1]])
-    return a[0] * lam[0], lam * before, lam
-
-
-linear_scan.defvjp(_linear_scan_fwd, _linear_scan_bwd)
+# `O(log T)` depth, for this strategy and the chunked one; and one step at a time, for the
+# hoisted one.
+linear_scan = _linear_scan(_affine_prefix)
+stepped_linear_scan = _linear_scan(_stepped_prefix)
 
 
 def coefficients(
@@ -116,6 +124,7 @@ def run(
     opts: Options,
     ctl: Ctl | None = None,
     chunk: int | None = None,
+    scan: Any = linear_scan,
 ) -> tuple[jax.Array, jax.Array]:
     """A cell linear in its state over a whole sequence with `lax.associative_scan`.
 
@@ -124,7 +133,8 @@ def run(
     every state, `h_t = A_t h_0 + B_t`. With `chunk`, blocks of that many steps are scanned
     associatively and carried sequentially from one to the next (`O(T log chunk)` work
     instead of `O(T log T)`); truncation cuts the carry at block starts of
-    `truncate_every` steps.
+    `truncate_every` steps. `scan` runs a block from its entering state: `linear_scan`, or
+    `stepped_linear_scan` for the hoisted strategy.
     """
     T = xs.shape[0]
     if T == 0:
@@ -137,14 +147,16 @@ def run(
     k = opts.truncate_every
     size = k if k is not None and k < T else chunk
     if size is None or size >= T:
-        h, hs = _linear_block(h, (a, b))
+        hs = scan(h, a, b)
+        h = hs[-1]
     else:
 
         def block(h: jax.Array, data: Any, start: jax.Array) -> tuple[jax.Array, jax.Array]:
             a, b, valid = data
             if k is not None:
                 h = cut_at(h, start, k, first_step(valid))
-            return _linear_block(h, (a, b))
+            hs = scan(h, a, b)
+            return hs[-1], hs
 
         h, hs = in_blocks(block, h, (a, b, valid), size, reverse=False)
     if opts.reverse:
