@@ -213,7 +213,7 @@ def section(job: dict[str, Any], runs: list[dict[str, Any]]) -> list[str]:
     """The config's table: times (medians over processes) and ratios to the cell's first
     row, its sequential one but for the LSTM's (per process, median [min-max])."""
     rows = [
-        f"## {job['name']}" + (" (RecurrentGemma's Python)" if job.get("recurrentgemma") else ""),
+        f"## {job['name']}" + (f" ({job['versions']})" if job.get("recurrentgemma") else ""),
         "",
         "| cell | strategy | fwd ms | f+b ms | / first row fwd | / first row f+b |",
         "|---|---|---|---|---|---|",
@@ -226,6 +226,12 @@ def section(job: dict[str, Any], runs: list[dict[str, Any]]) -> list[str]:
         ratios = [_range([r[key][w] / r[base][w] for r in runs]) for w in ("fwd", "fb")]
         rows.append(f"| {cell} | {row} | {fwd:.2f} | {fb:.2f} | {ratios[0]} | {ratios[1]} |")
     return rows
+
+
+_VERSIONS = (
+    "from importlib import metadata as m; "
+    "print(', '.join(f'{p} {m.version(p)}' for p in ('recurrentgemma', 'jax', 'numpy')))"
+)
 
 
 def _key(job: dict[str, Any]) -> str:
@@ -298,7 +304,13 @@ def main() -> None:
     jobs = QUICK if args.quick else [j for j in JOBS if args.only in j["name"]]
     if args.recurrentgemma_python:
         peers = [j for j in jobs if j["cells"] == EVERY]
-        jobs += [{**j, "recurrentgemma": args.recurrentgemma_python} for j in peers]
+        versions = subprocess.run(
+            [args.recurrentgemma_python, "-c", _VERSIONS], capture_output=True, text=True
+        ).stdout.strip()
+        jobs += [
+            {**j, "recurrentgemma": args.recurrentgemma_python, "versions": versions}
+            for j in peers
+        ]
     processes = 1 if args.quick else args.processes
     write = not (args.quick or args.only)
     drive(jobs, processes, Path(args.out) if write else None)
