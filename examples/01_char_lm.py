@@ -48,6 +48,7 @@ import json
 import math
 import sysconfig
 import time
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -249,8 +250,20 @@ def save_checkpoint(path: Path, params: Any, opt_state: Any, epoch: int, log: di
 
 def load_checkpoint(path: Path, params: Any, opt_state: Any) -> tuple[Any, Any, int, dict]:
     """Read a checkpoint into the structure of `(params, opt_state)` (a fresh model's)."""
-    with np.load(path, allow_pickle=False) as f:
-        stored = dict(f)
+    try:
+        with open(path, "rb") as file, np.load(file, allow_pickle=False) as f:
+            stored = dict(f)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise SystemExit(
+            f"--resume: {path} is not a readable checkpoint ({type(error).__name__}: {error}); "
+            "it may be truncated or from an interrupted copy. Delete it (or move it away) and "
+            "run without --resume to start over."
+        ) from error
+    if "__epoch__" not in stored or "__log__" not in stored:
+        raise SystemExit(
+            f"--resume: {path} has no epoch or log entry, so it was not written by this "
+            "example; delete it and run without --resume."
+        )
     paths_leaves, treedef = jax.tree_util.tree_flatten_with_path((params, opt_state))
     leaves = []
     for key_path, template in paths_leaves:

@@ -119,7 +119,8 @@ def _reaches(module: str) -> set[str]:
         ("recurjax._layers", "recurjax._compose"),
         ("recurjax._compose", "recurjax._scan"),
         ("recurjax._scan", "recurjax._recur"),
-        ("recurjax._recur", "recurjax._tbptt"),
+        ("recurjax._recur", "recurjax._trees"),
+        ("recurjax._trees", "recurjax._tbptt"),
     ],
 )
 def test_lower_layers_never_import_upper_ones(lower, upper):

@@ -6,6 +6,7 @@ while rank promotion stays an error as everywhere in the suite.
 
 import pathlib
 import re
+import textwrap
 
 import jax
 import pytest
@@ -17,13 +18,18 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 ONE_DEVICE = [p for p in DOCS if p.name != "parallel.md"]
 # The two long pages (about 30 s of CPU) run in the slow tier, which CI runs too.
 LONG = ("guide.md", "interop.md")
-BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
+# A block may sit indented inside an admonition (`!!! warning`): it runs dedented.
+BLOCK = re.compile(r"^( *)```python\n(.*?)^\1```", re.DOTALL | re.MULTILINE)
+
+
+def blocks(path: pathlib.Path) -> list[str]:
+    return [textwrap.dedent(code) for _, code in BLOCK.findall(path.read_text())]
 
 
 def test_docs_exist():
     assert (ROOT / "docs" / "guide.md").exists()
     for path in DOCS:
-        assert BLOCK.findall(path.read_text()), f"{path.name} has no python block"
+        assert blocks(path), f"{path.name} has no python block"
 
 
 @pytest.mark.parametrize(
@@ -33,7 +39,7 @@ def test_docs_exist():
 )
 def test_code_blocks_run(path):
     namespace: dict = {"__name__": f"docs_{path.stem}"}
-    for i, block in enumerate(BLOCK.findall(path.read_text())):
+    for i, block in enumerate(blocks(path)):
         code = compile(block, f"{path.name}[block {i}]", "exec")
         with jax.numpy_dtype_promotion("standard"):
             exec(code, namespace)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import re
 import sys
 from pathlib import Path
 from types import ModuleType
 
 import jax
 import numpy as np
+import pytest
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -88,6 +90,15 @@ def test_char_lm_learns_and_resumes_exactly(tmp_path: Path) -> None:
     split_log = json.loads((split / "log.json").read_text())
     assert [e["epoch"] for e in split_log["epochs"]] == [1, 2, 3, 4]
     assert split_log["final"]["val_bpc"] == resumed["val_bpc"] == metrics["val_bpc"]
+
+    # A truncated checkpoint (a copy cut short) gets an error naming the file and the fix.
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    data = (split / "checkpoint.npz").read_bytes()
+    (broken / "checkpoint.npz").write_bytes(data[: len(data) // 2])
+    message = f"--resume: {broken / 'checkpoint.npz'} is not a readable checkpoint (BadZipFile"
+    with pytest.raises(SystemExit, match=re.escape(message) + ".*Delete it"):
+        lm.main([*_char_lm_args(corpus, broken, epochs=4), "--resume"])
 
 
 def test_char_lm_builds_and_trains_every_cell() -> None:

@@ -224,3 +224,20 @@ def test_parallel_doc_runs_on_eight_devices() -> None:
     out = run_python("-c", code)
     assert out["n"] == DEVICES and out["B"] == 4 * DEVICES, out
     assert out["blocks"] >= 5, out
+
+
+def test_orbax_restores_a_sharded_checkpoint_bit_for_bit_onto_the_target_layout(
+    result: dict[str, Any],
+) -> None:
+    """The trained, batch-sharded handle and its optax state, saved with orbax, come back
+    identical onto one device and onto the data-parallel layout given by the target's
+    shardings: the state split over the 8 devices, the params replicated."""
+    restored = result["orbax"]
+    for name in ("single", "sharded"):
+        assert restored[name]["same_structure"], name
+        assert restored[name]["max_diff"] == 0.0, (name, restored[name]["max_diff"])
+    assert restored["single"]["n_devices"] == [1]
+    assert restored["sharded"]["n_devices"] == [DEVICES]
+    problems = _layout_problems(restored["sharded"]["state"], [result["rows_per_shard"], 32])
+    problems += _replication_problems(restored["sharded"]["params"])
+    assert not problems, "\n".join(problems)

@@ -16,6 +16,7 @@ from ._recur import GRU, LSTM, RNN, GRUv3, Recur
 from ._scan import scan, sequence_parallel_scan
 from ._ssm import RGLRUCell, SelectiveSSMCell
 from ._tbptt import chunks, tbptt
+from ._trees import batched, reset, truncate
 from ._variants import IndRNNCell, LayerNormLSTMCell, PeepholeLSTMCell, ProjLSTMCell
 from ._xlstm import MLSTMCell, MLSTMState, SLSTMCell, SLSTMState
 
@@ -55,9 +56,11 @@ __all__ = [
     "Stateless",
     "VariationalDropout",
     "__version__",
+    "batched",
     "bidirectional",
     "chain",
     "chunks",
+    "reset",
     "residual",
     "scan",
     "seed_dropout",
@@ -65,4 +68,5 @@ __all__ = [
     "stacked",
     "stateless",
     "tbptt",
+    "truncate",
 ]

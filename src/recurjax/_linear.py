@@ -3,15 +3,16 @@
 
 For these cells `h' = a * h + b` with `a` and `b` computed from `x` alone, so a whole
 sequence can also be evaluated with `lax.associative_scan` (`O(log T)` depth), which the
-scan engine does under `strategy="associative"` or `"chunked"` (`_scan/strategies/`). Each
-is still a normal cell, stepped one input at a time for streaming.
+scan engine does under `strategy="associative"` or `"chunked"` (`_scan/strategies/`), or
+with every `(a, b)` computed at once and only `h = a h + b` left in the loop
+(`"hoisted"`). Each is still a normal cell, stepped one input at a time for streaming.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -61,6 +62,10 @@ class LinearCell(Cell):
 
     in_features: int
     hidden_size: int
+    # True where `a` does not depend on the input (a linear time-invariant recurrence, such
+    # as the LRU's fixed decay): `strategy="auto"` then keeps the sequential strategy rather
+    # than the hoisted one, which would store a copy of `a` for every step (_scan/policy.py).
+    time_invariant: ClassVar[bool] = False
 
     @property
     def linear_recurrence(self) -> bool:
@@ -215,7 +220,9 @@ class LRUCell(LinearCell):
     Args:
       in_features: size of `x` and of `y` (the model width).
       hidden_size: `H`, the number of complex state units.
-      r_min, r_max: the ring of initial eigenvalue magnitudes, `0 <= r_min < r_max <= 1`.
+      r_min: the inner radius of the ring of initial eigenvalue magnitudes,
+        `0 <= r_min < r_max`.
+      r_max: its outer radius, `r_max <= 1`.
       max_phase: the largest initial phase, `2 pi` by default (`pi / 10` in the paper's
         long-range experiments).
 
@@ -230,6 +237,8 @@ class LRUCell(LinearCell):
       >>> h.dtype, ys.shape, ys.dtype
       (dtype('complex64'), (5, 2, 3), dtype('float32'))
     """
+
+    time_invariant: ClassVar[bool] = True  # `a` is the fixed decay lambda
 
     in_features: int
     hidden_size: int

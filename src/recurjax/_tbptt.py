@@ -9,7 +9,7 @@ import jax
 
 from ._checks import index_or_none, positive_int, time_length
 from ._contracts import PyTree
-from ._recur import Recur
+from ._trees import truncate
 
 __all__ = ["chunks", "tbptt"]
 
@@ -67,15 +67,6 @@ def chunks(xs: PyTree, k: int, *, time_axis: int = 0) -> list[PyTree]:
         return jax.tree.map(one, xs)
 
     return [cut(start) for start in range(0, T, k)]
-
-
-def _truncate_handles(carry: PyTree) -> PyTree:
-    """Every `Recur` in `carry` with its state detached (`Recur.truncate`); the rest as is."""
-    return jax.tree.map(
-        lambda node: node.truncate() if isinstance(node, Recur) else node,
-        carry,
-        is_leaf=lambda node: isinstance(node, Recur),
-    )
 
 
 def tbptt(
@@ -166,7 +157,7 @@ def tbptt(
     auxes = []
     for i, chunk in enumerate(chunks(xs, k, time_axis=time_axis)):
         if i > 0:
-            carry = _truncate_handles(carry)
+            carry = truncate(carry)
         result = step(carry, chunk)
         if not (isinstance(result, tuple) and len(result) == 2):
             raise TypeError(

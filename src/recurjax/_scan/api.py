@@ -105,15 +105,22 @@ def scan(
           like `"fused"`.
         - `"chunked"`: the same within blocks of 256 steps, carried sequentially from block
           to block (`O(T log 256)` work instead of `O(T log T)`).
+        - `"hoisted"`: for a `LinearCell` (and chains, part by part), every step's
+          coefficients `(a, b)` at once, then `lax.scan` of `h = a h + b` alone, then the
+          read-out at once: the per-step work left in the loop is one multiply-add. Its
+          backward pass is the same recurrence run backwards (a custom VJP), reverse-mode
+          only. It stores `a`, `b` and every state (`T x batch x H` each).
         - `"auto"` (default): `"fused"` where the cell has a kernel and `unroll == 1`,
           otherwise `"sequential"`; except where the sequential one measured faster on
           XLA:CPU (`benchmarks/RESULTS.md`): a `GRUCell` with 128 or more sequences in the
-          batch, and the forward pass alone of 4 or fewer sequences. A `Chain` runs part
-          by part over the whole sequence (each layer's outputs are the next one's
-          inputs), each part with its own best strategy; a `Dense` part is then one matmul
-          over all steps. A `LinearCell` runs sequentially: on XLA:CPU the associative
-          scan was slower (`benchmarks/RESULTS_linear.md`); backends where it measures
-          faster are listed in `ASSOCIATIVE_BACKENDS` (`_scan/policy.py`). Under
+          batch. A `Chain` runs part by part over the whole sequence (each layer's outputs
+          are the next one's inputs), each part with its own best strategy; a `Dense` part
+          is then one matmul over all steps. A `LinearCell` runs `"hoisted"` while
+          `T x batch x H` is at most 2**20 and its state at most 4 times as wide as its
+          input, and sequentially otherwise (`benchmarks/RESULTS_cells.md`;
+          `HOISTED_MAX_ELEMENTS` and `HOISTED_MAX_WIDENING` in `_scan/policy.py`); it runs
+          `"chunked"` on the backends listed in `ASSOCIATIVE_BACKENDS` (none yet: on
+          XLA:CPU the associative scan was slower, `benchmarks/RESULTS_linear.md`). Under
           forward-mode autodiff every part runs `"sequential"`, the one strategy JAX can
           differentiate that way. (A function jitted outside the `jax.jvp`,
           `jax.jvp(jax.jit(f), ...)`, is traced before the tangents exist: name
@@ -237,9 +244,10 @@ def sequence_parallel_scan(
       xs: `(T, ..., in)` with `T` a multiple of the size of `axis`.
       mesh: a `jax.sharding.Mesh`.
       axis: the mesh axis name that time is split over.
-      lengths, resets, state0: as in `scan` (`resets` time-major, split like `xs`); the
-        inputs are prepared by the same code as `scan`'s, so out-of-range lengths raise
-        `ValueError` outside `jit` and give NaN under it, as in `scan`.
+      lengths: as in `scan`; the inputs are prepared by the same code as `scan`'s, so
+        out-of-range lengths raise `ValueError` outside `jit` and give NaN under it.
+      resets: as in `scan`, time-major, split like `xs`.
+      state0: as in `scan`.
 
     Returns:
       `(h, ys)`: the final state (replicated) and `ys: (T, ..., out)`, sharded on time.

@@ -27,29 +27,37 @@ LARGE_GRU_BATCH = 128
 ASSOCIATIVE_BACKENDS: frozenset[str] = frozenset()
 
 
-# benchmarks/RESULTS_cells.md (2-core AMD EPYC, XLA:CPU, 3 processes): the hoisted
-# strategy beat the sequential one for the cells linear in their state while its stored
-# coefficients `a, b` and states (each `T x batch x H`) stayed at most this many elements;
-# past it (B=32, T=4096, H=64: 8M), memory traffic and page faults made it the slower one
-# (see the table).
+# benchmarks/RESULTS_cells.md (2-core AMD EPYC, XLA:CPU, 3 processes, ratios to the
+# sequential strategy, fwd / f+b): the hoisted strategy beat the sequential one for minGRU
+# and RG-LRU in every config where its stored `a`, `b` and states (`T x batch x H` each) were
+# at most this many elements: B=4 T=256 (minGRU 0.94 / 0.42, RG-LRU 0.28 / 0.19), B=32
+# T=256, B=4 T=4096 (0.55 / 0.38 and 0.16 / 0.29) and B=32 T=128 H=256 (0.56 / 0.66 and
+# 0.63 / 0.74). Past it, at B=32 T=4096 H=64 (8M), minGRU's hoisted forward pass was 2.1x
+# slower (memory traffic and page faults), so the sequential strategy runs there.
 HOISTED_MAX_ELEMENTS = 2**20
-# ... and while the state was at most this many times the input's width: Mamba's S6 state
-# is `D x N` per input channel (16 x the input), and the hoisted backward pass was slower.
+# ... while the state is at most this many times as wide as the input: Mamba's S6 state is
+# `D x N` per input channel (16 x the input in the benchmark), and its hoisted backward pass
+# was slower everywhere (f+b 1.13x to 2.06x).
 HOISTED_MAX_WIDENING = 4
+# Not for a time-invariant cell (`LinearCell.time_invariant`, the LRU): hoisting stores its
+# fixed decay for every step, and the LRU's hoisted f+b was 1.22x and 1.64x slower at B=32
+# (faster at B=4: a gain left unclaimed rather than a loss risked).
 
 
 def hoisted_pays(cell: object, xs: object) -> bool:
     """Whether `auto` runs a linear cell with the hoisted strategy for these time-major
-    inputs: a state no more than `HOISTED_MAX_WIDENING` times the input's width, and
-    `T x batch x H` of at most `HOISTED_MAX_ELEMENTS`."""
+    inputs: a recurrence whose decay depends on the input, a state no more than
+    `HOISTED_MAX_WIDENING` times the input's width, and `T x batch x H` of at most
+    `HOISTED_MAX_ELEMENTS`."""
     hidden = getattr(cell, "hidden_size", None)
     leaves = jax.tree.leaves(xs)
-    if not isinstance(hidden, int) or len(leaves) != 1 or leaves[0].ndim < 1:
+    if getattr(cell, "time_invariant", True) or not isinstance(hidden, int):
+        return False
+    if len(leaves) != 1 or leaves[0].ndim < 2:
         return False
     x = leaves[0]
-    width = x.shape[-1] if x.ndim > 1 else 1
-    elements = x.size // max(width, 1) * hidden
-    return hidden <= HOISTED_MAX_WIDENING * width and elements <= HOISTED_MAX_ELEMENTS
+    elements = x.size // x.shape[-1] * hidden
+    return hidden <= HOISTED_MAX_WIDENING * x.shape[-1] and elements <= HOISTED_MAX_ELEMENTS
 
 
 def associative_pays() -> bool:
