@@ -116,9 +116,10 @@ def scan(
           batch. A `Chain` runs part by part over the whole sequence (each layer's outputs
           are the next one's inputs), each part with its own best strategy; a `Dense` part
           is then one matmul over all steps. A `LinearCell` runs `"hoisted"` while
-          `T x batch x H` is at most 2**20 and its state at most 4 times as wide as its
-          input, and sequentially otherwise (`benchmarks/RESULTS_cells.md`;
-          `HOISTED_MAX_ELEMENTS` and `HOISTED_MAX_WIDENING` in `_scan/policy.py`); it runs
+          `T x batch x H` is at most 2**20, its state at most 4 times as wide as its input
+          and its decay depends on the input (not the LRU's fixed one), and sequentially
+          otherwise (`benchmarks/RESULTS_cells.md`; `HOISTED_MAX_ELEMENTS`,
+          `HOISTED_MAX_WIDENING` and `LinearCell.time_invariant`); it runs
           `"chunked"` on the backends listed in `ASSOCIATIVE_BACKENDS` (none yet: on
           XLA:CPU the associative scan was slower, `benchmarks/RESULTS_linear.md`). Under
           forward-mode autodiff every part runs `"sequential"`, the one strategy JAX can
