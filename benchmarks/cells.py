@@ -29,13 +29,10 @@ noise.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -49,7 +46,15 @@ import recurjax as rj
 from recurjax import interop
 
 sys.path.insert(0, str(Path(__file__).parent))
-from rnn import _range, environment, fwd_and_fb, time_rounds  # the main benchmark's
+from rnn import (  # the main benchmark's
+    _range,
+    driver_arguments,
+    environment,
+    fwd_and_fb,
+    run_workers,
+    serve_worker,
+    time_rounds,
+)
 
 EVERY = "every cell"
 LINEAR = "linear cells"
@@ -238,27 +243,23 @@ def _key(job: dict[str, Any]) -> str:
     return job["name"] + (" rg" if job.get("recurrentgemma") else "")
 
 
+def _source_tree_first(job: dict[str, Any]) -> dict[str, str]:
+    """Another Python may not have recurjax installed: the source tree serves."""
+    src = str(Path(__file__).resolve().parent.parent / "src")
+    return {"PYTHONPATH": os.pathsep.join(x for x in (src, os.environ.get("PYTHONPATH")) if x)}
+
+
 def drive(jobs: list[dict[str, Any]], processes: int, out: Path | None) -> None:
-    results: dict[str, list[dict[str, Any]]] = {_key(j): [] for j in jobs}
     env = environment()
     started = time.time()
-    for p in range(processes):
-        for job in jobs:
-            python = job.get("recurrentgemma") or sys.executable
-            with tempfile.NamedTemporaryFile(suffix=".json") as f:
-                cmd = [python, __file__, "--worker", json.dumps(job), "--seed", str(p)]
-                proc_env = dict(os.environ)
-                # Another Python may not have recurjax installed: the source tree serves.
-                src = str(Path(__file__).resolve().parent.parent / "src")
-                proc_env["PYTHONPATH"] = os.pathsep.join(
-                    x for x in (src, proc_env.get("PYTHONPATH")) if x
-                )
-                t0 = time.time()
-                subprocess.run([*cmd, "--result", f.name], check=True, env=proc_env)
-                results[_key(job)].append(json.loads(Path(f.name).read_text()))
-            print(
-                f"process {p + 1}/{processes} {job['name']}: {time.time() - t0:.0f} s", flush=True
-            )
+    results = run_workers(
+        __file__,
+        jobs,
+        processes,
+        key=_key,
+        python=lambda job: job.get("recurrentgemma") or sys.executable,
+        env=_source_tree_first,
+    )
     v = env["versions"]
     lines = [
         "# The newer cells: fwd and f+b by strategy",
@@ -287,19 +288,11 @@ def drive(jobs: list[dict[str, Any]], processes: int, out: Path | None) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="small sizes, one process, no file")
-    ap.add_argument("--processes", type=int, default=3, help="processes per config")
-    ap.add_argument("--only", default="", help="run the configs whose name has this (no file)")
+    description = (__doc__ or "").split("\n\n")[0]
+    ap = driver_arguments(description, Path(__file__).with_name("RESULTS_cells.md"))
     ap.add_argument("--recurrentgemma-python", default="", help="a Python with recurrentgemma")
-    ap.add_argument("--out", default=str(Path(__file__).with_name("RESULTS_cells.md")))
-    ap.add_argument("--worker", help=argparse.SUPPRESS)
-    ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
-    ap.add_argument("--result", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.worker:
-        result = worker(json.loads(args.worker), args.seed)
-        Path(args.result).write_text(json.dumps(result))
+    if serve_worker(args, worker):
         return
     jobs = QUICK if args.quick else [j for j in JOBS if args.only in j["name"]]
     if args.recurrentgemma_python:

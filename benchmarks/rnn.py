@@ -821,33 +821,67 @@ def _targets(
     return rows
 
 
-def drive(jobs: list[dict[str, Any]], processes: int, out: Path | None) -> None:
-    results: dict[str, list[dict[str, Any]]] = {j["name"]: [] for j in jobs}
-    env = environment()
-    started = time.time()
+def run_workers(
+    script: str,
+    jobs: list[dict[str, Any]],
+    processes: int,
+    key: Callable[[dict[str, Any]], str] = lambda job: job["name"],
+    python: Callable[[dict[str, Any]], str] = lambda job: sys.executable,
+    env: Callable[[dict[str, Any]], dict[str, str]] = lambda job: {},
+) -> dict[str, list[dict[str, Any]]]:
+    """Every job in `processes` fresh processes of `python(job) script --worker JOB`, one at
+    a time and interleaved (process 1 of every job, then process 2, ...), each with
+    `env(job)` added to the environment; returns each worker's JSON result, per `key(job)`."""
+    results: dict[str, list[dict[str, Any]]] = {key(j): [] for j in jobs}
     for p in range(processes):
         for job in jobs:
             with tempfile.NamedTemporaryFile(suffix=".json") as f:
-                cmd = [
-                    sys.executable,
-                    __file__,
-                    "--worker",
-                    json.dumps(job),
-                    "--seed",
-                    str(p),
-                    "--result",
-                    f.name,
-                ]
+                cmd = [python(job), script, "--worker", json.dumps(job), "--seed", str(p)]
                 t0 = time.time()
-                proc_env = dict(os.environ)
-                if job.get("env"):
-                    key, value = job["env"].split("=", 1)
-                    proc_env[key] = value
-                subprocess.run(cmd, check=True, env=proc_env)
-                results[job["name"]].append(json.loads(Path(f.name).read_text()))
+                proc_env = {**os.environ, **env(job)}
+                subprocess.run([*cmd, "--result", f.name], check=True, env=proc_env)
+                results[key(job)].append(json.loads(Path(f.name).read_text()))
             print(
                 f"process {p + 1}/{processes} {job['name']}: {time.time() - t0:.0f} s", flush=True
             )
+    return results
+
+
+def driver_arguments(description: str, out: Path) -> argparse.ArgumentParser:
+    """The command line shared by the drivers: `--quick`, `--processes`, `--only`, `--out`,
+    and the hidden `--worker`, `--seed`, `--result` of their worker processes."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--quick", action="store_true", help="small configs, one process, no file")
+    ap.add_argument("--processes", type=int, default=3, help="processes per job")
+    ap.add_argument("--only", default="", help="run the jobs whose name contains this (no file)")
+    ap.add_argument("--out", default=str(out))
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--result", help=argparse.SUPPRESS)
+    return ap
+
+
+def serve_worker(args: argparse.Namespace, work: Callable[[dict[str, Any], int], Any]) -> bool:
+    """In a worker process (`--worker`): run `work(job, seed)`, write its JSON result to
+    `--result` and return True; in the driver, False."""
+    if not args.worker:
+        return False
+    Path(args.result).write_text(json.dumps(work(json.loads(args.worker), args.seed)))
+    return True
+
+
+def _job_env(job: dict[str, Any]) -> dict[str, str]:
+    """A job's `env` setting (`NAME=value`) as a mapping."""
+    if not job.get("env"):
+        return {}
+    name, value = job["env"].split("=", 1)
+    return {name: value}
+
+
+def drive(jobs: list[dict[str, Any]], processes: int, out: Path | None) -> None:
+    env = environment()
+    started = time.time()
+    results = run_workers(__file__, jobs, processes, env=_job_env)
     v = env["versions"]
     peaks = [
         r["peak"]
@@ -896,18 +930,9 @@ def drive(jobs: list[dict[str, Any]], processes: int, out: Path | None) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="small configs, one process, no file")
-    ap.add_argument("--processes", type=int, default=3, help="processes per job")
-    ap.add_argument("--only", default="", help="run the jobs whose name contains this (no file)")
-    ap.add_argument("--out", default=str(Path(__file__).with_name("RESULTS.md")))
-    ap.add_argument("--worker", help=argparse.SUPPRESS)
-    ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
-    ap.add_argument("--result", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.worker:
-        result = worker(json.loads(args.worker), args.seed)
-        Path(args.result).write_text(json.dumps(result))
+    description = (__doc__ or "").split("\n\n")[0]
+    args = driver_arguments(description, Path(__file__).with_name("RESULTS.md")).parse_args()
+    if serve_worker(args, worker):
         return
     jobs = QUICK if args.quick else [j for j in JOBS if args.only in j["name"]]
     processes = 1 if args.quick else args.processes
