@@ -61,7 +61,7 @@ def _rglru(f):
     return rj.RGLRUCell(heads * d, heads * d, num_heads=heads), jax.tree.map(jnp.asarray, params)
 
 
-@pytest.mark.parametrize("strategy", ["sequential", "associative"])
+@pytest.mark.parametrize("strategy", ["sequential", "associative", "hoisted"])
 def test_rglru_equals_recurrentgemma(strategy):
     f = _load("rglru_recurrentgemma")
     cell, params = _rglru(f)
@@ -178,7 +178,7 @@ def test_mlstm_equals_xlstm_recurrent_and_parallel_backends():
 # --- S6: Mamba's selective_scan_ref (mamba-ssm 2.3.2.post1), float32 -----------------------
 
 
-@pytest.mark.parametrize("strategy", ["sequential", "associative"])
+@pytest.mark.parametrize("strategy", ["sequential", "associative", "hoisted"])
 def test_selective_ssm_equals_mambas_selective_scan_ref(strategy):
     f = _load("s6_mamba")
     D, N = f["params.A_log"].shape
