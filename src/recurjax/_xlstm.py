@@ -75,15 +75,19 @@ class SLSTMCell(_XLSTMCell):
 
         [\tilde\imath, \tilde f, \tilde z, \tilde o] &= x W_i + \mathrm{heads}(h) + b \\
         \log f &= \log\sigma(\tilde f) \quad (\tilde f \text{ with exp\_forget}) \\
-        m' &= \max(\log f + m, \ \tilde\imath) \\
-        i' &= e^{\tilde\imath - m'}, \qquad f' = e^{\log f + m - m'} \\
+        m' &= \max(\log f + m, \ \tilde\imath) \quad (\tilde\imath \text{ where } n = 0) \\
+        i' &= e^{\tilde\imath - m'}, \qquad f' = e^{\log f + m - m'} \quad (0 \text{ where }
+        n = 0) \\
         c' &= f' \odot c + i' \odot \tanh(\tilde z), \qquad n' = f' \odot n + i' \\
         h' &= \sigma(\tilde o) \odot c' / n', \qquad y = h'
 
     `heads(h)` is block-diagonal: head `k` maps its `d = H / num_heads` units of `h` to its
     units of the four gates. `c` and `n` are kept scaled by `exp(-m)`, so `c' / n'` is the
-    paper's `c / n` without ever forming `exp(i~)` (tested: equal to the unstabilised form
-    where that one is finite, and finite for pre-activations of 1e4).
+    paper's `c / n` without ever forming `exp(i~)`. An empty memory (`n = 0`, as in the zero
+    state) starts the stabiliser at `m' = i~`, as xlstm does; from there `n' >= 1` and
+    `|c'| <= n'`, so the read-out and its gradient stay bounded (tested: equal to the
+    unstabilised form where that one is finite, and values and gradients finite for inputs
+    at every scale from 1e-3 to 1e5).
 
     Params (`init`): `{"wi": (in, 4H), "wh": (heads, d, 4d), "b": (4H,)}`, gate blocks `i, f,
     z, o` (in `wi`, `b` and in each head's `4d` columns); Glorot-uniform weights, zero bias
@@ -94,9 +98,7 @@ class SLSTMCell(_XLSTMCell):
     Checked against the `xlstm` package's sLSTM cell on its PyTorch backend (outputs, states
     and every gradient, to 1e-9 in float64; `tests/test_references.py`). That cell takes the
     gate pre-activations `x @ wi`; its recurrent kernel `(heads, d, 4, d)` is `wh` reshaped
-    and its bias `(heads, 4, d)` is `b` taken gate by gate. From a zero state xlstm starts the
-    stabiliser at `i~`, this cell at `max(log f, i~)`: `c`, `n` and `m` differ by that scale
-    and the output is the same.
+    and its bias `(heads, 4, d)` is `b` taken gate by gate.
 
     Paper: M. Beck, K. Pöppel, M. Spanring, et al., "xLSTM: Extended Long Short-Term
     Memory", arXiv:2405.04517 (section 2.2).
@@ -157,23 +159,39 @@ class SLSTMCell(_XLSTMCell):
         h, c, n, m = (match_state(self, k, v, batch, H, dtype) for k, v in state._asdict().items())
         pre = affine(x, params["wi"], params["b"]) + self._recurrent(params["wh"], h)
         i_t, f_t, z_t, o_t = jnp.split(pre, 4, axis=-1)
-        i, f, m_new = _stabilised_gates(i_t, f_t, m, self.exp_forget)
+        i, f, m_new = _stabilised_gates(i_t, f_t, m, self.exp_forget, empty=n == 0)
         c = f * c + i * jnp.tanh(z_t)
         n = f * n + i
-        # n' > 0 unless both terms underflow (then c' is 0 too): the output is 0 there.
-        ratio = jnp.where(n > 0, c / jnp.where(n > 0, n, 1), 0)
-        h = jax.nn.sigmoid(o_t) * ratio
+        # n' >= 1 (see _stabilised_gates) and |c'| <= n': the ratio and its gradient are
+        # bounded by 1.
+        h = jax.nn.sigmoid(o_t) * (c / n)
         return SLSTMState(h, c, n, m_new), h
 
 
 def _stabilised_gates(
-    i_t: jax.Array, f_t: jax.Array, m: jax.Array, exp_forget: bool
+    i_t: jax.Array,
+    f_t: jax.Array,
+    m: jax.Array,
+    exp_forget: bool,
+    empty: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """xLSTM's stabiliser: `(i', f', m')` with `m' = max(log f + m, i~)`, `i' = exp(i~ - m')`,
-    `f' = exp(log f + m - m')`; `log f` is `log sigmoid(f~)`, or `f~` with `exp_forget`."""
+    `f' = exp(log f + m - m')`; `log f` is `log sigmoid(f~)`, or `f~` with `exp_forget`.
+
+    Where `empty` (a memory with normaliser `n = 0`, so nothing to forget), `m' = i~` and
+    `f' = 0`, as in xlstm. Then `i' = 1` and `n' = 1`, and from there `n' >= 1` at every step,
+    exactly in floating point: one of `i'`, `f'` is `exp(0) = 1`, so `n' = n + i'` or
+    `n' = f' n + 1`. Without it, a first input gate far below the forget gate leaves
+    `n' = exp(i~ - log f)`, as small as 1e-38 at inputs of 100, where `c / n` is finite but
+    its gradient `-c / n^2` overflows."""
     log_f = f_t if exp_forget else jax.nn.log_sigmoid(f_t)
     m_new = jnp.maximum(log_f + m, i_t)
-    return jnp.exp(i_t - m_new), jnp.exp(log_f + m - m_new), m_new
+    log_f_scaled = log_f + m - m_new
+    if empty is not None:
+        m_new = jnp.where(empty, i_t, m_new)
+        # Masked before the exponential: exp(log f + m - i~) may overflow where unused.
+        log_f_scaled = jnp.where(empty, -jnp.inf, log_f_scaled)
+    return jnp.exp(i_t - m_new), jnp.exp(log_f_scaled), m_new
 
 
 class MLSTMState(NamedTuple):
