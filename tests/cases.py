@@ -6,8 +6,9 @@ pass by accident on zero-initialised biases, and an initial state.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -15,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import recurjax as rj
+from recurjax._scan import run as run_stage
 
 IN, H = 3, 4
 
@@ -81,9 +83,49 @@ CASES = [
     Case("user_fn", elman, _elman_params, lambda p: jnp.zeros((H,), p["wxh"].dtype)),
 ]
 LIBRARY = [c for c in CASES if isinstance(c.cell, rj.Cell)]
-# A linear cell (tests/test_linear.py holds its own suite); test_sequences runs it too.
+# The linear cells outside CASES (tests/test_linear.py holds their own suite); the scan
+# engine's oracle grid runs them, and test_sequences runs minGRU too. The LRU's state is
+# complex (`oracle.loss_terms` takes its real and imaginary parts).
 MINGRU = _library("mingru", rj.MinGRUCell(IN, H))
+MINLSTM = _library("minlstm", rj.MinLSTMCell(IN, H))
+LRU = _library("lru", rj.LRUCell(IN, H), out=IN)  # y = Re(h C) + D x: width IN
+LINEAR = [MINGRU, MINLSTM, LRU]
 RECURRENT = [c for c in CASES if c.name != "dense"]
+
+
+KERNEL = ("rnn_tanh", "rnn_relu", "lstm", "gru", "chain")  # cells with a fused kernel
+LINEAR_STRATEGIES = ("auto", "sequential", "associative", "chunked", "hoisted")
+
+
+def strategies_of(case: Case) -> tuple[str, ...]:
+    """The strategies that run this cell: every linear one for a cell linear in its state,
+    `fused` for the kernel cells, and `auto` and `sequential` for every cell."""
+    if case.name in KERNEL:
+        return ("auto", "fused", "sequential")
+    if isinstance(case.cell, rj.LinearCell):
+        return LINEAR_STRATEGIES
+    return ("auto", "sequential")
+
+
+@contextlib.contextmanager
+def strategies_chosen() -> Iterator[list[str]]:
+    """The names of the strategies that `rj.scan` runs inside the block, in the order the
+    engine chose them (one per stepped part of a composite). JAX's caches are cleared on
+    entry, so every scan in the block is traced afresh and makes its choice again."""
+    names: list[str] = []
+    choose = run_stage.choose
+
+    def spy(*args: Any) -> Any:
+        chosen = choose(*args)
+        names.append(chosen.NAME)
+        return chosen
+
+    jax.clear_caches()
+    run_stage.choose = spy
+    try:
+        yield names
+    finally:
+        run_stage.choose = choose
 
 
 def ids(cases: list[Case]) -> list[str]:
@@ -96,4 +138,7 @@ def tree_allclose(a: Any, b: Any, rtol: float = 1e-5, atol: float = 1e-6) -> Non
         f"structures differ: {jax.tree.structure(a)} vs {jax.tree.structure(b)}"
     )
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+        # equal_nan=False: a NaN on both sides is a failure, not a match.
+        np.testing.assert_allclose(
+            np.asarray(x), np.asarray(y), rtol=rtol, atol=atol, equal_nan=False
+        )

@@ -48,16 +48,24 @@ def need(module: str) -> Any:
 
 
 def max_diff(ref: Any, got: Any) -> float:
-    """Largest absolute difference over two pytrees of the same structure, divided by
-    `max(1, largest |ref|)`: an absolute error for values of order one, a relative one for
-    larger values (a ReLU network's outputs grow over a sequence)."""
+    """Largest difference over two pytrees of the same structure, leaf by leaf: each leaf's
+    largest absolute difference divided by `max(1, largest |ref|)` of that leaf, an absolute
+    error for values of order one and a relative one for larger values (a ReLU network's
+    outputs grow over a sequence). Per leaf, so a large leaf (a bias gradient summed over
+    the steps) does not widen the tolerance of a small one. NaN on either side is a
+    difference of NaN, which fails every comparison with a tolerance."""
     la, lb = jax.tree.leaves(ref), jax.tree.leaves(got)
     assert len(la) == len(lb), (jax.tree.structure(ref), jax.tree.structure(got))
-    diff = max(
-        float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(la, lb, strict=True)
-    )
-    scale = max(float(np.max(np.abs(np.asarray(x)))) for x in la)
-    return diff / max(1.0, scale)
+
+    def leaf(x: Any, y: Any) -> float:
+        x, y = np.asarray(x), np.asarray(y)
+        assert x.shape == y.shape, (x.shape, y.shape)
+        if x.size == 0:
+            return 0.0
+        return float(np.max(np.abs(x - y))) / max(1.0, float(np.max(np.abs(x))))
+
+    diffs = [leaf(x, y) for x, y in zip(la, lb, strict=True)]
+    return max(diffs, key=lambda d: np.inf if np.isnan(d) else d, default=0.0)
 
 
 def inputs(seed: int, batched: bool, dtype: Any) -> tuple[np.ndarray, np.ndarray]:

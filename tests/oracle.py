@@ -23,13 +23,22 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def loss_terms(h: Any, ys: Any, w_y: Any) -> jax.Array:
-    """`sum(ys * w_y) + sum(sin(h))`: both the outputs and the final state feed the loss, so
-    both cotangents are non-zero (NaN outputs, which must not occur, count as zero here and
-    are caught by comparing the outputs)."""
+def state_terms(h: Any) -> jax.Array:
+    """`sum(sin(h))` over the state's leaves; a complex leaf (the LRU's state) adds the sines
+    of its real and imaginary parts, so both carry a non-zero cotangent."""
     total = jnp.zeros((), jnp.float32)
     for a in jax.tree.leaves(h):
-        total = total + jnp.sum(jnp.sin(a))
+        parts = (jnp.real(a), jnp.imag(a)) if jnp.iscomplexobj(a) else (a,)
+        for part in parts:
+            total = total + jnp.sum(jnp.sin(part))
+    return total
+
+
+def loss_terms(h: Any, ys: Any, w_y: Any) -> jax.Array:
+    """`sum(ys * w_y) + state_terms(h)`: both the outputs and the final state feed the loss,
+    so both cotangents are non-zero (NaN outputs, which must not occur, count as zero here
+    and are caught by comparing the outputs)."""
+    total = state_terms(h)
     for y, w in zip(jax.tree.leaves(ys), jax.tree.leaves(w_y), strict=True):
         total = total + jnp.sum(jnp.where(jnp.isnan(y), 0.0, y) * w)
     return total
@@ -127,7 +136,7 @@ def run(
         if grads is None:
             continue
         dparams, dh0, ds0, dxs = grads
-        dh = tree.map(np.cos, h)  # d/dh of sum(sin(h))
+        dh = tree.map(np.asarray, jax.grad(state_terms)(h))  # JAX's cotangent, complex too
         for t, h_in, x, cut, reset in reversed(trace):
             dp, dh, dx = bwd(params, h_in, x, dh, _at(w_y, (t, *b)))
             dparams = tree.map(np.add, dparams, dp)

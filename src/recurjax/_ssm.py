@@ -37,8 +37,12 @@ class RGLRUCell(LinearCell):
 
     with `c = 8`. `W_a` and `W_x` are block-diagonal with `num_heads` blocks (Griffin's
     heads), stored as `(heads, H / heads, H / heads)`. The decay is computed in log space, and
-    `1 - a^2` as `-expm1(2 log a)` floored at 2.5e-7 (so the square root's derivative stays
-    below 1000, the bound RecurrentGemma uses). As a `LinearCell`: `a` above and
+    `1 - a^2` as `-expm1(2 log a)` floored at 2.5e-7, so the square root's derivative stays
+    below 1000, RecurrentGemma's bound. RecurrentGemma bounds only the derivative: where a
+    saturated gate drives `1 - a^2` below the floor (large inputs), this cell keeps
+    `5e-4 * i * x` of the input with a derivative of 0 in `a`, RecurrentGemma
+    `sqrt(1 - a^2) * i * x` with a derivative of 1000 (`tests/test_references.py` measures
+    it at 100 and 1e4 times its inputs). As a `LinearCell`: `a` above and
     `b = sqrt(1 - a^2) * i * x`, so the associative and chunked strategies and
     `sequence_parallel_scan` run it.
 

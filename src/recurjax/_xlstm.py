@@ -159,7 +159,8 @@ class SLSTMCell(_XLSTMCell):
         h, c, n, m = (match_state(self, k, v, batch, H, dtype) for k, v in state._asdict().items())
         pre = affine(x, params["wi"], params["b"]) + self._recurrent(params["wh"], h)
         i_t, f_t, z_t, o_t = jnp.split(pre, 4, axis=-1)
-        i, f, m_new = _stabilised_gates(i_t, f_t, m, self.exp_forget, empty=n == 0)
+        empty = (n == 0) & (c == 0)
+        i, f, m_new = _stabilised_gates(i_t, f_t, m, self.exp_forget, empty)
         c = f * c + i * jnp.tanh(z_t)
         n = f * n + i
         # n' >= 1 (see _stabilised_gates) and |c'| <= n': the ratio and its gradient are
@@ -178,20 +179,27 @@ def _stabilised_gates(
     """xLSTM's stabiliser: `(i', f', m')` with `m' = max(log f + m, i~)`, `i' = exp(i~ - m')`,
     `f' = exp(log f + m - m')`; `log f` is `log sigmoid(f~)`, or `f~` with `exp_forget`.
 
-    Where `empty` (a memory with normaliser `n = 0`, so nothing to forget), `m' = i~` and
-    `f' = 0`, as in xlstm. Then `i' = 1` and `n' = 1`, and from there `n' >= 1` at every step,
-    exactly in floating point: one of `i'`, `f'` is `exp(0) = 1`, so `n' = n + i'` or
-    `n' = f' n + 1`. Without it, a first input gate far below the forget gate leaves
-    `n' = exp(i~ - log f)`, as small as 1e-38 at inputs of 100, where `c / n` is finite but
-    its gradient `-c / n^2` overflows."""
+    Where `empty` (a memory that holds nothing, as the zero state), `m' = i~`, as xlstm's
+    sLSTM does. The first write then has `i' = 1`, and after it one of `i'`, `f'` is
+    `exp(0) = 1` at every step, exactly in floating point, so the scaled memory never shrinks
+    below its latest write (sLSTM: `n' >= 1`). Without it, a first input gate far below the
+    forget gate scales the first write by `exp(i~ - log f)`, as small as 1e-38 at inputs of
+    100, and every later step keeps that scale: the read-out `c / n` is finite but its
+    gradient `-c / n^2` overflows, and at larger inputs the write underflows to zero and the
+    output is lost.
+
+    There `f' = exp(log f + m - i~)` may exceed 1; it multiplies the zero memory, so the
+    values are unchanged, and it is the exact derivative of the step with respect to that
+    memory (a learned initial state starting from zeros trains). It is capped at
+    `exp(log(max) / 2)` of the dtype (about 1.8e19 in float32) so that the forward pass never
+    forms `inf * 0`: past the cap that derivative saturates."""
     log_f = f_t if exp_forget else jax.nn.log_sigmoid(f_t)
     m_new = jnp.maximum(log_f + m, i_t)
-    log_f_scaled = log_f + m - m_new
-    if empty is not None:
-        m_new = jnp.where(empty, i_t, m_new)
-        # Masked before the exponential: exp(log f + m - i~) may overflow where unused.
-        log_f_scaled = jnp.where(empty, -jnp.inf, log_f_scaled)
-    return jnp.exp(i_t - m_new), jnp.exp(log_f_scaled), m_new
+    if empty is None:
+        return jnp.exp(i_t - m_new), jnp.exp(log_f + m - m_new), m_new
+    m_new = jnp.where(empty, i_t, m_new)
+    cap = 0.5 * math.log(float(jnp.finfo(i_t.dtype).max))  # above 0: only `empty` reaches it
+    return jnp.exp(i_t - m_new), jnp.exp(jnp.minimum(log_f + m - m_new, cap)), m_new
 
 
 class MLSTMState(NamedTuple):
@@ -292,17 +300,18 @@ class MLSTMCell(_XLSTMCell):
         H, heads, d = self._sizes()
         batch = tuple(x.shape[:-1])
         C = match_state(self, "C", state.C, batch, heads * d * d, dtype)
-        n = match_state(self, "n", state.n, batch, H, dtype)
+        C = C.reshape(*batch, heads, d, d)
+        n = match_state(self, "n", state.n, batch, H, dtype).reshape(*batch, heads, d)
         m = match_state(self, "m", state.m, batch, heads, dtype)
         pre = affine(x, params["wi"], params["b"])
         q, k, v, o = (pre[..., j * H : (j + 1) * H].reshape(*batch, heads, d) for j in range(4))
         k = k / math.sqrt(d)
+        empty = (C == 0).all(axis=(-2, -1)) & (n == 0).all(axis=-1)
         i, f, m = _stabilised_gates(
-            pre[..., 4 * H : 4 * H + heads], pre[..., 4 * H + heads :], m, self.exp_forget
+            pre[..., 4 * H : 4 * H + heads], pre[..., 4 * H + heads :], m, self.exp_forget, empty
         )
-        C = C.reshape(*batch, heads, d, d)
         C = f[..., None, None] * C + i[..., None, None] * (v[..., :, None] * k[..., None, :])
-        n = f[..., None] * n.reshape(*batch, heads, d) + i[..., None] * k
+        n = f[..., None] * n + i[..., None] * k
         num = jnp.einsum("...ij,...j->...i", C, q)
         # exp(-m') capped at e^80 (finite in float32): past it, the paper's output is below
         # e^-80 times the memory's read-out, and the cap keeps it (and its gradient) finite.

@@ -1,0 +1,117 @@
+"""Finiteness as a property of every library cell, not a point: values and gradients finite
+for inputs at every scale from 1e-3 to 1e5.
+
+Each cell runs `rj.scan` over `T` steps from its initial state, on inputs `scale * pattern`
+for 17 scales (half decades, 1e-3 to 1e5) and two patterns (all ones; a standard normal
+draw), each input one lane of a `vmap`, and the outputs, the final state and the gradients
+of `sum(ys) + sum(sin(h))` with respect to the params, the initial state and the inputs must
+all be finite in every lane. The scales are data, so each cell and strategy compiles once
+and every lane runs in one call; the cell's own `init` (what a user gets) and the shared
+cases' random params (every leaf N(0, 0.5^2), biases included) both run through it.
+
+`test_every_library_cell_is_here` fails when a cell class is added to `recurjax` without a
+case here, so the property covers the cells to come as well. The everyday tier runs each
+cell under `auto`; the slow tier runs every other strategy of each cell.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import oracle
+import pytest
+from cases import IN, LIBRARY, LINEAR, Case, ids, strategies_of
+
+import recurjax as rj
+
+T = 12
+SCALES = 10.0 ** np.arange(-3.0, 5.5, 0.5)  # 1e-3, 3.2e-3, 1e-2, ..., 1e5
+PATTERNS = ("ones", "normal")
+
+
+def _case(name: str, cell: rj.Cell) -> Case:
+    return Case(name, cell, cell.init, cell.initial_state)  # type: ignore[attr-defined]
+
+
+CELLS = [
+    *LIBRARY,
+    *LINEAR,
+    _case("slstm_exp", rj.SLSTMCell(IN, 4, num_heads=2, exp_forget=True)),
+    _case("mlstm_exp", rj.MLSTMCell(IN, 4, num_heads=2, exp_forget=True)),
+]
+# Cells whose finiteness is their parts' (composites and wrappers, covered through the
+# `chain` case and their parts), bases, and Dropout (a mask times its input).
+NOT_CELLS = {"Cell", "LinearCell", "Chain", "Bidirectional", "Residual", "Stateless"}
+NOT_CELLS |= {"Dropout", "VariationalDropout"}
+
+
+def test_every_library_cell_is_here():
+    """Every cell class that `recurjax` exports has a case in `CELLS`."""
+    exported = {
+        name
+        for name in rj.__all__
+        if inspect.isclass(obj := getattr(rj, name)) and issubclass(obj, rj.Cell)
+    }
+    covered = {type(case.cell).__name__ for case in CELLS}
+    assert exported - NOT_CELLS <= covered, sorted(exported - NOT_CELLS - covered)
+
+
+def _lanes() -> tuple[np.ndarray, list[str]]:
+    """`(lanes, T, IN)` inputs, one lane per pattern and scale, and each lane's name."""
+    normal = np.random.default_rng(0).standard_normal((T, IN)).astype(np.float32)
+    patterns = {"ones": np.ones((T, IN), np.float32), "normal": normal}
+    xs = np.stack([s * patterns[p] for p in PATTERNS for s in SCALES]).astype(np.float32)
+    return xs, [f"{p} x {s:.3g}" for p in PATTERNS for s in SCALES]
+
+
+@functools.cache
+def _values_and_grads(case: Case, strategy: str):
+    """Per lane: `(h, ys)` and the gradients for `(params, h0, xs)`, jitted once."""
+
+    def one(params, h0, xs):
+        def loss(params, h0, xs):
+            h, ys = rj.scan(case.cell, params, h0, xs, strategy=strategy)
+            return jnp.sum(ys) + oracle.state_terms(h), (h, ys)
+
+        return jax.grad(loss, argnums=(0, 1, 2), has_aux=True)(params, h0, xs)
+
+    return jax.jit(jax.vmap(one, in_axes=(None, None, 0)))
+
+
+def _non_finite(tree, names: list[str]) -> list[str]:
+    """`path: lanes` for each leaf with a non-finite entry in some lane (axis 0)."""
+    found = []
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        values = np.asarray(leaf).reshape(len(names), -1)
+        lanes = [n for n, row in zip(names, values, strict=True) if not np.isfinite(row).all()]
+        if lanes:
+            found.append(f"{jax.tree_util.keystr(path)}: {', '.join(lanes)}")
+    return found
+
+
+def check_finite(case: Case, strategy: str) -> None:
+    xs, names = _lanes()
+    run = _values_and_grads(case, strategy)
+    for label, params in (("init", case.cell.init(jax.random.key(0))), ("random", case.params(0))):
+        grads, (h, ys) = run(params, case.state(params), jnp.asarray(xs))
+        tree = {"ys": ys, "h": h, "d_params": grads[0], "d_h0": grads[1], "d_xs": grads[2]}
+        bad = "; ".join(_non_finite(tree, names))
+        assert not bad, f"{case.name} ({label} params, {strategy}): non-finite in {bad}"
+
+
+@pytest.mark.parametrize("case", CELLS, ids=ids(CELLS))
+def test_values_and_gradients_finite_at_every_scale(case: Case):
+    check_finite(case, "auto")
+
+
+SLOW = [(c, s) for c in CELLS for s in strategies_of(c) if s != "auto"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("case", "strategy"), SLOW, ids=[f"{c.name}-{s}" for c, s in SLOW])
+def test_values_and_gradients_finite_at_every_scale_every_strategy(case: Case, strategy: str):
+    check_finite(case, strategy)
