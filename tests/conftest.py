@@ -7,13 +7,22 @@ compilation cache, in a folder made for that run and removed at its end (so ever
 compiles from scratch and its time stays honest): both workers compile many of the same
 small programs (the oracle's steps, the cases' params), and this saved about 13% of the
 everyday tier's time.
+
+Tests that need a library beyond the runtime ones, optax and chex carry the `extras` marker
+(pyproject.toml), so that a run without those libraries deselects them (`-m "not extras"`,
+as the floor job .ci/floor does) instead of skipping them: test modules by a `pytestmark`
+line, the doctests of the modules in `EXTRAS_DOCTESTS` and the doc pages whose code imports
+one of `OPTIONAL` here. With `RECURJAX_NO_SKIPS=1` (CI sets it) a skipped test fails the run.
 """
 
 import os
+import pathlib
+import re
 import shutil
 import tempfile
 
 import jax
+import pytest
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_numpy_dtype_promotion", "strict")
@@ -28,7 +37,47 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+# Modules whose doctests need Flax, Equinox or Haiku (recurjax.nnx and recurjax.equinox also
+# import theirs, so a run without them must not collect these two files at all).
+EXTRAS_DOCTESTS = (
+    "recurjax.nnx",
+    "recurjax.equinox",
+    "recurjax.interop._flax",
+    "recurjax.interop._equinox",
+    "recurjax.interop._haiku",
+)
+OPTIONAL = "flax|equinox|haiku|torch|orbax|matplotlib|sklearn|statsmodels|tqdm"
+_IMPORTS_OPTIONAL = re.compile(rf"^\s*(?:import|from)\b.*\b(?:{OPTIONAL})\b", re.MULTILINE)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The `extras` marker on the doctests of `EXTRAS_DOCTESTS` and on the tests of a doc page
+    (a `path` parameter, tests/test_docs.py) whose code imports a library of `OPTIONAL`."""
+    for item in items:
+        doctest = getattr(item, "dtest", None)
+        name = doctest.name if doctest is not None else ""
+        path = getattr(getattr(item, "callspec", None), "params", {}).get("path")
+        if any(name == m or name.startswith(m + ".") for m in EXTRAS_DOCTESTS) or (
+            isinstance(path, pathlib.Path)
+            and path.suffix == ".md"
+            and _IMPORTS_OPTIONAL.search(path.read_text())
+        ):
+            item.add_marker(pytest.mark.extras)
+
+
 def pytest_sessionfinish(session, exitstatus):
-    """The process that made the folder removes it, after the workers are done."""
+    """With `RECURJAX_NO_SKIPS=1`, a skipped test or module fails the run: CI runs every test
+    it selects (a test needing what a run lacks on purpose is deselected by its marker).
+    The process that made the cache folder removes it, after the workers are done."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter is not None else []
+    if os.environ.get("RECURJAX_NO_SKIPS") == "1" and reporter is not None and skipped:
+        reporter.ensure_newline()
+        reporter.write_sep("=", f"RECURJAX_NO_SKIPS=1: {len(skipped)} skipped", red=True)
+        for report in skipped:
+            reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else ""
+            reporter.write_line(f"SKIPPED {report.nodeid}: {reason}")
+        if session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
     if _OWNER:
         shutil.rmtree(os.environ.pop("RECURJAX_TEST_JAX_CACHE"), ignore_errors=True)

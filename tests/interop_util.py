@@ -14,7 +14,6 @@ second bias included, is checked.
 from __future__ import annotations
 
 import importlib
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -27,20 +26,14 @@ import recurjax as rj
 from recurjax import interop
 
 T, B, IN, H = 9, 3, 5, 6
-REQUIRED = os.environ.get("RECURJAX_REQUIRE_INTEROP") == "1"
 
 
 def need(module: str) -> Any:
-    """Import a reference library, or skip the test module when it is missing.
-
-    CI sets `RECURJAX_REQUIRE_INTEROP=1`, which turns a missing library into an error: the
-    parity tests must run there, never be skipped.
-    """
+    """Import a reference library, or skip the test module when it is missing (CI sets
+    `RECURJAX_NO_SKIPS=1`, under which a skip fails the run: tests/conftest.py)."""
     try:
         return importlib.import_module(module)
     except ImportError:
-        if REQUIRED:
-            raise
         pytest.skip(
             f"{module} is not installed; `pip install -e '.[test]'` installs the references",
             allow_module_level=True,

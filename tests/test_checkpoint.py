@@ -13,8 +13,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+import pytest
 
 import recurjax as rj
+
+# Needs orbax: the `extras` marker, which .ci/floor deselects.
+pytestmark = pytest.mark.extras
 
 OPTIMIZER = optax.adam(1e-2)
 

@@ -14,6 +14,9 @@ import jax
 import numpy as np
 import pytest
 
+# Needs matplotlib and tqdm: the `extras` marker, which .ci/floor deselects.
+pytestmark = pytest.mark.extras
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 TEXT = (

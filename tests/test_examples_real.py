@@ -16,6 +16,9 @@ from types import ModuleType
 import jax
 import pytest
 
+# Needs scikit-learn, statsmodels and matplotlib: the `extras` marker, which .ci/floor deselects.
+pytestmark = pytest.mark.extras
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 

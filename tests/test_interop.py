@@ -2,8 +2,8 @@
 and Haiku. Parity of outputs and gradients over whole sequences (tests/interop_util.py), exact
 round trips, and the errors for what cannot be converted.
 
-A missing reference library skips its tests, except in CI, which sets
-`RECURJAX_REQUIRE_INTEROP=1` so that a missing library fails instead.
+A missing reference library skips its tests, except in CI, which sets `RECURJAX_NO_SKIPS=1`
+so that a skip fails the run (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ from interop_util import (
 
 import recurjax as rj
 from recurjax import interop
+
+# Needs torch, Flax, Equinox and Haiku: the `extras` marker, which .ci/floor deselects.
+pytestmark = pytest.mark.extras
 
 LIBRARY = {"torch": "torch", "flax": "flax.linen", "nnx": "flax.nnx", "equinox": "equinox"}
 LIBRARY["haiku"] = "haiku"

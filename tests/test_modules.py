@@ -20,6 +20,9 @@ import recurjax as rj
 from recurjax.equinox import Recurrent as EqxRecurrent
 from recurjax.nnx import Recurrent, RecurrentState
 
+# Needs Flax and Equinox: the `extras` marker, which .ci/floor deselects.
+pytestmark = pytest.mark.extras
+
 T, B, IN, H = 6, 3, 4, 5
 XS = jax.random.normal(jax.random.key(1), (T, B, IN))
 OPTIONS: dict[str, Any] = {

@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 
 # Three subprocesses on 8 host devices (about 40 s of CPU): the slow tier, which CI runs.
-pytestmark = pytest.mark.slow
+# tests/sharding_check.py needs orbax: the `extras` marker, which .ci/floor deselects.
+pytestmark = [pytest.mark.slow, pytest.mark.extras]
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICES = 8
