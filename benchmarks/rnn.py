@@ -1,30 +1,53 @@
 """recurjax against Flax, Haiku, Equinox, memax and PyTorch: LSTM and GRU over whole sequences.
 
     pip install -e ".[bench]"
-    python benchmarks/rnn.py                 # everything, 3 processes, writes RESULTS.md
-    python benchmarks/rnn.py --processes 5   # more processes per config
-    python benchmarks/rnn.py --quick         # one small config, one process, no file
+    python benchmarks/rnn.py                 # everything (7 or 3 processes), writes RESULTS.md
+    python benchmarks/rnn.py --policy-processes 9 --processes 5   # more processes per config
+    python benchmarks/rnn.py --order-seed 1234   # the build and call orders of a former run
+    python benchmarks/rnn.py --quick         # small configs, one process, no file
     python benchmarks/rnn.py --only lstm-32  # the jobs whose name contains "lstm-32"
 
 How the numbers are made, so that they can be trusted:
 
-- Same function: the weights of one PyTorch module are copied into every implementation
-  with `recurjax.interop`, and every output is checked against its recurjax reference
-  before anything is timed (Haiku's and memax's GRU put the reset gate before the matmul,
-  so they are checked against `rj.GRUv3Cell` with the same weights; memax's LSTM has
-  `h = o * c` without the `tanh`, so it is checked against a recurjax cell of those
-  equations).
-- Separate processes: each job (one config) runs in `--processes` fresh Python processes,
-  one after another, never two at once; the passes over all jobs are interleaved (process 1
-  of every job, then process 2, ...), so that slow drifts of the machine spread over all.
-- Within a process, every round calls the implementations in a new random order. Each
-  implementation runs one untimed call and then `burst` timed calls back to back, as a
-  training loop calls it (torch's worker threads are awake, JAX's buffers reused); the
-  round's time is the median of the burst, the process's time the median of the rounds.
+- Same function, checked outputs and gradients: the weights of one PyTorch module are copied
+  into every implementation with `recurjax.interop`. Before anything is timed (in the
+  first process of each job; the later ones build the same functions), every row's outputs
+  and its gradients of `sum(y * g)` (`g` a fixed random cotangent) w.r.t. its params and
+  its inputs are checked against recurjax's `strategy="sequential"` on the same inputs
+  (`check`): within 1e-4 of each array's scale (its largest |value|, at least 1), no NaN,
+  or the run stops with an `AssertionError`. A peer's param gradients are compared
+  through its weight mapping (JAX peers: differentiated through the `recurjax.interop`
+  conversion; torch: in its own layout, the reference's pulled back through
+  `interop.from_torch`); recurjax's own rows also have the gradients that their timed f+b
+  returns checked. Haiku's and memax's GRU put the reset gate before the matmul, so they
+  are checked against `rj.GRUv3Cell` with the same weights; memax's LSTM has `h = o * c`
+  without the `tanh`, so it is checked against a recurjax cell of those equations. The
+  floor is not the same function and is not checked.
+- Separate processes: each job (one config) runs in fresh Python processes, one after
+  another, never two at once; the passes over all jobs are interleaved (process 1 of every
+  job, then process 2, ...), so that slow drifts of the machine spread over all. The jobs
+  behind `src/recurjax/_scan/policy.py`'s thresholds and the targets table (every LSTM and
+  GRU config, the streaming step) run in `--policy-processes` processes (7), the others
+  (padded, memory) in `--processes` (3).
+- Within a process, the rows are built (made and compiled) in a random order, and every
+  round calls them in a new random order. Each row runs one untimed call and then `burst`
+  timed calls back to back, as a training loop calls it (torch's worker threads are awake,
+  JAX's buffers reused); the round's time is the median of the burst, the process's time
+  the median of the rounds. The orders come from `--order-seed` (random unless given; the
+  report records it, and each process's seed is derived from it).
 - Ratios are formed per process (recurjax's time over the implementation's, below 1:
-  recurjax is faster) and reported as the median over processes with their min-max. A
-  ratio whose range contains 1 is a tie. The A/A row is the default recurjax function
-  jitted a second time: its ratio shows the noise of the measurement and must contain 1.
+  recurjax is faster) and reported as the median over processes with their min-max. Over 7
+  processes the min-max is a 98.4% interval for the median per-process ratio whatever the
+  noise's distribution (it misses only if all 7 fall on one side: 2 / 2^7); over 3 only
+  75%, which cannot separate +-5%. A bootstrap interval was not chosen: from 7 values the
+  percentile bootstrap of a median spans about the 2nd to 6th of them, which covers the
+  median only 87.5% of the time though it claims 95%. A ratio whose range contains 1 is a
+  tie.
+- The A/A row is the default recurjax function built a second time and timed as a row of
+  its own: its ratio shows the noise of the measurement and must contain 1. Where it does
+  not in a job of `--policy-processes`, fwd or f+b, the job runs again once in fresh
+  processes with new seeds and its rerun's numbers are reported; if the A/A range still
+  excludes 1, the report says so in bold above the job's table and at the top.
 - fwd: the outputs of the whole sequence; f+b: the gradient of `sum(y**2)` w.r.t. the
   params (JAX: one jitted function each; PyTorch: `backward()`, torch on all cores, both
   `batch_first=True` and time-major).
@@ -45,11 +68,13 @@ import datetime
 import json
 import os
 import platform
+import secrets
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
@@ -75,7 +100,8 @@ def _job(
     kind: str, B: int, T: int, F: int, H: int, rounds: int, burst: int, env: str = ""
 ) -> dict[str, Any]:
     """One config; `env` (`NAME=value`) is set for the worker process, for every
-    implementation alike."""
+    implementation alike. Every LSTM and GRU config is behind `_scan/policy.py`'s
+    thresholds or the targets table: `"policy"` (`--policy-processes`, the A/A rule)."""
     name = f"{kind}-{B}-{T}-{F}-{H}" + (f" with {env}" if env else "")
     return {
         "name": name,
@@ -84,6 +110,7 @@ def _job(
         "rounds": rounds,
         "burst": burst,
         "env": env,
+        "policy": True,
     }
 
 
@@ -100,7 +127,7 @@ JOBS = [
 ] + [
     _job("lstm", 32, 128, 64, 256, 8, 3, HUGETLB),
     _job("lstm", 128, 64, 256, 512, 3, 1, HUGETLB),
-    {"name": "streaming", "kind": "streaming", "rounds": 300},
+    {"name": "streaming", "kind": "streaming", "rounds": 300, "policy": True},
     {"name": "padded", "kind": "padded", "size": [32, 128, 64, 256], "rounds": 8, "burst": 3},
     {"name": "memory", "kind": "memory", "size": [4096, 32, 64, 256], "rounds": 2},
 ]
@@ -109,15 +136,29 @@ QUICK = [_job("lstm", 8, 32, 16, 32, 3, 2), _job("gru", 8, 32, 16, 32, 3, 2)]
 
 @dataclasses.dataclass
 class Impl:
-    """One implementation: fwd and f+b callables (blocking) and its outputs for the check."""
+    """One row: its fwd and f+b callables (blocking), and for the check its outputs and
+    gradients of `sum(ys * g)` for a cotangent `g`: `vjp(g) -> (ys, d params, d xs)`, in the
+    layouts of its reference's outputs, params and inputs (a torch row's param gradients in
+    torch's: `layout` maps the reference's there)."""
 
     name: str
     fwd: Callable[[], Any]
     fb: Callable[[], Any]
-    out: Callable[[], np.ndarray]  # outputs (B, T, H), batch-major
-    reference: str = "recurjax"  # the reference function it must equal ("" for none)
+    vjp: Callable[[Any], tuple[Any, Any, Any]]
+    reference: str = "recurjax"  # the reference it must equal ("" for none)
+    layout: Callable[[Any], Any] | None = None
+    fb_grads: bool = False  # whether `fb()` returns the gradients of the reference's params
     compile_s: list[float] = dataclasses.field(default_factory=list)
     temp_mb: list[float] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class Reference:
+    """recurjax's sequential strategy on a job's inputs: what the rows are checked against.
+    `vjp(g) -> (ys, d params, d xs)` as `Impl.vjp`; `shape` is the shape of `ys`."""
+
+    vjp: Callable[[Any], tuple[Any, Any, Any]]
+    shape: tuple[int, ...]
 
 
 def _block(x: Any) -> Any:
@@ -130,36 +171,205 @@ def fwd_and_fb(ys_fn: Callable[..., Any]) -> tuple[Any, Any]:
     return jax.jit(ys_fn), jax.jit(jax.grad(lambda p, xs: jnp.sum(ys_fn(p, xs) ** 2)))
 
 
+def vjp_fn(ys_fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Jitted `(params, xs, g) -> (ys, d params, d xs)`: the outputs of `ys_fn(params, xs)`
+    and the gradients of `sum(ys * g)` w.r.t. both arguments, what `check` compares."""
+
+    def run(p: Any, xs: jax.Array, g: jax.Array) -> tuple[Any, Any, Any]:
+        ys, pull = jax.vjp(ys_fn, p, xs)
+        return ys, *pull(g)
+
+    return jax.jit(run)
+
+
+def reference(ys_fn: Callable[..., Any], params: Any, xs: jax.Array) -> Reference:
+    """`ys_fn` (recurjax's sequential strategy) as the reference of `check`."""
+    run = vjp_fn(ys_fn)
+    return Reference(lambda g: run(params, xs, g), jax.eval_shape(ys_fn, params, xs).shape)
+
+
 def jax_impl(
-    name: str, ys_fn: Callable[..., Any], params: Any, xs: jax.Array, reference: str = "recurjax"
+    name: str,
+    ys_fn: Callable[..., Any],
+    params: Any,
+    xs: jax.Array,
+    reference: str = "recurjax",
+    convert: Callable[[Any], Any] | None = None,
+    swap: bool = False,
+    fb_grads: bool | None = None,
 ) -> Impl:
-    """Wrap `ys_fn(params, xs) -> ys (B, T, H)` as a jitted fwd and a jitted f+b."""
+    """Wrap `ys_fn(params, xs) -> ys` as a jitted fwd and a jitted f+b, compiled now.
+    `params` and `xs` are the reference's: a peer runs on `convert(params)` (its layout of
+    the same weights; its check differentiates through `convert`, so that its gradients are
+    the reference's params'), and with `swap` on `xs` with the first two axes swapped (its
+    outputs too; the check swaps them back). `fb_grads` (default: no `convert`) has the
+    check compare the timed f+b's gradients with the reference's as well."""
+    own = params if convert is None else convert(params)
+    own_xs = jnp.swapaxes(xs, 0, 1) if swap else xs
+
+    def checked(p: Any, xs: jax.Array) -> jax.Array:
+        p = p if convert is None else convert(p)
+        if not swap:
+            return ys_fn(p, xs)
+        return jnp.swapaxes(ys_fn(p, jnp.swapaxes(xs, 0, 1)), 0, 1)
+
     fwd, fb = fwd_and_fb(ys_fn)
+    run = vjp_fn(checked)
     impl = Impl(
         name,
-        lambda: _block(fwd(params, xs)),
-        lambda: _block(fb(params, xs)),
-        lambda: np.asarray(fwd(params, xs)),
+        lambda: _block(fwd(own, own_xs)),
+        lambda: _block(fb(own, own_xs)),
+        lambda g: run(params, xs, g),
         reference,
+        fb_grads=convert is None if fb_grads is None else fb_grads,
     )
     for fn in (fwd, fb):
         t0 = time.perf_counter()
-        compiled = fn.lower(params, xs).compile()
-        _block(compiled(params, xs))
+        compiled = fn.lower(own, own_xs).compile()
+        _block(compiled(own, own_xs))
         impl.compile_s.append(time.perf_counter() - t0)
         mem = compiled.memory_analysis()
         impl.temp_mb.append(getattr(mem, "temp_size_in_bytes", float("nan")) / 2**20)
     return impl
 
 
-def _recurjax(cell: Any, strategy: str) -> Callable[[Any, jax.Array], jax.Array]:
-    """A fresh function (its own jit cache entry) running `rj.scan` batch-major."""
+def torch_impl(
+    name: str,
+    module: Any,
+    xs: np.ndarray,
+    run: Callable[[Any, Any], Any] = lambda module, x: module(x)[0],
+    swap: bool = False,
+    reference: str = "recurjax",
+) -> Impl:
+    """A torch recurrent module as a row, on all cores: fwd `run(module, x)` under
+    `no_grad`, f+b the `backward()` of `sum(y**2)`. `xs` is in the reference's layout; with
+    `swap` the module reads it with the first two axes swapped (time-major), and its
+    outputs and input gradients are swapped back for the check. Its param gradients stay in
+    torch's layout: the check pulls the reference's back through `interop.from_torch`."""
+    import torch
 
-    def ys(p: Any, xs: jax.Array) -> jax.Array:
-        h0 = jax.tree.map(
-            lambda a: jnp.broadcast_to(a, (xs.shape[0], *a.shape)), cell.initial_state(p)
+    torch.set_num_threads(os.cpu_count() or 1)
+
+    def layout(a: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(np.swapaxes(a, 0, 1) if swap else a)
+
+    x = torch.from_numpy(layout(xs))
+
+    def fwd() -> Any:
+        with torch.no_grad():
+            return run(module, x)
+
+    def fb() -> None:
+        module.zero_grad(set_to_none=True)
+        (run(module, x) ** 2).sum().backward()
+
+    def vjp(g: Any) -> tuple[Any, Any, Any]:
+        module.zero_grad(set_to_none=True)
+        x_g = torch.from_numpy(layout(xs)).requires_grad_(True)
+        y = run(module, x_g)
+        (y * torch.from_numpy(layout(np.asarray(g)))).sum().backward()
+        grads = {k: p.grad.numpy().copy() for k, p in module.named_parameters()}
+        module.zero_grad(set_to_none=True)
+        assert x_g.grad is not None
+        return layout(y.detach().numpy()), grads, layout(x_g.grad.numpy())
+
+    state = {k: jnp.asarray(v.detach().numpy()) for k, v in module.state_dict().items()}
+    pull = jax.vjp(lambda sd: interop.from_torch(sd, mode=module.mode)[1], state)[1]
+    return Impl(name, fwd, fb, vjp, reference, layout=lambda d: pull(d)[0])
+
+
+def build_shuffled(builders: list[Callable[[], Impl]], seed: int) -> list[Impl]:
+    """Call the builders (each makes one row, and compiles it) in a random order drawn from
+    `seed`; the rows come back in the builders' order."""
+    built: dict[int, Impl] = {}
+    for i in np.random.default_rng([seed, 1]).permutation(len(builders)):
+        built[int(i)] = builders[i]()
+    return [built[i] for i in range(len(builders))]
+
+
+TOLERANCE = 1e-4
+
+
+def assert_close(what: str, got: Any, want: Any, tol: float = TOLERANCE) -> float:
+    """Raise `AssertionError` unless the pytrees `got` and `want` have one structure and every
+    leaf agrees within `tol` of the leaf's scale (its largest |value|, at least 1) plus `tol`
+    of each value, NaN nowhere. Returns the largest |difference| over the scale."""
+    got_leaves, got_def = jax.tree.flatten(got)
+    want_paths, want_def = jax.tree_util.tree_flatten_with_path(want)
+    if got_def != want_def:
+        raise AssertionError(f"{what}: a tree {got_def}, expected {want_def}")
+    worst = 0.0
+    for a, (path, b) in zip(got_leaves, want_paths, strict=True):
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        where = f"{what}{jax.tree_util.keystr(path)}"
+        if a.shape != b.shape:
+            raise AssertionError(f"{where}: shape {a.shape}, expected {b.shape}")
+        if not np.isfinite(b).all():
+            bad = int(np.sum(~np.isfinite(b)))
+            raise AssertionError(f"{where}: the reference has {bad} of {b.size} values not finite")
+        scale = max(1.0, float(np.max(np.abs(b), initial=0.0)))
+        np.testing.assert_allclose(
+            a, b, rtol=tol, atol=tol * scale, equal_nan=False, err_msg=where, verbose=False
         )
-        return rj.scan(cell, p, h0, xs, time_axis=1, strategy=strategy)[1]
+        worst = max(worst, float(np.max(np.abs(a - b), initial=0.0)) / scale)
+    return worst
+
+
+def check(
+    impls: list[Impl], refs: dict[str, Reference], mask: np.ndarray | None = None
+) -> dict[str, tuple[float, float]]:
+    """Check every row with a reference against it: outputs, and the gradients of
+    `sum(ys * g)` (`g` a fixed random cotangent, zero where `mask` is False) w.r.t. params
+    and inputs; for `fb_grads` rows the timed f+b's gradients too. Outputs are compared
+    where `mask` is True. Raises one `AssertionError` with every mismatch (`assert_close`)
+    after checking all rows. Returns each row's largest output and gradient difference
+    (over the scale)."""
+    wants: dict[str, Any] = {}
+    diffs, errors = {}, []
+    for impl in impls:
+        if not impl.reference:
+            continue
+        if impl.reference not in wants:
+            ref = refs[impl.reference]
+            g = np.random.default_rng(0).standard_normal(ref.shape).astype(np.float32)
+            if mask is not None:
+                g = g * mask
+            ys, dp, dx = ref.vjp(g)
+            wants[impl.reference] = g, ys, dp, dx, ref.vjp(2 * ys)[1]
+        g, ys_want, dp_want, dx_want, fb_want = wants[impl.reference]
+        ys, dp, dx = impl.vjp(g)
+        if mask is not None:
+            ys, ys_want = np.asarray(ys) * mask, np.asarray(ys_want) * mask
+        where = f"{impl.name} against {impl.reference} (strategy='sequential')"
+        pairs = [
+            ("outputs", ys, ys_want),
+            (
+                "gradients w.r.t. the params",
+                dp,
+                dp_want if impl.layout is None else impl.layout(dp_want),
+            ),
+            ("gradients w.r.t. the inputs", dx, dx_want),
+        ]
+        if impl.fb_grads:
+            pairs.append(("the timed f+b's gradients", impl.fb(), fb_want))
+        try:
+            out, *grads = (assert_close(f"{where}: {what}", a, b) for what, a, b in pairs)
+            diffs[impl.name] = (out, max(grads))
+        except AssertionError as e:
+            errors.append(str(e))
+    if errors:
+        raise AssertionError(f"{len(errors)} row(s) differ:\n" + "\n".join(errors))
+    return diffs
+
+
+def _recurjax(cell: Any, strategy: str, time_axis: int = 1) -> Callable[[Any, jax.Array], Any]:
+    """A fresh function (its own jit cache entry) running `rj.scan` over `time_axis` of its
+    inputs (batch-major by default), the other of the first two axes the batch."""
+
+    def ys(p: Any, xs: jax.Array) -> Any:
+        batch = xs.shape[1 - time_axis]
+        h0 = jax.tree.map(lambda a: jnp.broadcast_to(a, (batch, *a.shape)), cell.initial_state(p))
+        return rj.scan(cell, p, h0, xs, time_axis=time_axis, strategy=strategy)[1]
 
     return ys
 
@@ -223,50 +433,69 @@ def _memax(kind: str, params: Any, F: int, H: int) -> tuple[Any, Any]:
     return eqx.partition(layer, eqx.is_array)
 
 
-def build(kind: str, B: int, T: int, F: int, H: int, seed: int = 0) -> tuple[list[Impl], Any]:
-    """All implementations of `kind` ("lstm" or "gru") for one config, with shared weights."""
+def build(
+    kind: str, B: int, T: int, F: int, H: int, seed: int = 0
+) -> tuple[list[Impl], dict[str, Reference]]:
+    """All implementations of `kind` ("lstm" or "gru") for one config, with shared weights
+    (from seed 0), built in a random order drawn from `seed`; and their references."""
+    import equinox as eqx
+    import flax.linen as nn
+    import haiku as hk
     import torch
 
-    torch.manual_seed(seed)
+    torch.manual_seed(0)
     torch.set_num_threads(os.cpu_count() or 1)
     Module = torch.nn.LSTM if kind == "lstm" else torch.nn.GRU
     module = Module(F, H, batch_first=True)
     module_tm = Module(F, H)
     module_tm.load_state_dict(module.state_dict())
     cell, params = interop.from_torch(module)
-    xs_np = np.random.default_rng(seed).normal(size=(B, T, F)).astype(np.float32)
+    xs_np = np.random.default_rng(0).normal(size=(B, T, F)).astype(np.float32)
     xs = jnp.asarray(xs_np)
     v3 = rj.GRUv3Cell(F, H)
     v3_params = _gruv3(params, H) if kind == "gru" else None
-    refs: dict[str, Callable[[], np.ndarray]] = {
-        "recurjax": lambda: np.asarray(jax.jit(_recurjax(cell, "sequential"))(params, xs)),
-        "GRUv3Cell": lambda: np.asarray(jax.jit(_recurjax(v3, "sequential"))(v3_params, xs)),
-        "memax form": lambda: np.asarray(
-            jax.jit(_recurjax(_MemaxLSTMCell(F, H), "sequential"))(params, xs)
-        ),
-    }
-    impls = [
-        jax_impl("recurjax", _recurjax(cell, "auto"), params, xs),
-        jax_impl("recurjax, A/A copy", _recurjax(cell, "auto"), params, xs),
-        jax_impl("recurjax strategy='sequential'", _recurjax(cell, "sequential"), params, xs),
-        jax_impl("recurjax strategy='fused'", _recurjax(cell, "fused"), params, xs),
+    refs = {"recurjax": reference(_recurjax(cell, "sequential"), params, xs)}
+    if kind == "gru":
+        refs["GRUv3Cell"] = reference(_recurjax(v3, "sequential"), v3_params, xs)
+    else:
+        refs["memax form"] = reference(_recurjax(_MemaxLSTMCell(F, H), "sequential"), params, xs)
+
+    def recurjax_row(name: str, strategy: str) -> Callable[[], Impl]:
+        return lambda: jax_impl(name, _recurjax(cell, strategy), params, xs)
+
+    builders = [
+        recurjax_row("recurjax", "auto"),
+        recurjax_row("recurjax, A/A copy", "auto"),
+        recurjax_row("recurjax strategy='sequential'", "sequential"),
+        recurjax_row("recurjax strategy='fused'", "fused"),
     ]
 
     # Flax linen: nn.RNN over LSTMCell / OptimizedLSTMCell / GRUCell, batch-major.
-    import flax.linen as nn
+    def flax_row(name: str) -> Callable[[], Impl]:
+        optimized = name == "OptimizedLSTMCell"
 
-    for name in ["LSTMCell", "OptimizedLSTMCell"] if kind == "lstm" else ["GRUCell"]:
-        fcell, variables = interop.to_flax(cell, params, optimized=name == "OptimizedLSTMCell")
-        rnn = nn.RNN(fcell)
-        fparams = {"params": {"cell": variables["params"]}}
-        impls.append(
-            jax_impl(f"flax {name}", lambda p, xs, rnn=rnn: rnn.apply(p, xs), fparams, xs)
-        )
+        def convert(p: Any) -> Any:
+            return {"params": {"cell": interop.to_flax(cell, p, optimized=optimized)[1]["params"]}}
+
+        def make() -> Impl:
+            rnn = nn.RNN(interop.to_flax(cell, params, optimized=optimized)[0])
+
+            def ys(p: Any, xs: jax.Array) -> Any:
+                return rnn.apply(p, xs)
+
+            return jax_impl(f"flax {name}", ys, params, xs, convert=convert)
+
+        return make
+
+    builders += [
+        flax_row(n) for n in (["LSTMCell", "OptimizedLSTMCell"] if kind == "lstm" else ["GRUCell"])
+    ]
 
     # Equinox: its cells are unbatched; lax.scan over time, vmap over the batch.
-    import equinox as eqx
+    def eqx_arrays(p: Any) -> Any:
+        return eqx.partition(interop.to_equinox(cell, p), eqx.is_array)[0]
 
-    earrays, estatic = eqx.partition(interop.to_equinox(cell, params), eqx.is_array)
+    estatic = eqx.partition(interop.to_equinox(cell, params), eqx.is_array)[1]
 
     def eqx_ys(arrays: Any, xs: jax.Array) -> jax.Array:
         m = eqx.combine(arrays, estatic)
@@ -282,39 +511,41 @@ def build(kind: str, B: int, T: int, F: int, H: int, seed: int = 0) -> tuple[lis
 
         return jax.vmap(one)(xs)
 
-    impls.append(jax_impl("equinox", eqx_ys, earrays, xs))
+    builders.append(lambda: jax_impl("equinox", eqx_ys, params, xs, convert=eqx_arrays))
 
     # Haiku: dynamic_unroll, batch-major. Its GRU is the reset-before form (GRUv3Cell).
-    import haiku as hk
-
-    hparams = interop.to_haiku(cell, params) if kind == "lstm" else interop.to_haiku(v3, v3_params)
-
     def hk_forward(xs: jax.Array) -> Any:
         core = hk.LSTM(H) if kind == "lstm" else hk.GRU(H)
         return hk.dynamic_unroll(core, xs, core.initial_state(xs.shape[0]), time_major=False)[0]
 
     hf = hk.without_apply_rng(hk.transform(hk_forward))
-    impls.append(
-        jax_impl(
-            "haiku", hf.apply, hparams, xs, reference="recurjax" if kind == "lstm" else "GRUv3Cell"
-        )
+    if kind == "lstm":
+        hk_row = ("recurjax", params, lambda p: interop.to_haiku(cell, p))
+    else:
+        hk_row = ("GRUv3Cell", v3_params, lambda p: interop.to_haiku(v3, p))
+    builders.append(
+        lambda: jax_impl("haiku", hf.apply, hk_row[1], xs, reference=hk_row[0], convert=hk_row[2])
     )
 
     # memax (equinox): its layer over (inputs, start flags) per sequence, vmapped.
-    marrays, mstatic = _memax(kind, params if kind == "lstm" else v3_params, F, H)
+    memax_ref, memax_params = (
+        ("memax form", params) if kind == "lstm" else ("GRUv3Cell", v3_params)
+    )
+    mstatic = _memax(kind, memax_params, F, H)[1]
 
     def memax_ys(arrays: Any, xs: jax.Array) -> jax.Array:
         layer = eqx.combine(arrays, mstatic)
         start = jnp.zeros(xs.shape[1], bool)
         return jax.vmap(lambda x: layer(layer.initialize_carry(), (x, start))[1])(xs)
 
-    impls.append(
-        jax_impl(
+    builders.append(
+        lambda: jax_impl(
             "memax",
             memax_ys,
-            marrays,
+            memax_params,
             xs,
-            reference="memax form" if kind == "lstm" else "GRUv3Cell",
+            reference=memax_ref,
+            convert=lambda p: _memax(kind, p, F, H)[0],
         )
     )
 
@@ -328,65 +559,30 @@ def build(kind: str, B: int, T: int, F: int, H: int, seed: int = 0) -> tuple[lis
         return jnp.swapaxes(ys, 0, 1)
 
     floor_params = {"wi": params["wi"], "wh": params["wh"]}
-    impls.append(jax_impl("floor (matmuls only)", floor_ys, floor_params, xs, reference=""))
+    builders.append(
+        lambda: jax_impl("floor (matmuls only)", floor_ys, floor_params, xs, reference="")
+    )
 
     # PyTorch on all cores, batch-first and time-major.
-    for label, mod, x_t, to_bm in (
-        ("batch_first", module, torch.from_numpy(xs_np), lambda y: y),
-        (
-            "time-major",
-            module_tm,
-            torch.from_numpy(np.ascontiguousarray(xs_np.swapaxes(0, 1))),
-            lambda y: y.transpose(0, 1),
-        ),
-    ):
-
-        def torch_fwd(mod: Any = mod, x_t: Any = x_t) -> Any:
-            with torch.no_grad():
-                return mod(x_t)[0]
-
-        def torch_fb(mod: Any = mod, x_t: Any = x_t) -> None:
-            mod.zero_grad(set_to_none=True)
-            (mod(x_t)[0] ** 2).sum().backward()
-
-        impls.append(
-            Impl(
-                f"torch.nn.{kind.upper()} {label}",
-                torch_fwd,
-                torch_fb,
-                lambda f=torch_fwd, t=to_bm: t(f()).numpy(),
-            )
-        )
-    return impls, refs
-
-
-def check(impls: list[Impl], refs: dict[str, Callable[[], np.ndarray]]) -> dict[str, float]:
-    """Max |difference| of every implementation's outputs from its reference."""
-    values: dict[str, np.ndarray] = {}
-    diffs = {}
-    for impl in impls:
-        if not impl.reference:
-            continue
-        if impl.reference not in values:
-            values[impl.reference] = refs[impl.reference]()
-        diff = float(np.max(np.abs(impl.out() - values[impl.reference])))
-        if diff > 1e-4:
-            raise AssertionError(f"{impl.name} differs from {impl.reference} by {diff:.2e}")
-        diffs[impl.name] = diff
-    return diffs
+    name = f"torch.nn.{kind.upper()}"
+    builders.append(lambda: torch_impl(f"{name} batch_first", module, xs_np))
+    builders.append(lambda: torch_impl(f"{name} time-major", module_tm, xs_np, swap=True))
+    return build_shuffled(builders, seed), refs
 
 
 def time_rounds(
     fns: dict[str, Callable[[], Any]], rounds: int, burst: int, seed: int
 ) -> dict[str, list[float]]:
-    """Per round, each function in a new random order: one untimed call, then `burst` timed
-    calls back to back. Returns each function's per-round medians in ms."""
+    """One untimed call of each function, then per round each function in a new random
+    order (drawn from `seed`): one untimed call, then `burst` timed calls back to back.
+    Returns each function's per-round medians in ms."""
     rng = np.random.default_rng(seed)
-    for fn in fns.values():
-        fn()
+    order = list(fns)
+    rng.shuffle(order)
+    for k in order:
+        fns[k]()
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(rounds):
-        order = list(fns)
         rng.shuffle(order)
         for k in order:
             fns[k]()
@@ -408,20 +604,35 @@ def matmul_peak(rounds: int = 10) -> float:
     return 2 * n**3 / (statistics.median(ts) / 1e3) / 1e9
 
 
-def run_rnn(job: dict[str, Any], seed: int) -> dict[str, Any]:
-    """One config in this process: checks, compile times, memory, per-round times."""
-    B, T, F, H = job["size"]
-    impls, refs = build(job["kind"], B, T, F, H)
-    diffs = check(impls, refs)
-    out: dict[str, Any] = {"peak": matmul_peak(), "impls": {}}
+def time_impls(
+    impls: list[Impl], rounds: int, burst: int, seed: int
+) -> dict[str, dict[str, float]]:
+    """Each row's fwd and f+b time in ms, the median of its rounds (`time_rounds`)."""
+    out: dict[str, dict[str, float]] = {i.name: {} for i in impls}
     for what in ("fwd", "fb"):
-        fns = {i.name: getattr(i, what) for i in impls}
-        times = time_rounds(fns, job["rounds"], job["burst"], seed)
-        for i in impls:
-            rec = out["impls"].setdefault(
-                i.name, {"diff": diffs.get(i.name), "compile_s": i.compile_s, "temp_mb": i.temp_mb}
-            )
-            rec[what] = statistics.median(times[i.name])
+        times = time_rounds({i.name: getattr(i, what) for i in impls}, rounds, burst, seed)
+        for name, ts in times.items():
+            out[name][what] = statistics.median(ts)
+    return out
+
+
+def run_rnn(job: dict[str, Any], seed: int) -> dict[str, Any]:
+    """One config in this process: checks, compile times, memory, per-round times, and the
+    A/A ratios."""
+    B, T, F, H = job["size"]
+    impls, refs = build(job["kind"], B, T, F, H, seed)
+    diffs = check(impls, refs) if job.get("check", True) else {}
+    out: dict[str, Any] = {"peak": matmul_peak(), "impls": {}}
+    times = time_impls(impls, job["rounds"], job["burst"], seed)
+    for i in impls:
+        out["impls"][i.name] = {
+            "diff": diffs.get(i.name),
+            "compile_s": i.compile_s,
+            "temp_mb": i.temp_mb,
+            **times[i.name],
+        }
+    base, copy = times["recurjax"], times["recurjax, A/A copy"]
+    out["aa"] = {w: base[w] / copy[w] for w in ("fwd", "fb")}
     out["flops"] = 2 * B * T * (F + H) * GATES[job["kind"]] * H
     return out
 
@@ -429,7 +640,8 @@ def run_rnn(job: dict[str, Any], seed: int) -> dict[str, Any]:
 def run_streaming(job: dict[str, Any], seed: int, hidden: int = 256) -> dict[str, Any]:
     """One jitted step of a `Recur` LSTM handle (B=1) against a jitted bare matmul of the
     step's size, `[x, h] (1, 2H) @ W (2H, 4H)`, plain and with the handle donated; also the
-    traces after the first step (none: no retracing). Medians in us."""
+    traces after the first step (none: no retracing), and the A/A ratio of the matmul
+    against a second jit of it. Medians in us."""
     traces = 0
 
     def step(m: rj.Recur, x: jax.Array) -> tuple[rj.Recur, jax.Array]:
@@ -440,8 +652,7 @@ def run_streaming(job: dict[str, Any], seed: int, hidden: int = 256) -> dict[str
     x = jnp.ones((1, hidden))
     w = jax.random.normal(jax.random.key(1), (2 * hidden, 4 * hidden))
     xh = jnp.ones((1, 2 * hidden))
-    jmat = jax.jit(lambda a, w: a @ w)
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"aa": {}}
     for label, jstep in (("plain", jax.jit(step)), ("donated", jax.jit(step, donate_argnums=0))):
         handle = [rj.LSTM(hidden, hidden, key=jax.random.key(0)).batched(1)]
 
@@ -449,19 +660,22 @@ def run_streaming(job: dict[str, Any], seed: int, hidden: int = 256) -> dict[str
             handle[0], y = jstep(handle[0], x)
             _block(y)
 
-        one()
+        mats = {k: jax.jit(lambda a, w: a @ w) for k in ("matmul", "matmul A/A")}
+        fns = {"step": one, **{k: lambda f=f: _block(f(xh, w)) for k, f in mats.items()}}
+        for k in np.random.default_rng([seed, 1]).permutation(list(fns)):
+            fns[k]()  # the first calls compile them: in a random order
         traces = 0
-        times = time_rounds(
-            {"step": one, "matmul": lambda: _block(jmat(xh, w))}, job["rounds"], 1, seed
-        )
+        times = time_rounds(fns, job["rounds"], 1, seed)
         out[label] = {k: statistics.median(v) * 1e3 for k, v in times.items()}
         out[label]["traces"] = traces
+        out["aa"][f"matmul ({label})"] = out[label]["matmul"] / out[label]["matmul A/A"]
     return out
 
 
 def run_memory(job: dict[str, Any], seed: int) -> dict[str, Any]:
     """XLA's temporary memory and the time of an LSTM f+b at long T, with and without
-    `remat=64`, for the default and the sequential strategy."""
+    `remat=64`, for the default and the sequential strategy; every row's gradients checked
+    against the sequential strategy's without remat first."""
     T, B, F, H = job["size"]
     cell = rj.LSTMCell(F, H)
     params = cell.init(jax.random.key(0))
@@ -480,6 +694,10 @@ def run_memory(job: dict[str, Any], seed: int) -> dict[str, Any]:
             key = f"{strategy}|{remat}"
             out[key] = {"temp_mb": getattr(mem, "temp_size_in_bytes", float("nan")) / 2**20}
             fns[key] = lambda c=compiled: _block(c(params, xs))
+    if job.get("check", True):
+        want = fns["sequential|None"]()
+        for key, fn in fns.items():
+            assert_close(f"memory {key} against sequential|None: gradients", fn(), want)
     for key, ts in time_rounds(fns, job["rounds"], 1, seed).items():
         out[key]["fb"] = statistics.median(ts)
     return out
@@ -488,8 +706,9 @@ def run_memory(job: dict[str, Any], seed: int) -> dict[str, Any]:
 def run_padded(job: dict[str, Any], seed: int) -> dict[str, Any]:
     """LSTM over a right-padded batch (lengths uniform in [T/2, T]): recurjax with `lengths=`
     against the same call without lengths, the sequential strategy, Flax's
-    `nn.RNN(seq_lengths=...)` and torch on a `pack_padded_sequence`. Outputs are checked on
-    the valid steps (Flax does not zero the padded ones)."""
+    `nn.RNN(seq_lengths=...)` and torch on a `pack_padded_sequence`. Outputs and gradients
+    are checked against the sequential strategy with `lengths=` on the valid steps (Flax
+    does not zero the padded ones; the cotangent is zero there)."""
     import flax.linen as nn
     import torch
 
@@ -502,7 +721,7 @@ def run_padded(job: dict[str, Any], seed: int) -> dict[str, Any]:
     xs_np = rng.normal(size=(B, T, F)).astype(np.float32)
     lengths_np = rng.integers(T // 2, T + 1, size=B)
     xs, lengths = jnp.asarray(xs_np), jnp.asarray(lengths_np)
-    valid = np.arange(T)[None, :] < lengths_np[:, None]
+    valid = np.arange(T)[None, :, None] < lengths_np[:, None, None]
 
     def rj_run(strategy: str, use_lengths: bool) -> Callable[[Any, jax.Array], jax.Array]:
         def run(p: Any, xs: jax.Array) -> jax.Array:
@@ -512,59 +731,43 @@ def run_padded(job: dict[str, Any], seed: int) -> dict[str, Any]:
 
         return run
 
-    impls = [
-        jax_impl("recurjax, lengths=", rj_run("auto", True), params, xs),
-        jax_impl("recurjax, no lengths (all T steps)", rj_run("auto", False), params, xs),
-        jax_impl(
+    def flax_params(p: Any) -> Any:
+        return {"params": {"cell": interop.to_flax(cell, p, optimized=True)[1]["params"]}}
+
+    def flax_row() -> Impl:
+        rnn = nn.RNN(interop.to_flax(cell, params, optimized=True)[0])
+
+        def ys(p: Any, xs: jax.Array) -> Any:
+            return rnn.apply(p, xs, seq_lengths=lengths)
+
+        name = "flax OptimizedLSTMCell, seq_lengths="
+        return jax_impl(name, ys, params, xs, convert=flax_params)
+
+    def packed(module: Any, x: Any) -> Any:
+        lens = torch.from_numpy(lengths_np)
+        seqs = pack.pack_padded_sequence(x, lens, batch_first=True, enforce_sorted=False)
+        return pack.pad_packed_sequence(module(seqs)[0], batch_first=True, total_length=T)[0]
+
+    pack = torch.nn.utils.rnn
+    builders = [
+        lambda: jax_impl("recurjax, lengths=", rj_run("auto", True), params, xs),
+        # Not the same function past the lengths: its f+b gradients differ there.
+        lambda: jax_impl(
+            "recurjax, no lengths (all T steps)", rj_run("auto", False), params, xs, fb_grads=False
+        ),
+        lambda: jax_impl(
             "recurjax strategy='sequential', lengths=", rj_run("sequential", True), params, xs
         ),
+        flax_row,
+        lambda: torch_impl("torch.nn.LSTM, pack_padded_sequence", module, xs_np, packed),
     ]
-    fcell, variables = interop.to_flax(cell, params, optimized=True)
-    rnn = nn.RNN(fcell)
-    fparams = {"params": {"cell": variables["params"]}}
-    impls.append(
-        jax_impl(
-            "flax OptimizedLSTMCell, seq_lengths=",
-            lambda p, xs: rnn.apply(p, xs, seq_lengths=lengths),
-            fparams,
-            xs,
+    impls = build_shuffled(builders, seed)
+    if job.get("check", True):
+        check(
+            impls, refs={"recurjax": reference(rj_run("sequential", True), params, xs)}, mask=valid
         )
-    )
-    x_t = torch.from_numpy(xs_np)
-    pack = torch.nn.utils.rnn
-
-    def torch_out() -> Any:
-        packed = pack.pack_padded_sequence(
-            x_t, torch.from_numpy(lengths_np), batch_first=True, enforce_sorted=False
-        )
-        return pack.pad_packed_sequence(module(packed)[0], batch_first=True, total_length=T)[0]
-
-    def torch_fwd() -> Any:
-        with torch.no_grad():
-            return torch_out()
-
-    def torch_fb() -> None:
-        module.zero_grad(set_to_none=True)
-        (torch_out() ** 2).sum().backward()
-
-    impls.append(
-        Impl(
-            "torch.nn.LSTM, pack_padded_sequence", torch_fwd, torch_fb, lambda: torch_fwd().numpy()
-        )
-    )
-    ref = impls[0].out()
-    for impl in impls[2:]:
-        diff = float(np.max(np.abs(np.where(valid[..., None], impl.out() - ref, 0))))
-        if diff > 1e-4:
-            raise AssertionError(f"{impl.name} differs from recurjax by {diff:.2e}")
-    out: dict[str, Any] = {"mean_length": float(lengths_np.mean()), "impls": {}}
-    for what in ("fwd", "fb"):
-        times = time_rounds(
-            {i.name: getattr(i, what) for i in impls}, job["rounds"], job["burst"], seed
-        )
-        for name, ts in times.items():
-            out["impls"].setdefault(name, {})[what] = statistics.median(ts)
-    return out
+    times = time_impls(impls, job["rounds"], job["burst"], seed)
+    return {"mean_length": float(lengths_np.mean()), "impls": times}
 
 
 RUNNERS = {"streaming": run_streaming, "memory": run_memory, "padded": run_padded}
@@ -626,6 +829,11 @@ def _range(values: list[float], digits: int = 2) -> str:
     return f"{med:.{digits}f} [{lo:.{digits}f}-{hi:.{digits}f}]"
 
 
+def _processes(runs: list[Any]) -> str:
+    """A section title's count of processes."""
+    return f" ({len(runs)} process{'es' if len(runs) != 1 else ''})"
+
+
 def _rnn_section(job: dict[str, Any], runs: list[dict[str, Any]]) -> tuple[list[str], Any]:
     B, T, F, H = job["size"]
     names = list(runs[0]["impls"])
@@ -637,10 +845,11 @@ def _rnn_section(job: dict[str, Any], runs: list[dict[str, Any]]) -> tuple[list[
                 ratios[n][w].append(base[w] / run["impls"][n][w])
     rows = [
         f"## {job['kind'].upper()} B={B} T={T} F={F} H={H}"
-        + (f", every process run with `{job['env']}`" if job.get("env") else ""),
+        + (f", every process run with `{job['env']}`" if job.get("env") else "")
+        + _processes(runs),
         "",
         "| implementation | fwd ms | f+b ms | recurjax/impl fwd | recurjax/impl f+b "
-        "| f+b % peak | compile s (fwd, f+b) | temp MB (fwd, f+b) | max diff |",
+        "| f+b % peak | compile s (fwd, f+b) | temp MB (fwd, f+b) | max diff (y, grads) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for n in names:
@@ -654,7 +863,7 @@ def _rnn_section(job: dict[str, Any], runs: list[dict[str, Any]]) -> tuple[list[
         r0 = recs[0]
         comp = ", ".join(f"{c:.2f}" for c in r0["compile_s"]) or "-"
         mem = ", ".join(f"{m:.1f}" for m in r0["temp_mb"]) or "-"
-        diff = "-" if r0["diff"] is None else f"{r0['diff']:.1e}"
+        diff = "-" if r0["diff"] is None else ", ".join(f"{d:.1e}" for d in r0["diff"])
         rows.append(
             f"| {n} | {fwd:.2f} | {fb:.2f} | {_range(ratios[n]['fwd'])} | "
             f"{_range(ratios[n]['fb'])} | {peak:.0f} | {comp} | {mem} | {diff} |"
@@ -664,10 +873,11 @@ def _rnn_section(job: dict[str, Any], runs: list[dict[str, Any]]) -> tuple[list[
 
 def _streaming_section(runs: list[dict[str, Any]]) -> tuple[list[str], dict[str, list[float]]]:
     rows = [
-        "## Streaming: one jitted `Recur` LSTM step, B=1, H=256",
+        "## Streaming: one jitted `Recur` LSTM step, B=1, H=256" + _processes(runs),
         "",
-        "| step | step us | bare matmul us | step / matmul | traces after the first step |",
-        "|---|---|---|---|---|",
+        "| step | step us | bare matmul us | step / matmul | matmul / its A/A copy "
+        "| traces after the first step |",
+        "|---|---|---|---|---|---|",
     ]
     ratios = {}
     for label, code in (
@@ -679,6 +889,7 @@ def _streaming_section(runs: list[dict[str, Any]]) -> tuple[list[str], dict[str,
         rows.append(
             f"| {code} | {statistics.median(r['step'] for r in recs):.1f} | "
             f"{statistics.median(r['matmul'] for r in recs):.1f} | {_range(ratios[label])} | "
+            f"{_range([run['aa'][f'matmul ({label})'] for run in runs])} | "
             f"{max(r['traces'] for r in recs)} |"
         )
     return rows, ratios
@@ -687,7 +898,7 @@ def _streaming_section(runs: list[dict[str, Any]]) -> tuple[list[str], dict[str,
 def _memory_section(job: dict[str, Any], runs: list[dict[str, Any]]) -> list[str]:
     T, B, F, H = job["size"]
     rows = [
-        f"## Memory: LSTM f+b at T={T}, B={B}, F={F}, H={H}",
+        f"## Memory: LSTM f+b at T={T}, B={B}, F={F}, H={H}" + _processes(runs),
         "",
         "| strategy | remat | temp MB | f+b ms | time / no remat |",
         "|---|---|---|---|---|",
@@ -709,7 +920,7 @@ def _padded_section(job: dict[str, Any], runs: list[dict[str, Any]]) -> list[str
     base = names[0]
     rows = [
         f"## Padded batch: LSTM B={B} T={T} F={F} H={H}, lengths uniform in [{T // 2}, {T}]"
-        f" (mean {runs[0]['mean_length']:.0f})",
+        f" (mean {runs[0]['mean_length']:.0f})" + _processes(runs),
         "",
         "| implementation | fwd ms | f+b ms | recurjax/impl fwd | recurjax/impl f+b |",
         "|---|---|---|---|---|",
@@ -821,44 +1032,194 @@ def _targets(
     return rows
 
 
+def worker_seed(order_seed: int, attempt: int, process: int, name: str) -> int:
+    """A worker's seed for its build and call orders, from the run's `--order-seed`."""
+    entropy = [order_seed, attempt, process, zlib.crc32(name.encode())]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
+
 def run_workers(
     script: str,
     jobs: list[dict[str, Any]],
-    processes: int,
-    key: Callable[[dict[str, Any]], str] = lambda job: job["name"],
+    processes: Callable[[dict[str, Any]], int],
+    order_seed: int,
+    attempt: int = 0,
     python: Callable[[dict[str, Any]], str] = lambda job: sys.executable,
     env: Callable[[dict[str, Any]], dict[str, str]] = lambda job: {},
 ) -> dict[str, list[dict[str, Any]]]:
-    """Every job in `processes` fresh processes of `python(job) script --worker JOB`, one at
-    a time and interleaved (process 1 of every job, then process 2, ...), each with
-    `env(job)` added to the environment; returns each worker's JSON result, per `key(job)`."""
-    results: dict[str, list[dict[str, Any]]] = {key(j): [] for j in jobs}
-    for p in range(processes):
-        for job in jobs:
+    """Every job in `processes(job)` fresh processes of `python(job) script --worker JOB`, one
+    at a time and interleaved (process 1 of every job, then process 2, ...), each with
+    `env(job)` added to the environment and its own seed (`worker_seed`); returns each
+    worker's JSON result, per job name. The first process of each job gets `"check":
+    True` in its job: it checks every row (`check`) before it times any; the later ones
+    build the same functions and time them without checking again."""
+    results: dict[str, list[dict[str, Any]]] = {j["name"]: [] for j in jobs}
+    for p in range(max(map(processes, jobs), default=0)):
+        for job in [j for j in jobs if p < processes(j)]:
+            seed = worker_seed(order_seed, attempt, p, job["name"])
+            work = json.dumps({**job, "check": p == 0})
             with tempfile.NamedTemporaryFile(suffix=".json") as f:
-                cmd = [python(job), script, "--worker", json.dumps(job), "--seed", str(p)]
+                cmd = [python(job), script, "--worker", work, "--seed", str(seed)]
                 t0 = time.time()
                 proc_env = {**os.environ, **env(job)}
                 subprocess.run([*cmd, "--result", f.name], check=True, env=proc_env)
-                results[key(job)].append(json.loads(Path(f.name).read_text()))
+                results[job["name"]].append(json.loads(Path(f.name).read_text()))
             print(
-                f"process {p + 1}/{processes} {job['name']}: {time.time() - t0:.0f} s", flush=True
+                f"process {p + 1}/{processes(job)} {job['name']} (seed {seed}): "
+                f"{time.time() - t0:.0f} s",
+                flush=True,
             )
     return results
 
 
+def aa_ratios(runs: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """A job's A/A ratios per process (its workers' `"aa"`: one per timed kind, fwd and f+b)."""
+    return {k: [run["aa"][k] for run in runs] for k in runs[0].get("aa", {})}
+
+
+def aa_misses(runs: list[dict[str, Any]]) -> list[str]:
+    """The job's A/A ratios whose range (min-max over its processes) excludes 1."""
+    return [k for k, v in aa_ratios(runs).items() if min(v) > 1 or max(v) < 1]
+
+
+def _aa_text(runs: list[dict[str, Any]], keys: list[str]) -> str:
+    ratios = aa_ratios(runs)
+    return ", ".join(f"{'f+b' if k == 'fb' else k} {_range(ratios[k], 3)}" for k in keys)
+
+
+@dataclasses.dataclass
+class Runs:
+    """All workers' results per job key, and the A/A rule's record: the jobs it ran again
+    (with the A/A ranges that made it) and those whose A/A range excludes 1 all the same."""
+
+    results: dict[str, list[dict[str, Any]]]
+    reran: dict[str, str] = dataclasses.field(default_factory=dict)
+    failed: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def notes(self, key: str) -> list[str]:
+        """The lines above a job's table that say what the A/A rule did there."""
+        lines = []
+        if key in self.reran:
+            lines.append(
+                f"Run twice: in the first run the A/A range excluded 1 ({self.reran[key]}); "
+                "the numbers here are the second run's."
+            )
+        if key in self.failed:
+            lines.append(
+                f"**A/A check failed: the A/A range still excludes 1 after the rerun "
+                f"({self.failed[key]}), so this table does not resolve differences of that "
+                "size.**"
+            )
+        return [*lines, ""] if lines else []
+
+
+def run_jobs(
+    script: str, jobs: list[dict[str, Any]], args: argparse.Namespace, **kwargs: Any
+) -> Runs:
+    """`run_workers` (`kwargs`: its `python` and `env`) with the processes of
+    `job_processes(args)`, then the A/A rule: a job marked `"policy"` with at least 2
+    processes whose A/A range excludes 1 (fwd or f+b) runs again once, in fresh processes
+    with new seeds, and the rerun's results replace the first; the `Runs` record which, and
+    which still exclude 1."""
+    processes = job_processes(args)
+    runs = Runs(run_workers(script, jobs, processes, args.order_seed, 0, **kwargs))
+    again = [
+        j
+        for j in jobs
+        if j.get("policy") and processes(j) >= 2 and aa_misses(runs.results[j["name"]])
+    ]
+    if again:
+        print("A/A range excludes 1, running again:", ", ".join(j["name"] for j in again))
+        rerun = run_workers(script, again, processes, args.order_seed, 1, **kwargs)
+        for job in again:
+            k = job["name"]
+            runs.reran[k] = _aa_text(runs.results[k], aa_misses(runs.results[k]))
+            runs.results[k] = rerun[k]
+            if aa_misses(rerun[k]):
+                runs.failed[k] = _aa_text(rerun[k], aa_misses(rerun[k]))
+    return runs
+
+
+def method_lines(args: argparse.Namespace, runs: Runs) -> list[str]:
+    """The report's lines on processes, intervals, orders and the A/A rule."""
+    lines = [
+        f"Processes: {args.policy_processes} for each job behind `_scan/policy.py`'s "
+        f"thresholds or the targets, {args.processes} for the others (each section's title "
+        "has its count). Ranges are min-max over the processes: over 7, a 98.4% interval for "
+        "the median per-process ratio whatever the noise's distribution (it misses only when "
+        "all 7 fall on one side, 2 / 2^7); over 3, a 75% one. Build and call orders are "
+        f"random in each process, from `--order-seed {args.order_seed}`. Before any timing, "
+        "the first process of each job checked every row's outputs and gradients against "
+        "the sequential strategy.",
+        "",
+    ]
+    if runs.reran:
+        lines += [
+            "A/A rule: where a job's A/A range excluded 1 it ran again once: "
+            + ", ".join(runs.reran)
+            + ".",
+            "",
+        ]
+    if runs.failed:
+        lines += [
+            "**A/A check failed after a rerun in: "
+            + "; ".join(f"{k} ({v})" for k, v in runs.failed.items())
+            + ". Their ratios do not resolve differences of that size.**",
+            "",
+        ]
+    return lines
+
+
 def driver_arguments(description: str, out: Path) -> argparse.ArgumentParser:
-    """The command line shared by the drivers: `--quick`, `--processes`, `--only`, `--out`,
-    and the hidden `--worker`, `--seed`, `--result` of their worker processes."""
+    """The command line shared by the drivers: `--quick`, `--processes`,
+    `--policy-processes`, `--order-seed`, `--only`, `--out`, and the hidden `--worker`,
+    `--seed`, `--result` of their worker processes. Resolve it with `resolve`."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--quick", action="store_true", help="small configs, one process, no file")
-    ap.add_argument("--processes", type=int, default=3, help="processes per job")
+    ap.add_argument(
+        "--processes", type=int, help="processes per job for the other jobs (default 3)"
+    )
+    ap.add_argument(
+        "--policy-processes",
+        type=int,
+        help="processes per job for the jobs behind policy.py's thresholds and the targets "
+        "(default 7)",
+    )
+    ap.add_argument(
+        "--order-seed", type=int, help="seed of the build and call orders (default: random)"
+    )
     ap.add_argument("--only", default="", help="run the jobs whose name contains this (no file)")
     ap.add_argument("--out", default=str(out))
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     return ap
+
+
+def resolve(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill in the defaults that depend on `--quick` (1 process each) and draw the order
+    seed where none was given, printing it."""
+    if args.processes is None:
+        args.processes = 1 if args.quick else 3
+    if args.policy_processes is None:
+        args.policy_processes = 1 if args.quick else 7
+    if args.order_seed is None:
+        args.order_seed = secrets.randbelow(2**31)
+    print(f"order seed {args.order_seed}", flush=True)
+    return args
+
+
+def job_processes(args: argparse.Namespace) -> Callable[[dict[str, Any]], int]:
+    """A job's processes: `--policy-processes` for one marked `"policy"`, else `--processes`."""
+    return lambda job: args.policy_processes if job.get("policy") else args.processes
+
+
+def command(script: str, args: argparse.Namespace) -> str:
+    """The command line that repeats a report's settings."""
+    return (
+        f"python benchmarks/{script} --processes {args.processes} "
+        f"--policy-processes {args.policy_processes} --order-seed {args.order_seed}"
+    )
 
 
 def serve_worker(args: argparse.Namespace, work: Callable[[dict[str, Any], int], Any]) -> bool:
@@ -878,10 +1239,11 @@ def _job_env(job: dict[str, Any]) -> dict[str, str]:
     return {name: value}
 
 
-def drive(jobs: list[dict[str, Any]], processes: int, out: Path | None) -> None:
+def drive(jobs: list[dict[str, Any]], args: argparse.Namespace, out: Path | None) -> None:
     env = environment()
     started = time.time()
-    results = run_workers(__file__, jobs, processes, env=_job_env)
+    runs = run_jobs(__file__, jobs, args, env=_job_env)
+    results = runs.results
     v = env["versions"]
     peaks = [
         r["peak"]
@@ -892,7 +1254,7 @@ def drive(jobs: list[dict[str, Any]], processes: int, out: Path | None) -> None:
     lines = [
         "# Benchmark results",
         "",
-        f"`python benchmarks/rnn.py --processes {processes}` on {env['date']}, commit "
+        f"`{command('rnn.py', args)}` on {env['date']}, commit "
         f"{env['commit']}: {env['cpu']} ({env['machine']}), {env['cores']} cores, "
         f"{env['backend']}; torch threads {env['torch_threads']}; Python {env['python']}; "
         + ", ".join(f"{k} {val}" for k, val in v.items())
@@ -904,23 +1266,24 @@ def drive(jobs: list[dict[str, Any]], processes: int, out: Path | None) -> None:
         "over processes of each process's median; ratios are recurjax's time over the row's, "
         "per process, as median [min-max] over the processes (below 1: recurjax is faster). "
         "How they are made: the docstring of `benchmarks/rnn.py`. `recurjax` is the default "
-        '`strategy="auto"`; the A/A row is the same function jitted a second time.',
+        '`strategy="auto"`; the A/A row is the same function built a second time.',
         "",
+        *method_lines(args, runs),
     ]
     body: list[str] = []
     ratios, rnn_runs, stream = {}, {}, None
     for job in jobs:
-        runs = results[job["name"]]
+        job_runs = results[job["name"]]
         if job["kind"] in GATES:
-            rows, ratios[job["name"]] = _rnn_section(job, runs)
-            rnn_runs[job["name"]] = runs
+            rows, ratios[job["name"]] = _rnn_section(job, job_runs)
+            rnn_runs[job["name"]] = job_runs
         elif job["kind"] == "streaming":
-            rows, stream = _streaming_section(runs)
+            rows, stream = _streaming_section(job_runs)
         elif job["kind"] == "memory":
-            rows = _memory_section(job, runs)
+            rows = _memory_section(job, job_runs)
         else:
-            rows = _padded_section(job, runs)
-        body += [*rows, ""]
+            rows = _padded_section(job, job_runs)
+        body += [*rows[:2], *runs.notes(job["name"]), *rows[2:], ""]
     lines += [*_targets(ratios, rnn_runs, stream), "", *body]
     text = "\n".join(lines)
     print(text)
@@ -934,10 +1297,10 @@ def main() -> None:
     args = driver_arguments(description, Path(__file__).with_name("RESULTS.md")).parse_args()
     if serve_worker(args, worker):
         return
+    args = resolve(args)
     jobs = QUICK if args.quick else [j for j in JOBS if args.only in j["name"]]
-    processes = 1 if args.quick else args.processes
     write = not (args.quick or args.only)
-    drive(jobs, processes, Path(args.out) if write else None)
+    drive(jobs, args, Path(args.out) if write else None)
 
 
 if __name__ == "__main__":
