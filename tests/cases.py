@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import recurjax as rj
 from recurjax._scan import run as run_stage
@@ -126,6 +127,20 @@ def strategies_chosen() -> Iterator[list[str]]:
         yield names
     finally:
         run_stage.choose = choose
+
+
+# The engine- and handle-level tests run every day on one case per kind of cell and state
+# (a fused-kernel LSTM and GRU, a four-field NamedTuple state, a linear cell, a composite's
+# tuple state, a function cell), and on every case in the slow tier.
+EVERYDAY = ("lstm", "gru", "slstm", "s6", "chain", "user_fn")
+
+
+def everyday(cases: list[Case]) -> list[Any]:
+    """`cases` as pytest params, those outside `EVERYDAY` marked `slow`."""
+    return [
+        pytest.param(c, id=c.name, marks=() if c.name in EVERYDAY else pytest.mark.slow)
+        for c in cases
+    ]
 
 
 def ids(cases: list[Case]) -> list[str]:

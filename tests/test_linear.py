@@ -84,27 +84,30 @@ def _strategy_runs(cell):
     return run
 
 
-@pytest.mark.parametrize("cell", CELLS, ids=repr)
+# Every day, minGRU and the user cell (the chunked walk does not depend on the cell); the
+# other cells in the slow tier (every day they run in the oracle grid, tests/test_scan.py).
+EVERYDAY = (rj.MinGRUCell, Leaky)
+
+
+@pytest.mark.parametrize(
+    "cell",
+    [
+        pytest.param(c, id=repr(c), marks=() if isinstance(c, EVERYDAY) else pytest.mark.slow)
+        for c in CELLS
+    ],
+)
 def test_associative_hoisted_and_chunked_equal_sequential(cell):
     run = _strategy_runs(cell)
     reference = run("sequential")
-    # The chunked walk does not depend on the cell: run it on two of them (the other two in
-    # the slow tier, below).
-    chunked = ("chunked",) if isinstance(cell, (rj.MinGRUCell, rj.LRUCell)) else ()
-    for strategy in ("associative", "hoisted", *chunked):
+    for strategy in ("associative", "hoisted", "chunked"):
         assert _rel(run(strategy), reference) < 1e-5, strategy
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("cell", CELLS, ids=repr)
-def test_chunked_and_auto_equal_sequential_on_every_cell(cell):
-    """The strategies 3a817df left out for time: chunked on minLSTM and the user cell, and
-    "auto" on every cell."""
+def test_auto_equals_sequential_on_every_cell(cell):
     run = _strategy_runs(cell)
-    reference = run("sequential")
-    chunked = () if isinstance(cell, (rj.MinGRUCell, rj.LRUCell)) else ("chunked",)
-    for strategy in (*chunked, "auto"):
-        assert _rel(run(strategy), reference) < 1e-5, strategy
+    assert _rel(run("auto"), run("sequential")) < 1e-5
 
 
 def test_steps_are_the_papers_equations():

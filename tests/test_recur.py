@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from cases import IN, RECURRENT, Case, elman, ids, tree_allclose
+from cases import IN, RECURRENT, Case, elman, everyday, tree_allclose
 
 import recurjax as rj
 
@@ -50,7 +50,7 @@ def test_flux_hand_written_rnn_is_a_cell():
     assert repr(m) == "Recur(cell function 'elman')"
 
 
-@pytest.mark.parametrize("case", RECURRENT, ids=ids(RECURRENT))
+@pytest.mark.parametrize("case", everyday(RECURRENT))
 def test_recur_scan_equals_steps_and_keeps_final_state(case: Case):
     m = _handle(case)
     xs = jax.random.normal(jax.random.key(3), (6, 2, IN), jnp.float32)
@@ -86,7 +86,7 @@ def test_unbatched_state_broadcasts_and_stays_batched():
     np.testing.assert_allclose(y[0], y0, rtol=1e-6)
 
 
-@pytest.mark.parametrize("case", [c for c in RECURRENT if c.name != "user_fn"], ids=str)
+@pytest.mark.parametrize("case", everyday([c for c in RECURRENT if c.name != "user_fn"]))
 def test_batched_state_meeting_another_batch_raises(case: Case):
     m = _handle(case)
     m, _ = m(jnp.ones((3, IN)))

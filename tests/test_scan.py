@@ -27,7 +27,7 @@ from cases import (
     LINEAR_STRATEGIES,
     RECURRENT,
     Case,
-    ids,
+    everyday,
     strategies_of,
     tree_allclose,
 )
@@ -211,8 +211,7 @@ GRID = sorted(
         + _cases(["mingru"], ["associative"], ["resets-trunc2-remat4-rev"])
         + _cases(["mingru"], ["hoisted"], ["lengths-resets-remat-rev"])
         + _cases(["minlstm"], ["associative"], ["lengths-resets-rev"], [(6,)])
-        + _cases(["lru"], ["hoisted"], ["resets-trunc2-remat4-rev"])
-        + _cases(["lru"], ["sequential"], ["lengths-rev"], [(4,)])
+        + _cases(["lru"], ["hoisted"], ["lengths-resets-remat-rev"])
         + _cases(["lstm"], ["auto"], ["lengths-resets-remat-rev"])
         + _cases(["user_fn"], ["auto"], ["resets-trunc2-remat4-rev"])
     ),
@@ -346,7 +345,7 @@ def test_truncation_past_a_length_keeps_the_last_blocks_gradient(name, strategy)
     check_against_oracle(BY_NAME[name], strategy, {"lengths": True, "truncate_every": 2})
 
 
-@pytest.mark.parametrize("case", RECURRENT, ids=ids(RECURRENT))
+@pytest.mark.parametrize("case", everyday(RECURRENT))
 def test_scan_unbatched_and_two_batch_axes(case: Case):
     """Forward only, eagerly (the kernels' forward paths without a gradient): unbatched (one
     sequence runs the cell itself) and two batch axes."""
@@ -358,7 +357,7 @@ def test_scan_unbatched_and_two_batch_axes(case: Case):
         tree_allclose(rj.scan(case.cell, params, h0, jnp.asarray(xs)), (h_ref, ys_ref))
 
 
-@pytest.mark.parametrize("case", RECURRENT, ids=ids(RECURRENT))
+@pytest.mark.parametrize("case", everyday(RECURRENT))
 def test_batch_major_time_axis(case: Case):
     params = case.params(0)
     h0 = case.state(params)
