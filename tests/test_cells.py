@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from cases import CASES, IN, LIBRARY, LINEAR, Case, ids, tree_allclose
+from cases import CASES, IN, LIBRARY, LINEAR, Case, everyday, ids, tree_allclose
 from jax.test_util import check_grads
 
 import recurjax as rj
@@ -61,12 +61,7 @@ def _low_precision_run(case: Case):
     return jax.jit(run)
 
 
-@pytest.mark.parametrize(
-    "case",
-    # The linear cells outside CASES in the slow tier.
-    [*LIBRARY, *(pytest.param(c, id=c.name, marks=pytest.mark.slow) for c in LINEAR)],
-    ids=ids(LIBRARY) + [c.name for c in LINEAR],
-)
+@pytest.mark.parametrize("case", everyday([*LIBRARY, *LINEAR]))
 @pytest.mark.parametrize(
     "dtype",
     [

@@ -311,7 +311,7 @@ def test_scan_equals_oracle_drawn_options(drawn):
 
 @pytest.mark.slow
 @seed(SEED)
-@settings(max_examples=40, **_DRAWN)
+@settings(max_examples=30, **_DRAWN)
 @given(_combinations())
 def test_scan_equals_oracle_drawn_options_many(drawn):
     note(f"hypothesis seed {SEED}: RECURJAX_HYPOTHESIS_SEED={SEED} replays this run")
