@@ -75,16 +75,15 @@ class SLSTMCell(_XLSTMCell):
 
         [\tilde\imath, \tilde f, \tilde z, \tilde o] &= x W_i + \mathrm{heads}(h) + b \\
         \log f &= \log\sigma(\tilde f) \quad (\tilde f \text{ with exp\_forget}) \\
-        m' &= \max(\log f + m, \ \tilde\imath) \quad (\tilde\imath \text{ where } n = 0) \\
-        i' &= e^{\tilde\imath - m'}, \qquad f' = e^{\log f + m - m'} \quad (0 \text{ where }
-        n = 0) \\
+        m' &= \max(\log f + m, \ \tilde\imath) \quad (\tilde\imath \text{ where } c = n = 0) \\
+        i' &= e^{\tilde\imath - m'}, \qquad f' = e^{\log f + m - m'} \\
         c' &= f' \odot c + i' \odot \tanh(\tilde z), \qquad n' = f' \odot n + i' \\
         h' &= \sigma(\tilde o) \odot c' / n', \qquad y = h'
 
     `heads(h)` is block-diagonal: head `k` maps its `d = H / num_heads` units of `h` to its
     units of the four gates. `c` and `n` are kept scaled by `exp(-m)`, so `c' / n'` is the
-    paper's `c / n` without ever forming `exp(i~)`. An empty memory (`n = 0`, as in the zero
-    state) starts the stabiliser at `m' = i~`, as xlstm does; from there `n' >= 1` and
+    paper's `c / n` without ever forming `exp(i~)`. An empty memory (`c = n = 0`, as in the
+    zero state) starts the stabiliser at `m' = i~`, as xlstm does; from there `n' >= 1` and
     `|c'| <= n'`, so the read-out and its gradient stay bounded (tested: equal to the
     unstabilised form where that one is finite, and values and gradients finite for inputs
     at every scale from 1e-3 to 1e5).
