@@ -52,7 +52,7 @@ class Case:
         return self.make_state(params)
 
 
-def _library(name: str, cell: Any, out: int = H) -> Case:
+def library_case(name: str, cell: Any, out: int = H) -> Case:
     return Case(name, cell, cell.init, cell.initial_state, out)
 
 
@@ -66,30 +66,30 @@ def _elman_params(key: jax.Array) -> dict[str, jax.Array]:
 
 
 CASES = [
-    _library("rnn_tanh", rj.RNNCell(IN, H)),
-    _library("rnn_relu", rj.RNNCell(IN, H, activation=jax.nn.relu)),
-    _library("lstm", rj.LSTMCell(IN, H, forget_bias=1.0)),
-    _library("gru", rj.GRUCell(IN, H)),
-    _library("gruv3", rj.GRUv3Cell(IN, H)),
-    _library("indrnn", rj.IndRNNCell(IN, H)),
-    _library("peephole", rj.PeepholeLSTMCell(IN, H)),
-    _library("projlstm", rj.ProjLSTMCell(IN, H + 2, proj_size=H)),  # y and h: H, c: H + 2
-    _library("lnlstm", rj.LayerNormLSTMCell(IN, H)),
-    _library("rglru", rj.RGLRUCell(IN, IN), out=IN),  # the input gates the state: width IN
-    _library("s6", rj.SelectiveSSMCell(IN, state_size=2), out=IN),  # state IN * 2, y: IN
-    _library("slstm", rj.SLSTMCell(IN, H, num_heads=2)),
-    _library("mlstm", rj.MLSTMCell(IN, H, num_heads=2)),
-    _library("dense", rj.Dense(IN, H, activation=jnp.tanh)),
-    _library("chain", rj.chain(rj.LSTMCell(IN, 5), rj.Dense(5, H))),
+    library_case("rnn_tanh", rj.RNNCell(IN, H)),
+    library_case("rnn_relu", rj.RNNCell(IN, H, activation=jax.nn.relu)),
+    library_case("lstm", rj.LSTMCell(IN, H, forget_bias=1.0)),
+    library_case("gru", rj.GRUCell(IN, H)),
+    library_case("gruv3", rj.GRUv3Cell(IN, H)),
+    library_case("indrnn", rj.IndRNNCell(IN, H)),
+    library_case("peephole", rj.PeepholeLSTMCell(IN, H)),
+    library_case("projlstm", rj.ProjLSTMCell(IN, H + 2, proj_size=H)),  # y and h: H, c: H + 2
+    library_case("lnlstm", rj.LayerNormLSTMCell(IN, H)),
+    library_case("rglru", rj.RGLRUCell(IN, IN), out=IN),  # the input gates the state: width IN
+    library_case("s6", rj.SelectiveSSMCell(IN, state_size=2), out=IN),  # state IN * 2, y: IN
+    library_case("slstm", rj.SLSTMCell(IN, H, num_heads=2)),
+    library_case("mlstm", rj.MLSTMCell(IN, H, num_heads=2)),
+    library_case("dense", rj.Dense(IN, H, activation=jnp.tanh)),
+    library_case("chain", rj.chain(rj.LSTMCell(IN, 5), rj.Dense(5, H))),
     Case("user_fn", elman, _elman_params, lambda p: jnp.zeros((H,), p["wxh"].dtype)),
 ]
 LIBRARY = [c for c in CASES if isinstance(c.cell, rj.Cell)]
 # The linear cells outside CASES (tests/test_linear.py holds their own suite); the scan
 # engine's oracle grid runs them, and test_sequences runs minGRU too. The LRU's state is
 # complex (`oracle.loss_terms` takes its real and imaginary parts).
-MINGRU = _library("mingru", rj.MinGRUCell(IN, H))
-MINLSTM = _library("minlstm", rj.MinLSTMCell(IN, H))
-LRU = _library("lru", rj.LRUCell(IN, H), out=IN)  # y = Re(h C) + D x: width IN
+MINGRU = library_case("mingru", rj.MinGRUCell(IN, H))
+MINLSTM = library_case("minlstm", rj.MinLSTMCell(IN, H))
+LRU = library_case("lru", rj.LRUCell(IN, H), out=IN)  # y = Re(h C) + D x: width IN
 LINEAR = [MINGRU, MINLSTM, LRU]
 RECURRENT = [c for c in CASES if c.name != "dense"]
 

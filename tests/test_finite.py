@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import oracle
 import pytest
-from cases import EVERYDAY, IN, LIBRARY, LINEAR, Case, strategies_of
+from cases import EVERYDAY, IN, LIBRARY, LINEAR, Case, library_case, strategies_of
 
 import recurjax as rj
 
@@ -34,15 +34,11 @@ SCALES = 10.0 ** np.arange(-3.0, 5.5, 0.5)  # 1e-3, 3.2e-3, 1e-2, ..., 1e5
 PATTERNS = ("ones", "normal")
 
 
-def _case(name: str, cell: rj.Cell) -> Case:
-    return Case(name, cell, cell.init, cell.initial_state)  # type: ignore[attr-defined]
-
-
 CELLS = [
     *LIBRARY,
     *LINEAR,
-    _case("slstm_exp", rj.SLSTMCell(IN, 4, num_heads=2, exp_forget=True)),
-    _case("mlstm_exp", rj.MLSTMCell(IN, 4, num_heads=2, exp_forget=True)),
+    library_case("slstm_exp", rj.SLSTMCell(IN, 4, num_heads=2, exp_forget=True)),
+    library_case("mlstm_exp", rj.MLSTMCell(IN, 4, num_heads=2, exp_forget=True)),
 ]
 # Cells whose finiteness is their parts' (composites and wrappers, covered through the
 # `chain` case and their parts), bases, and Dropout (a mask times its input).
