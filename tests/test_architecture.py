@@ -1,7 +1,7 @@
 """The shape of the package, read from its source: imports point downward only.
 
-The layers, bottom to top: contracts -> checks -> cells (cells, linear, dropout) -> layers ->
-compose -> the engine (`_scan/`) -> recur -> tbptt -> interop. These tests parse every module
+The layers, bottom to top: contracts and state types -> checks -> cells (`_cells/`, dropout)
+-> layers -> compose -> the engine (`_scan/`) -> recur -> tbptt -> interop. These tests parse every module
 with `ast`, so they see imports inside functions too.
 """
 
@@ -95,8 +95,9 @@ def test_no_recurjax_import_inside_a_function():
     assert {m: t for m, t in inside.items() if t} == {}
 
 
-def test_contracts_import_nothing_from_recurjax():
-    assert GRAPH["recurjax._contracts"] == []
+@pytest.mark.parametrize("module", ["recurjax._contracts", "recurjax._states"])
+def test_the_bottom_layer_imports_nothing_from_recurjax(module):
+    assert GRAPH[module] == []
 
 
 def _reaches(module: str) -> set[str]:
@@ -114,6 +115,7 @@ def _reaches(module: str) -> set[str]:
 @pytest.mark.parametrize(
     "lower, upper",
     [
+        ("recurjax._states", "recurjax._checks"),
         ("recurjax._checks", "recurjax._cells"),
         ("recurjax._cells", "recurjax._layers"),
         ("recurjax._layers", "recurjax._compose"),
@@ -129,24 +131,17 @@ def test_lower_layers_never_import_upper_ones(lower, upper):
 
 
 def test_the_engine_names_no_cell_class():
-    """The engine reaches cells through the protocols of `_contracts`; from the cell
-    modules it takes one state type (the LSTM kernel builds `LSTMState`), no class."""
-    cell_modules = {
-        "recurjax._cells",
-        "recurjax._compose",
-        "recurjax._layers",
-        "recurjax._linear",
-        "recurjax._dropout",
-        "recurjax._variants",
-        "recurjax._ssm",
-        "recurjax._xlstm",
-    }
+    """The engine reaches cells through the protocols of `_contracts` and builds states from
+    `_states`; it imports nothing from a module that defines cells."""
+    cell_modules = {"recurjax._compose", "recurjax._layers", "recurjax._dropout"}
+    cell_modules |= {m for m in GRAPH if m.startswith("recurjax._cells")}
+    assert "recurjax._cells.classic" in cell_modules
     named = {}
     for path in sorted((PACKAGE / "_scan").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.level:
                 module = _module_name(path)
                 for target in _resolve(module, path.name == "__init__.py", node):
-                    if target in cell_modules:
+                    if _known(target) in cell_modules:
                         named[path.name] = sorted(a.name for a in node.names)
-    assert named == {"kernels.py": ["LSTMState"]}
+    assert named == {}

@@ -6,19 +6,20 @@ cell over a sequence; `chain` composes cells and stateless layers into one cell;
 walks a long sequence in chunks for truncated backpropagation through time.
 """
 
-from ._cells import GRUCell, GRUv3Cell, LSTMCell, LSTMState, RNNCell
+from ._cells.classic import GRUCell, GRUv3Cell, LSTMCell, RNNCell
 from ._compose import Bidirectional, Chain, Residual, bidirectional, chain, residual, stacked
 from ._contracts import Cell
 from ._dropout import Dropout, VariationalDropout, seed_dropout
 from ._layers import Dense, Stateless, stateless
-from ._linear import LinearCell, LRUCell, MinGRUCell, MinLSTMCell
+from ._cells.linear import LinearCell, LRUCell, MinGRUCell, MinLSTMCell
 from ._recur import GRU, LSTM, RNN, GRUv3, Recur
 from ._scan import scan, sequence_parallel_scan
-from ._ssm import RGLRUCell, SelectiveSSMCell
+from ._states import LSTMState, MLSTMState, SLSTMState
+from ._cells.ssm import RGLRUCell, SelectiveSSMCell
 from ._tbptt import chunks, tbptt
 from ._trees import batched, reset, truncate
-from ._variants import IndRNNCell, LayerNormLSTMCell, PeepholeLSTMCell, ProjLSTMCell
-from ._xlstm import MLSTMCell, MLSTMState, SLSTMCell, SLSTMState
+from ._cells.variants import IndRNNCell, LayerNormLSTMCell, PeepholeLSTMCell, ProjLSTMCell
+from ._cells.xlstm import MLSTMCell, SLSTMCell
 
 __version__ = "0.1.0"
 

@@ -16,9 +16,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ._cells import LSTMState
 from ._checks import check_callable, check_key, describe
 from ._contracts import Cell, PyTree, WrapperCell
+from ._states import LSTMState
 
 __all__ = ["Dropout", "VariationalDropout", "seed_dropout"]
 

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from jax.tree_util import GetAttrKey
 
-from ._cells import GRUCell, GRUv3Cell, LSTMCell, RNNCell
+from ._cells.classic import GRUCell, GRUv3Cell, LSTMCell, RNNCell
 from ._checks import check_callable, check_state_change, describe, index_or_none
 from ._contracts import CellFn, Handle, PyTree
 from ._dropout import seed_dropout

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._cells import RNNCell
+from .._cells.classic import RNNCell
 from .._checks import shape_of
 
 Params = dict[str, jax.Array]

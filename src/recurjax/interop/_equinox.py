@@ -7,7 +7,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .._cells import GRUCell, LSTMCell
+from .._cells.classic import GRUCell, LSTMCell
 from .._checks import check_params
 from ._common import as_array, expect_cell, is_zero, require
 

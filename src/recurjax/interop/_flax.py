@@ -8,7 +8,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .._cells import GRUCell, LSTMCell, RNNCell
+from .._cells.classic import GRUCell, LSTMCell, RNNCell
 from .._checks import check_params
 from ._common import as_array, expect_cell, expect_keys, expect_shape, is_zero, require
 

@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .._cells import GRUv3Cell, LSTMCell, RNNCell
+from .._cells.classic import GRUv3Cell, LSTMCell, RNNCell
 from .._checks import check_params
 from ._common import as_array, expect_cell, expect_keys, rnn_activation
 

@@ -31,8 +31,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ..._cells import LSTMState
 from ..._contracts import KernelSpec
+from ..._states import LSTMState
 
 Array = jax.Array
 

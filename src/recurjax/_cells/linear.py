@@ -17,9 +17,9 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 
-from ._checks import check_input, check_params, check_sizes, match_state
-from ._contracts import Cell, PyTree
-from ._init import affine, glorot_uniform
+from .._checks import check_input, check_params, check_sizes, match_state
+from .._contracts import Cell, PyTree
+from .._init import affine, glorot_uniform
 
 __all__ = ["LRUCell", "LinearCell", "MinGRUCell", "MinLSTMCell"]
 

@@ -11,10 +11,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ._checks import check_heads, check_input, check_params, check_sizes
-from ._contracts import PyTree
-from ._init import affine, by_heads
-from ._linear import LinearCell
+from .._checks import check_heads, check_input, check_params, check_sizes
+from .._contracts import PyTree
+from .._init import affine, by_heads
+from .linear import LinearCell
 
 __all__ = ["RGLRUCell", "SelectiveSSMCell"]
 

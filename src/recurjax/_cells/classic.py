@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from ._checks import check_input, check_params, check_sizes, fn_name, match_state
-from ._contracts import Cell, KernelSpec
-from ._init import affine, glorot_uniform
+from .._checks import check_input, check_params, check_sizes, fn_name, match_state
+from .._contracts import Cell, KernelSpec
+from .._init import affine, glorot_uniform
+from .._states import LSTMState
 
-__all__ = ["GRUCell", "GRUv3Cell", "LSTMCell", "LSTMState", "RNNCell"]
+__all__ = ["GRUCell", "GRUv3Cell", "LSTMCell", "RNNCell"]
 
 
 def _batch(x: jax.Array) -> tuple[int, ...]:
@@ -125,18 +126,6 @@ class RNNCell(_HiddenCell):
         return h @ params["wh"]
 
 
-class LSTMState(NamedTuple):
-    """The carry of `LSTMCell`: hidden and cell state (Flux and PyTorch order, not Flax's).
-
-    Examples:
-      >>> import jax.numpy as jnp, recurjax as rj
-      >>> state = rj.LSTMState(h=jnp.zeros(4), c=jnp.ones(4))
-      >>> state.c.shape
-      (4,)
-    """
-
-    h: jax.Array  # shape=(..., H): hidden state, also the cell's output
-    c: jax.Array  # shape=(..., H): cell (memory) state
 
 
 @dataclasses.dataclass(frozen=True, repr=False)

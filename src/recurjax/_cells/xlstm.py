@@ -6,32 +6,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from ._checks import check_heads, check_input, check_params, check_sizes, match_state
-from ._contracts import Cell
-from ._init import affine, by_heads, glorot_uniform
+from .._checks import check_heads, check_input, check_params, check_sizes, match_state
+from .._contracts import Cell
+from .._init import affine, by_heads, glorot_uniform
+from .._states import MLSTMState, SLSTMState
 
-__all__ = ["MLSTMCell", "MLSTMState", "SLSTMCell", "SLSTMState"]
+__all__ = ["MLSTMCell", "SLSTMCell"]
 
 
-class SLSTMState(NamedTuple):
-    """The carry of `SLSTMCell`: hidden `h`, cell `c`, normaliser `n` and stabiliser `m`.
-
-    Examples:
-      >>> import jax, recurjax as rj
-      >>> cell = rj.SLSTMCell(3, 4)
-      >>> cell.initial_state(cell.init(jax.random.key(0))).n.shape
-      (4,)
-    """
-
-    h: jax.Array  # shape=(..., H): hidden state, also the output
-    c: jax.Array  # shape=(..., H): cell state, scaled by exp(-m)
-    n: jax.Array  # shape=(..., H): normaliser, scaled by exp(-m)
-    m: jax.Array  # shape=(..., H): log-space stabiliser
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -201,20 +188,6 @@ def _stabilised_gates(
     return jnp.exp(i_t - m_new), jnp.exp(jnp.minimum(log_f + m - m_new, cap)), m_new
 
 
-class MLSTMState(NamedTuple):
-    """The carry of `MLSTMCell`, flattened over heads: the matrix memory `C` (`heads * d * d`),
-    the normaliser `n` (`heads * d`) and the stabiliser `m` (`heads`), each `(..., size)`.
-
-    Examples:
-      >>> import jax, recurjax as rj
-      >>> cell = rj.MLSTMCell(3, 8, num_heads=2)
-      >>> [a.shape for a in cell.initial_state(cell.init(jax.random.key(0)))]
-      [(32,), (8,), (2,)]
-    """
-
-    C: jax.Array  # shape=(..., heads * d * d): matrix memory per head, scaled by exp(-m)
-    n: jax.Array  # shape=(..., heads * d): normaliser, scaled by exp(-m)
-    m: jax.Array  # shape=(..., heads): log-space stabiliser
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
