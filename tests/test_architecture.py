@@ -1,8 +1,8 @@
 """The shape of the package, read from its source: imports point downward only.
 
 The layers, bottom to top: contracts and state types -> checks -> cells (`_cells/`, dropout)
--> layers -> compose -> the engine (`_scan/`) -> recur -> tbptt -> interop. These tests parse every module
-with `ast`, so they see imports inside functions too.
+-> layers -> compose -> the engine (`_scan/`) -> recur -> tbptt -> interop. These tests parse
+every module with `ast`, so they see imports inside functions too.
 """
 
 from __future__ import annotations

@@ -7,19 +7,19 @@ walks a long sequence in chunks for truncated backpropagation through time.
 """
 
 from ._cells.classic import GRUCell, GRUv3Cell, LSTMCell, RNNCell
+from ._cells.linear import LinearCell, LRUCell, MinGRUCell, MinLSTMCell
+from ._cells.ssm import RGLRUCell, SelectiveSSMCell
+from ._cells.variants import IndRNNCell, LayerNormLSTMCell, PeepholeLSTMCell, ProjLSTMCell
+from ._cells.xlstm import MLSTMCell, SLSTMCell
 from ._compose import Bidirectional, Chain, Residual, bidirectional, chain, residual, stacked
 from ._contracts import Cell
 from ._dropout import Dropout, VariationalDropout, seed_dropout
 from ._layers import Dense, Stateless, stateless
-from ._cells.linear import LinearCell, LRUCell, MinGRUCell, MinLSTMCell
 from ._recur import GRU, LSTM, RNN, GRUv3, Recur
 from ._scan import scan, sequence_parallel_scan
 from ._states import LSTMState, MLSTMState, SLSTMState
-from ._cells.ssm import RGLRUCell, SelectiveSSMCell
 from ._tbptt import chunks, tbptt
 from ._trees import batched, reset, truncate
-from ._cells.variants import IndRNNCell, LayerNormLSTMCell, PeepholeLSTMCell, ProjLSTMCell
-from ._cells.xlstm import MLSTMCell, SLSTMCell
 
 __version__ = "0.1.0"
 

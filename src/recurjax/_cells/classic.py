@@ -126,8 +126,6 @@ class RNNCell(_HiddenCell):
         return h @ params["wh"]
 
 
-
-
 @dataclasses.dataclass(frozen=True, repr=False)
 class LSTMCell(_HiddenCell):
     r"""The LSTM cell of Hochreiter & Schmidhuber with a forget gate, as Flux and PyTorch.

@@ -11,10 +11,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .._states import LSTMState
-from .classic import LSTMCell, RNNCell
 from .._checks import fn_name, positive_int
 from .._init import affine, glorot_uniform
+from .._states import LSTMState
+from .classic import LSTMCell, RNNCell
 
 __all__ = ["IndRNNCell", "LayerNormLSTMCell", "PeepholeLSTMCell", "ProjLSTMCell"]
 

@@ -19,8 +19,6 @@ from .._states import MLSTMState, SLSTMState
 __all__ = ["MLSTMCell", "SLSTMCell"]
 
 
-
-
 @dataclasses.dataclass(frozen=True, repr=False)
 class _XLSTMCell(Cell):
     """The shared fields of xLSTM's cells: sizes, heads (checked to divide `H`), the forget
@@ -186,8 +184,6 @@ def _stabilised_gates(
     m_new = jnp.where(empty, i_t, m_new)
     cap = 0.5 * math.log(float(jnp.finfo(i_t.dtype).max))  # above 0: only `empty` reaches it
     return jnp.exp(i_t - m_new), jnp.exp(jnp.minimum(log_f + m - m_new, cap)), m_new
-
-
 
 
 @dataclasses.dataclass(frozen=True, repr=False)

@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._cells.classic import GRUCell, LSTMCell, RNNCell
-from .._compose import Bidirectional, Chain, bidirectional, chain
 from .._cells.variants import ProjLSTMCell
+from .._compose import Bidirectional, Chain, bidirectional, chain
 from ._common import as_array, as_numpy, expect_cell, expect_shape, is_zero, rnn_activation
 
 _GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
