@@ -1,5 +1,4 @@
-"""Initialisers (private): the defaults of Flux's recurrent layers; and the affine and
-block-diagonal maps the layers share."""
+"""Initialisers (private): the defaults of Flux's recurrent layers."""
 
 from __future__ import annotations
 
@@ -33,18 +32,3 @@ def glorot_uniform(key: jax.Array, shape: tuple[int, int], dtype=jnp.float32) ->
     fan_in, fan_out = shape
     limit = math.sqrt(6.0 / (fan_in + fan_out))
     return jax.random.uniform(key, shape, dtype, -limit, limit)
-
-
-def affine(x: jax.Array, w: jax.Array, b: jax.Array | None = None) -> jax.Array:
-    """`x @ w + b` on the last axis for any leading batch axes, with no implicit broadcast."""
-    y = x @ w
-    if b is not None:
-        y = y + jnp.broadcast_to(b, y.shape)
-    return y
-
-
-def by_heads(x: jax.Array, w: jax.Array) -> jax.Array:
-    """`x @ W` for a block-diagonal `W` stored as its blocks `w: (heads, d, e)`: each head's
-    `d` features of `x: (..., heads * d)` map to its `e` outputs, `(..., heads, e)`."""
-    heads, d = w.shape[0], w.shape[1]
-    return jnp.einsum("...nd,nde->...ne", x.reshape(*x.shape[:-1], heads, d), w)

@@ -9,21 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 
-from ._checks import (
-    check_callable,
-    check_input,
-    check_params,
-    check_sizes,
-    describe,
-    fn_name,
-)
+from ._cells.base import _CellBase, affine
+from ._checks import check_callable, check_input, describe, fn_name
 from ._contracts import Cell, PartRunner, PyTree
-from ._init import affine, glorot_uniform
+from ._init import glorot_uniform
 
 __all__ = ["Dense", "Stateless", "stateless"]
 
@@ -37,7 +31,7 @@ def _check_empty_state(cell: object, h: object) -> None:
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
-class Dense(Cell):
+class Dense(_CellBase):
     r"""A fully connected layer as a stateless cell: its state is always `()`.
 
     .. math::
@@ -61,16 +55,12 @@ class Dense(Cell):
       ((), (2, 5))
     """
 
+    sizes: ClassVar[tuple[str, ...]] = ("in_features", "out_features")
+    shown: ClassVar[tuple[str, ...]] = ("activation",)
+
     in_features: int
     out_features: int
     activation: Callable[[jax.Array], jax.Array] | None = None
-
-    def __post_init__(self) -> None:
-        check_sizes(self, "in_features", "out_features")
-
-    def __repr__(self) -> str:
-        act = f", {fn_name(self.activation)}" if self.activation is not None else ""
-        return f"Dense({self.in_features} => {self.out_features}{act})"
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """The shape of every params entry that `init` makes.
@@ -101,11 +91,11 @@ class Dense(Cell):
 
     def initial_state(self, params: PyTree) -> tuple[()]:
         """The empty state `()`."""
-        check_params(self, params, self.param_shapes())
+        self._dtype(params)
         return ()
 
     def __call__(self, params: PyTree, h: PyTree, x: jax.Array) -> tuple[tuple[()], jax.Array]:
-        dtype = check_params(self, params, self.param_shapes())
+        dtype = self._dtype(params)
         _check_empty_state(self, h)
         y = affine(check_input(self, x, dtype), params["w"], params["b"])
         return (), (y if self.activation is None else self.activation(y))

@@ -1,11 +1,13 @@
 """The library cells, one module per family:
 
+base       their shared base (checked sizes, the repr, checked params, a zero state) and
+           the maps their steps use, `affine` and `by_heads`
 classic    RNN, LSTM, GRU (reset after the matmul), GRUv3 (reset before), on one base
 variants   peephole, projected and LayerNorm LSTMs, IndRNN: the classic cells' step hooks
 linear     cells linear in their state (`LinearRecurrence`): minGRU, minLSTM, LRU
 ssm        RG-LRU and Mamba's selective SSM (S6), linear cells with gated inputs
 xlstm      xLSTM's sLSTM (scalar memory) and mLSTM (matrix memory)
 
-Each module imports from the contracts, checks, initialisers and state types below it, and
-from the family it extends; nothing in the engine imports a cell class.
+Each module imports from the contracts, checks, initialisers and state types below it, from
+`base`, and from the family it extends; nothing in the engine imports a cell class.
 """

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 
-from .._checks import check_input, check_params, check_sizes, fn_name, match_state
-from .._contracts import Cell, KernelSpec
-from .._init import affine, glorot_uniform
+from .._checks import match_state
+from .._contracts import KernelSpec
+from .._init import glorot_uniform
 from .._states import LSTMState
+from .base import _CellBase, affine
 
 __all__ = ["GRUCell", "GRUv3Cell", "LSTMCell", "RNNCell"]
 
@@ -25,23 +26,29 @@ def _batch(x: jax.Array) -> tuple[int, ...]:
     return tuple(x.shape[:-1])
 
 
-class _HiddenCell(Cell):
-    """The shared base of RNN, LSTM, GRU and GRUv3: `in_features => hidden_size`, checked
-    sizes, and params whose layout `param_shapes()` states."""
+class _HiddenCell(_CellBase):
+    """The shared base of RNN, LSTM, GRU and GRUv3 (and of their variants): a hidden state of
+    `hidden_size`, and the fused kernel of the class that names one."""
 
-    in_features: int
-    hidden_size: int
+    # The fused strategy's kernel that computes this class's step. It serves exactly the class
+    # that names it: a subclass changes the step through its hooks, so it runs without one.
+    kernel: ClassVar[str | None] = None
 
-    def __post_init__(self) -> None:
-        check_sizes(self, "in_features", "hidden_size")
+    def fused_kernel(self) -> KernelSpec | None:
+        """The fused strategy's kernel for this step (its class's `kernel`, not a base's)."""
+        name = vars(type(self)).get("kernel")
+        if name is None:
+            return None
+        # The RNN's kernel applies the cell's nonlinearity; the gated cells have none to pass.
+        return KernelSpec(name, self.hidden_size, getattr(self, "activation", None))
 
-    def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        """The shape of every params entry that `init` makes (converters build on it)."""
-        raise NotImplementedError
-
-    def _dtype(self, params: object) -> Any:
-        """Check `params` against `param_shapes()`; return their compute dtype."""
-        return check_params(self, params, self.param_shapes())
+    def _checked_step(
+        self, params: dict[str, jax.Array], h: object, x: object
+    ) -> tuple[jax.Array, jax.Array]:
+        """`(h, x)` for a step: the params checked, `x` checked and `h: (..., H)` matched to
+        its batch, both cast to the params' dtype."""
+        dtype, x = self._checked(params, x)
+        return match_state(self, "h", h, _batch(x), self.hidden_size, dtype), x
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -73,12 +80,12 @@ class RNNCell(_HiddenCell):
       ((5,), True)
     """
 
+    kernel: ClassVar[str | None] = "rnn"
+    shown: ClassVar[tuple[str, ...]] = ("activation",)
+
     in_features: int
     hidden_size: int
     activation: Callable[[jax.Array], jax.Array] = jnp.tanh
-
-    def __repr__(self) -> str:
-        return f"RNNCell({self.in_features} => {self.hidden_size}, {fn_name(self.activation)})"
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """The shape of every params entry that `init` makes.
@@ -91,12 +98,6 @@ class RNNCell(_HiddenCell):
         i, h = self.in_features, self.hidden_size
         return {"wi": (i, h), "wh": (h, h), "b": (h,)}
 
-    def fused_kernel(self) -> KernelSpec | None:
-        """The fused strategy's RNN kernel computes this step (not a subclass's)."""
-        return (
-            KernelSpec("rnn", self.hidden_size, self.activation) if type(self) is RNNCell else None
-        )
-
     def init(self, key: jax.Array, dtype: Any = jnp.float32) -> dict[str, jax.Array]:
         """Params `{"wi": (in, H), "wh": (H, H), "b": (H,)}`: Glorot-uniform, zero bias."""
         ki, kh = jax.random.split(key)
@@ -107,17 +108,10 @@ class RNNCell(_HiddenCell):
             "b": jnp.zeros((h,), dtype),
         }
 
-    def initial_state(self, params: dict[str, jax.Array]) -> jax.Array:
-        """Zeros of shape `(H,)` in the params' dtype."""
-        dtype = self._dtype(params)
-        return jnp.zeros((self.hidden_size,), dtype)
-
     def __call__(
         self, params: dict[str, jax.Array], h: jax.Array, x: jax.Array
     ) -> tuple[jax.Array, jax.Array]:
-        dtype = self._dtype(params)
-        x = check_input(self, x, dtype)
-        h = match_state(self, "h", h, _batch(x), self.hidden_size, dtype)
+        h, x = self._checked_step(params, h, x)
         h = self.activation(affine(x, params["wi"], params["b"]) + self._recur(params, h))
         return h, h
 
@@ -164,13 +158,12 @@ class LSTMCell(_HiddenCell):
       ((4, 15), (4, 15), (4, 15))
     """
 
+    kernel: ClassVar[str | None] = "lstm"
+    shown: ClassVar[tuple[str, ...]] = ("forget_bias",)
+
     in_features: int
     hidden_size: int
     forget_bias: float = 0.0
-
-    def __repr__(self) -> str:
-        extra = f", forget_bias={self.forget_bias}" if self.forget_bias else ""
-        return f"LSTMCell({self.in_features} => {self.hidden_size}{extra})"
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """The shape of every params entry that `init` makes.
@@ -182,10 +175,6 @@ class LSTMCell(_HiddenCell):
         """
         i, h = self.in_features, self.hidden_size
         return {"wi": (i, 4 * h), "wh": (h, 4 * h), "b": (4 * h,)}
-
-    def fused_kernel(self) -> KernelSpec | None:
-        """The fused strategy's LSTM kernel computes this step (not a subclass's)."""
-        return KernelSpec("lstm", self.hidden_size) if type(self) is LSTMCell else None
 
     def init(self, key: jax.Array, dtype: Any = jnp.float32) -> dict[str, jax.Array]:
         """Params `{"wi": (in, 4H), "wh": (H, 4H), "b": (4H,)}`, gates `i, f, g, o`."""
@@ -200,8 +189,7 @@ class LSTMCell(_HiddenCell):
 
     def initial_state(self, params: dict[str, jax.Array]) -> LSTMState:
         """`LSTMState(h=zeros(H), c=zeros(H))` in the params' dtype."""
-        dtype = self._dtype(params)
-        zeros = jnp.zeros((self.hidden_size,), dtype)
+        zeros = super().initial_state(params)
         return LSTMState(zeros, zeros)
 
     def _state(self, state: object, batch: tuple[int, ...], dtype: Any) -> LSTMState:
@@ -223,8 +211,7 @@ class LSTMCell(_HiddenCell):
     def __call__(
         self, params: dict[str, jax.Array], state: LSTMState, x: jax.Array
     ) -> tuple[LSTMState, jax.Array]:
-        dtype = self._dtype(params)
-        x = check_input(self, x, dtype)
+        dtype, x = self._checked(params, x)
         h, c = self._update(params, *self._state(state, _batch(x), dtype), x)
         return LSTMState(h, c), h
 
@@ -272,11 +259,10 @@ class GRUCell(_HiddenCell):
       (3, 5)
     """
 
+    kernel: ClassVar[str | None] = "gru"
+
     in_features: int
     hidden_size: int
-
-    def __repr__(self) -> str:
-        return f"GRUCell({self.in_features} => {self.hidden_size})"
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """The shape of every params entry that `init` makes.
@@ -289,10 +275,6 @@ class GRUCell(_HiddenCell):
         i, h = self.in_features, self.hidden_size
         return {"wi": (i, 3 * h), "wh": (h, 3 * h), "b": (3 * h,), "bhn": (h,)}
 
-    def fused_kernel(self) -> KernelSpec | None:
-        """The fused strategy's GRU kernel computes this step (not a subclass's)."""
-        return KernelSpec("gru", self.hidden_size) if type(self) is GRUCell else None
-
     def init(self, key: jax.Array, dtype: Any = jnp.float32) -> dict[str, jax.Array]:
         """Params `{"wi": (in, 3H), "wh": (H, 3H), "b": (3H,), "bhn": (H,)}`, gates r, z, n."""
         ki, kh = jax.random.split(key)
@@ -304,17 +286,10 @@ class GRUCell(_HiddenCell):
             "bhn": jnp.zeros((h,), dtype),
         }
 
-    def initial_state(self, params: dict[str, jax.Array]) -> jax.Array:
-        """Zeros of shape `(H,)` in the params' dtype."""
-        dtype = self._dtype(params)
-        return jnp.zeros((self.hidden_size,), dtype)
-
     def __call__(
         self, params: dict[str, jax.Array], h: jax.Array, x: jax.Array
     ) -> tuple[jax.Array, jax.Array]:
-        dtype = self._dtype(params)
-        x = check_input(self, x, dtype)
-        h = match_state(self, "h", h, _batch(x), self.hidden_size, dtype)
+        h, x = self._checked_step(params, h, x)
         xr, xz, xn = jnp.split(affine(x, params["wi"], params["b"]), 3, axis=-1)
         hr, hz, hn = jnp.split(h @ params["wh"], 3, axis=-1)
         r = jax.nn.sigmoid(xr + hr)
@@ -360,9 +335,6 @@ class GRUv3Cell(_HiddenCell):
     in_features: int
     hidden_size: int
 
-    def __repr__(self) -> str:
-        return f"GRUv3Cell({self.in_features} => {self.hidden_size})"
-
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """The shape of every params entry that `init` makes.
 
@@ -385,17 +357,10 @@ class GRUv3Cell(_HiddenCell):
             "b": jnp.zeros((3 * h,), dtype),
         }
 
-    def initial_state(self, params: dict[str, jax.Array]) -> jax.Array:
-        """Zeros of shape `(H,)` in the params' dtype."""
-        dtype = self._dtype(params)
-        return jnp.zeros((self.hidden_size,), dtype)
-
     def __call__(
         self, params: dict[str, jax.Array], h: jax.Array, x: jax.Array
     ) -> tuple[jax.Array, jax.Array]:
-        dtype = self._dtype(params)
-        x = check_input(self, x, dtype)
-        h = match_state(self, "h", h, _batch(x), self.hidden_size, dtype)
+        h, x = self._checked_step(params, h, x)
         xr, xz, xn = jnp.split(affine(x, params["wi"], params["b"]), 3, axis=-1)
         hr, hz = jnp.split(h @ params["wh"], 2, axis=-1)
         r = jax.nn.sigmoid(xr + hr)

@@ -12,16 +12,22 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 
-from .._checks import check_input, check_params, check_sizes, match_state
+from .._checks import match_state
 from .._contracts import Cell, PyTree
-from .._init import affine, glorot_uniform
+from .._init import glorot_uniform
+from .base import _CellBase, affine
 
 __all__ = ["LRUCell", "LinearCell", "MinGRUCell", "MinLSTMCell"]
+
+# A linear cell's `coefficients(params, x)` and `readout(params, h, x)`.
+_Coefficients = Callable[[PyTree, jax.Array], tuple[jax.Array, jax.Array]]
+_Readout = Callable[[PyTree, jax.Array, jax.Array], jax.Array]
 
 
 class LinearCell(Cell):
@@ -90,21 +96,71 @@ class LinearCell(Cell):
         return jnp.zeros((self.hidden_size,), self.state_dtype(params))
 
     def __call__(self, params: PyTree, h: PyTree, x: PyTree) -> tuple[jax.Array, jax.Array]:
-        a, b = self.coefficients(params, x)
+        x, coefficients, readout = self._step(params, x)
+        a, b = coefficients(params, x)
         h = match_state(self, "h", h, tuple(b.shape[:-1]), self.hidden_size, b.dtype)
         h = a * h + b
-        return h, self.readout(params, h, x)
+        return h, readout(params, h, x)
+
+    def _step(self, params: PyTree, x: PyTree) -> tuple[Any, _Coefficients, _Readout]:
+        """`(x, coefficients, readout)` for one step: `x` as given and the public methods
+        here; the library's cells check the params and `x` once and skip the checks."""
+        return x, self.coefficients, self.readout
 
 
-def _gates(cell: Cell, params: dict[str, jax.Array], x: jax.Array, n: int) -> Any:
-    H = cell.hidden_size  # type: ignore[attr-defined]
-    dtype = check_params(cell, params, {"wi": (cell.in_features, n * H), "b": (n * H,)})
-    pre = affine(check_input(cell, x, dtype), params["wi"], params["b"])
-    return jnp.split(pre, n, axis=-1)
+class _CheckedLinearCell(LinearCell, _CellBase):
+    """The base of the library's linear cells, whose params `param_shapes()` states.
+
+    `coefficients` (and `readout`, where the output is more than the state) check the params
+    and `x`, then call `_coefficients` (`_readout`), which compute from checked params and an
+    `x` cast to their dtype. A step checks once and calls those two itself.
+    """
+
+    def coefficients(self, params: PyTree, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """`(a, b)`, each `(..., H)` for `x: (..., in)`, after checking the params and `x`."""
+        return self._coefficients(params, self._checked(params, x)[1])
+
+    def _coefficients(self, params: PyTree, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """`(a, b)` from checked params and input."""
+        raise NotImplementedError
+
+    def _readout(self, params: PyTree, h: jax.Array, x: jax.Array) -> jax.Array:
+        """`readout` from checked params and input: the state by default."""
+        return h
+
+    def _step(self, params: PyTree, x: PyTree) -> tuple[Any, _Coefficients, _Readout]:
+        if "_coefficients" not in vars(type(self)):
+            # A subclass of a library cell may override `coefficients` or `readout`: they
+            # make its step.
+            return super()._step(params, x)
+        return self._checked(params, x)[1], self._coefficients, self._readout
+
+
+class _MinCell(_CheckedLinearCell):
+    """minGRU and minLSTM: `blocks` gate and candidate blocks of `H`, each `x W + b`."""
+
+    blocks: ClassVar[int]
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shape of every params entry that `init` makes."""
+        n = self.blocks * self.hidden_size
+        return {"wi": (self.in_features, n), "b": (n,)}
+
+    def init(self, key: jax.Array, dtype: Any = jnp.float32) -> dict[str, jax.Array]:
+        """Params as `param_shapes()`: Glorot-uniform `wi`, zero `b`."""
+        n = self.blocks * self.hidden_size
+        return {
+            "wi": glorot_uniform(key, (self.in_features, n), dtype),
+            "b": jnp.zeros((n,), dtype),
+        }
+
+    def _gates(self, params: PyTree, x: jax.Array) -> list[jax.Array]:
+        """The `blocks` blocks of `x W + b`, each `(..., H)`."""
+        return jnp.split(affine(x, params["wi"], params["b"]), self.blocks, axis=-1)
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
-class MinGRUCell(LinearCell):
+class MinGRUCell(_MinCell):
     r"""minGRU (Feng et al., 2024, "Were RNNs All We Needed?"): a GRU whose gate and
     candidate read only the input, so the update is linear in the state.
 
@@ -129,30 +185,18 @@ class MinGRUCell(LinearCell):
       ((2, 4), (5, 2, 4))
     """
 
+    blocks: ClassVar[int] = 2  # z, h~
+
     in_features: int
     hidden_size: int
 
-    def __post_init__(self) -> None:
-        check_sizes(self, "in_features", "hidden_size")
-
-    def __repr__(self) -> str:
-        return f"MinGRUCell({self.in_features} => {self.hidden_size})"
-
-    def init(self, key: jax.Array, dtype: Any = jnp.float32) -> dict[str, jax.Array]:
-        """Params `{"wi": (in, 2H), "b": (2H,)}`: Glorot-uniform `wi`, zero `b`."""
-        H = self.hidden_size
-        return {
-            "wi": glorot_uniform(key, (self.in_features, 2 * H), dtype),
-            "b": jnp.zeros((2 * H,), dtype),
-        }
-
-    def coefficients(self, params: PyTree, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        k, candidate = _gates(self, params, x, 2)
+    def _coefficients(self, params: PyTree, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        k, candidate = self._gates(params, x)
         return jax.nn.sigmoid(-k), jax.nn.sigmoid(k) * candidate  # 1 - z, z * h~
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
-class MinLSTMCell(LinearCell):
+class MinLSTMCell(_MinCell):
     r"""minLSTM (Feng et al., 2024): forget and input gates from the input alone,
     normalised to sum to one, so the update is linear in the state.
 
@@ -173,32 +217,20 @@ class MinLSTMCell(LinearCell):
       ((4,), True)
     """
 
+    blocks: ClassVar[int] = 3  # f, i, h~
+
     in_features: int
     hidden_size: int
 
-    def __post_init__(self) -> None:
-        check_sizes(self, "in_features", "hidden_size")
-
-    def __repr__(self) -> str:
-        return f"MinLSTMCell({self.in_features} => {self.hidden_size})"
-
-    def init(self, key: jax.Array, dtype: Any = jnp.float32) -> dict[str, jax.Array]:
-        """Params `{"wi": (in, 3H), "b": (3H,)}`: Glorot-uniform `wi`, zero `b`."""
-        H = self.hidden_size
-        return {
-            "wi": glorot_uniform(key, (self.in_features, 3 * H), dtype),
-            "b": jnp.zeros((3 * H,), dtype),
-        }
-
-    def coefficients(self, params: PyTree, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        kf, ki, candidate = _gates(self, params, x, 3)
+    def _coefficients(self, params: PyTree, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        kf, ki, candidate = self._gates(params, x)
         # f / (f + i) = sigmoid(log f - log i), computed from the pre-activations directly.
         log_f, log_i = jax.nn.log_sigmoid(kf), jax.nn.log_sigmoid(ki)
         return jax.nn.sigmoid(log_f - log_i), jax.nn.sigmoid(log_i - log_f) * candidate
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
-class LRUCell(LinearCell):
+class LRUCell(_CheckedLinearCell):
     r"""The Linear Recurrent Unit (Orvieto et al., 2023, "Resurrecting Recurrent Neural
     Networks for Long Sequences"): a complex diagonal recurrence, exponentially
     parametrised, with ring initialisation and input normalisation.
@@ -247,15 +279,12 @@ class LRUCell(LinearCell):
     max_phase: float = 2 * math.pi
 
     def __post_init__(self) -> None:
-        check_sizes(self, "in_features", "hidden_size")
+        super().__post_init__()
         if not 0 <= self.r_min < self.r_max <= 1:
             raise ValueError(
                 f"LRUCell: expected 0 <= r_min < r_max <= 1 (the ring of initial eigenvalue "
                 f"magnitudes), got r_min={self.r_min}, r_max={self.r_max}."
             )
-
-    def __repr__(self) -> str:
-        return f"LRUCell({self.in_features} => {self.hidden_size})"
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """The shape of every params entry that `init` makes.
@@ -306,13 +335,10 @@ class LRUCell(LinearCell):
         }
 
     def state_dtype(self, params: PyTree) -> Any:
-        dtype = check_params(self, params, self.param_shapes())
-        return jnp.complex128 if dtype == jnp.float64 else jnp.complex64
+        return _complex(self._dtype(params))
 
-    def coefficients(self, params: PyTree, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        dtype = check_params(self, params, self.param_shapes())
-        x = check_input(self, x, dtype)
-        cdtype = self.state_dtype(params)
+    def _coefficients(self, params: PyTree, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        cdtype = _complex(x.dtype)
         real = jnp.float64 if cdtype == jnp.complex128 else jnp.float32
         p = {k: v.astype(real) for k, v in params.items()}
         lam = jnp.exp(jax.lax.complex(-jnp.exp(p["nu_log"]), jnp.exp(p["theta_log"])))
@@ -322,9 +348,16 @@ class LRUCell(LinearCell):
         return jnp.broadcast_to(lam, b.shape), b
 
     def readout(self, params: PyTree, h: jax.Array, x: jax.Array) -> jax.Array:
-        dtype = check_params(self, params, self.param_shapes())
-        x = check_input(self, x, dtype)
+        return self._readout(params, h, self._checked(params, x)[1])
+
+    def _readout(self, params: PyTree, h: jax.Array, x: jax.Array) -> jax.Array:
         real = h.real.dtype
         y = h.real @ params["C_re"].astype(real) - h.imag @ params["C_im"].astype(real)
         skip = jnp.broadcast_to(params["D"].astype(real), x.shape) * x.astype(real)
-        return (y + skip).astype(dtype)
+        return (y + skip).astype(x.dtype)
+
+
+def _complex(dtype: Any) -> Any:
+    """The LRU's complex state dtype for params of `dtype`: complex128 for float64, else
+    complex64 (bfloat16 and float16 have no complex form)."""
+    return jnp.complex128 if dtype == jnp.float64 else jnp.complex64

@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 
-from .._checks import check_heads, check_input, check_params, check_sizes
+from .._checks import check_heads, check_sizes
 from .._contracts import PyTree
-from .._init import affine, by_heads
-from .linear import LinearCell
+from .base import affine, by_heads
+from .linear import _CheckedLinearCell
 
 __all__ = ["RGLRUCell", "SelectiveSSMCell"]
 
@@ -25,7 +25,7 @@ _RG_LRU_FLOOR = 2.5e-7
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
-class RGLRUCell(LinearCell):
+class RGLRUCell(_CheckedLinearCell):
     r"""The Real-Gated Linear Recurrent Unit of Griffin (De et al., 2024), RecurrentGemma's
     recurrence: a diagonal decay that the input gates per step, with a normalised input.
 
@@ -85,12 +85,15 @@ class RGLRUCell(LinearCell):
       ((300, 2, 8), True)
     """
 
+    sizes: ClassVar[tuple[str, ...]] = ("in_features", "hidden_size", "num_heads")
+    shown: ClassVar[tuple[str, ...]] = ("num_heads",)
+
     in_features: int
     hidden_size: int
     num_heads: int = 1
 
     def __post_init__(self) -> None:
-        check_sizes(self, "in_features", "hidden_size", "num_heads")
+        super().__post_init__()
         H = self.hidden_size
         if self.in_features != H:
             raise ValueError(
@@ -99,10 +102,6 @@ class RGLRUCell(LinearCell):
                 f"rj.chain(rj.Dense({self.in_features}, {H}), rj.RGLRUCell({H}, {H}))."
             )
         check_heads(self)
-
-    def __repr__(self) -> str:
-        heads = f", num_heads={self.num_heads}" if self.num_heads != 1 else ""
-        return f"RGLRUCell({self.in_features} => {self.hidden_size}{heads})"
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """The shape of every params entry that `init` makes."""
@@ -131,9 +130,7 @@ class RGLRUCell(LinearCell):
         y = by_heads(x, w).reshape(x.shape)
         return y + jnp.broadcast_to(b, y.shape)
 
-    def coefficients(self, params: PyTree, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        dtype = check_params(self, params, self.param_shapes())
-        x = check_input(self, x, dtype)
+    def _coefficients(self, params: PyTree, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         r = jax.nn.sigmoid(self._heads(x, params["wa"], params["ba"]))
         i = jax.nn.sigmoid(self._heads(x, params["wx"], params["bx"]))
         log_a = -8.0 * r * jnp.broadcast_to(jax.nn.softplus(params["lam"]), r.shape)
@@ -143,7 +140,7 @@ class RGLRUCell(LinearCell):
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
-class SelectiveSSMCell(LinearCell):
+class SelectiveSSMCell(_CheckedLinearCell):
     r"""Mamba's selective state space layer, S6 (Gu & Dao, 2023): a diagonal SSM per input
     channel whose step size `Δ` and projections `B`, `C` are computed from the input.
 
@@ -191,6 +188,8 @@ class SelectiveSSMCell(LinearCell):
       ((2, 12), (50, 2, 4))
     """
 
+    sizes: ClassVar[tuple[str, ...]] = ("in_features", "state_size")
+
     in_features: int
     state_size: int = 16
     dt_rank: int | None = None
@@ -198,7 +197,7 @@ class SelectiveSSMCell(LinearCell):
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden_size", 1)
-        check_sizes(self, "in_features", "state_size")
+        super().__post_init__()
         rank = math.ceil(self.in_features / 16) if self.dt_rank is None else self.dt_rank
         object.__setattr__(self, "dt_rank", rank)
         check_sizes(self, "dt_rank")
@@ -236,9 +235,7 @@ class SelectiveSSMCell(LinearCell):
             "D": jnp.ones((D,), dtype),
         }
 
-    def coefficients(self, params: PyTree, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        dtype = check_params(self, params, self.param_shapes())
-        x = check_input(self, x, dtype)
+    def _coefficients(self, params: PyTree, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         D, N = self.in_features, self.state_size
         dt = jax.nn.softplus(affine(x @ params["w_dt1"], params["w_dt2"], params["b_dt"]))
         A = -jnp.exp(params["A_log"])
@@ -248,8 +245,9 @@ class SelectiveSSMCell(LinearCell):
         return a.reshape(*x.shape[:-1], D * N), b.reshape(*x.shape[:-1], D * N)
 
     def readout(self, params: PyTree, h: jax.Array, x: jax.Array) -> jax.Array:
-        dtype = check_params(self, params, self.param_shapes())
-        x = check_input(self, x, dtype)
+        return self._readout(params, h, self._checked(params, x)[1])
+
+    def _readout(self, params: PyTree, h: jax.Array, x: jax.Array) -> jax.Array:
         C = x @ params["w_C"]
         hs = h.reshape(*h.shape[:-1], self.in_features, self.state_size)
         y = jnp.sum(hs * C[..., None, :], axis=-1)

@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 
-from .._checks import fn_name, positive_int
-from .._init import affine, glorot_uniform
+from .._checks import positive_int
+from .._init import glorot_uniform
 from .._states import LSTMState
+from .base import affine
 from .classic import LSTMCell, RNNCell
 
 __all__ = ["IndRNNCell", "LayerNormLSTMCell", "PeepholeLSTMCell", "ProjLSTMCell"]
@@ -64,10 +65,6 @@ class IndRNNCell(RNNCell):
     hidden_size: int
     activation: Callable[[jax.Array], jax.Array] = jax.nn.relu
     recurrent_max: float = 1.0
-
-    def __repr__(self) -> str:
-        act = fn_name(self.activation)
-        return f"IndRNNCell({self.in_features} => {self.hidden_size}, {act})"
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """The shape of every params entry that `init` makes."""
@@ -127,9 +124,6 @@ class PeepholeLSTMCell(LSTMCell):
       True
     """
 
-    def __repr__(self) -> str:
-        return "Peephole" + super().__repr__()
-
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """`LSTMCell`'s shapes and the peepholes `"p": (3, H)`."""
         return {**super().param_shapes(), "p": (3, self.hidden_size)}
@@ -187,6 +181,8 @@ class ProjLSTMCell(LSTMCell):
       ((4, 2), (4, 8), (4, 2))
     """
 
+    shown: ClassVar[tuple[str, ...]] = ("forget_bias", "proj_size")
+
     proj_size: int = dataclasses.field(default=0, kw_only=True)
 
     def __post_init__(self) -> None:
@@ -201,11 +197,6 @@ class ProjLSTMCell(LSTMCell):
                 f"LSTMCell({self.in_features}, {self.hidden_size})."
             )
         object.__setattr__(self, "proj_size", p)
-
-    def __repr__(self) -> str:
-        return super().__repr__()[:-1].replace("LSTMCell", "ProjLSTMCell", 1) + (
-            f", proj_size={self.proj_size})"
-        )
 
     def _h_size(self) -> int:
         return self.proj_size
@@ -228,9 +219,8 @@ class ProjLSTMCell(LSTMCell):
 
     def initial_state(self, params: dict[str, jax.Array]) -> LSTMState:
         """`LSTMState(h=zeros(P), c=zeros(H))` in the params' dtype."""
-        dtype = self._dtype(params)
-        zeros = jnp.zeros((self.hidden_size,), dtype)
-        return LSTMState(zeros[: self.proj_size], zeros)
+        h, c = super().initial_state(params)  # LSTMCell's: zeros (H,) each
+        return LSTMState(h[: self.proj_size], c)
 
     def _update(
         self, params: dict[str, jax.Array], h: jax.Array, c: jax.Array, x: jax.Array
@@ -289,6 +279,8 @@ class LayerNormLSTMCell(LSTMCell):
       ((2, 4), True)
     """
 
+    shown: ClassVar[tuple[str, ...]] = ("forget_bias", "eps")
+
     eps: float = dataclasses.field(default=1e-5, kw_only=True)
 
     def __post_init__(self) -> None:
@@ -298,10 +290,6 @@ class LayerNormLSTMCell(LSTMCell):
                 f"LayerNormLSTMCell: eps must be a positive float, got {self.eps!r}; the "
                 "default is 1e-5."
             )
-
-    def __repr__(self) -> str:
-        eps = f", eps={self.eps}" if self.eps != 1e-5 else ""
-        return "LayerNorm" + super().__repr__()[:-1] + eps + ")"
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """`LSTMCell`'s shapes, the gains `gx`, `gh` (4H,), `gc` (H,) and the shift `bc`."""

@@ -6,23 +6,26 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 
-from .._checks import check_heads, check_input, check_params, check_sizes, match_state
-from .._contracts import Cell
-from .._init import affine, by_heads, glorot_uniform
+from .._checks import check_heads, match_state
+from .._init import glorot_uniform
 from .._states import MLSTMState, SLSTMState
+from .base import _CellBase, affine, by_heads
 
 __all__ = ["MLSTMCell", "SLSTMCell"]
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
-class _XLSTMCell(Cell):
+class _XLSTMCell(_CellBase):
     """The shared fields of xLSTM's cells: sizes, heads (checked to divide `H`), the forget
     gate's initial bias and kind."""
+
+    sizes: ClassVar[tuple[str, ...]] = ("in_features", "hidden_size", "num_heads")
+    shown: ClassVar[tuple[str, ...]] = ("num_heads",)
 
     in_features: int
     hidden_size: int
@@ -31,17 +34,14 @@ class _XLSTMCell(Cell):
     exp_forget: bool = False
 
     def __post_init__(self) -> None:
-        check_sizes(self, "in_features", "hidden_size", "num_heads")
+        super().__post_init__()
         check_heads(self)
 
-    def __repr__(self) -> str:
-        heads = f", num_heads={self.num_heads}" if self.num_heads != 1 else ""
-        return f"{type(self).__name__}({self.in_features} => {self.hidden_size}{heads})"
-
-    def _checked(self, params: Any, state: object, x: jax.Array, kind: type) -> tuple[Any, Any]:
+    def _checked_step(
+        self, params: Any, state: object, x: jax.Array, kind: type
+    ) -> tuple[Any, jax.Array]:
         """`(dtype, x)` after checking params, input and the state's type."""
-        dtype = check_params(self, params, self.param_shapes())  # type: ignore[attr-defined]
-        x = check_input(self, x, dtype)
+        dtype, x = self._checked(params, x)
         if not isinstance(state, kind):
             fields = ", ".join(kind._fields)  # type: ignore[attr-defined]
             raise TypeError(
@@ -125,8 +125,7 @@ class SLSTMCell(_XLSTMCell):
 
     def initial_state(self, params: dict[str, jax.Array]) -> SLSTMState:
         """`SLSTMState` of zeros `(H,)` in the params' dtype."""
-        dtype = check_params(self, params, self.param_shapes())
-        zeros = jnp.zeros((self.hidden_size,), dtype)
+        zeros = super().initial_state(params)
         return SLSTMState(zeros, zeros, zeros, zeros)
 
     def _recurrent(self, wh: jax.Array, h: jax.Array) -> jax.Array:
@@ -138,7 +137,7 @@ class SLSTMCell(_XLSTMCell):
     def __call__(
         self, params: dict[str, jax.Array], state: SLSTMState, x: jax.Array
     ) -> tuple[SLSTMState, jax.Array]:
-        dtype, x = self._checked(params, state, x, SLSTMState)
+        dtype, x = self._checked_step(params, state, x, SLSTMState)
         batch, H = tuple(x.shape[:-1]), self.hidden_size
         h, c, n, m = (match_state(self, k, v, batch, H, dtype) for k, v in state._asdict().items())
         pre = affine(x, params["wi"], params["b"]) + self._recurrent(params["wh"], h)
@@ -257,7 +256,7 @@ class MLSTMCell(_XLSTMCell):
 
     def initial_state(self, params: dict[str, jax.Array]) -> MLSTMState:
         """`MLSTMState` of zeros in the params' dtype."""
-        dtype = check_params(self, params, self.param_shapes())
+        dtype = self._dtype(params)
         H, heads, d = self._sizes()
         return MLSTMState(
             jnp.zeros((heads * d * d,), dtype), jnp.zeros((H,), dtype), jnp.zeros((heads,), dtype)
@@ -266,7 +265,7 @@ class MLSTMCell(_XLSTMCell):
     def __call__(
         self, params: dict[str, jax.Array], state: MLSTMState, x: jax.Array
     ) -> tuple[MLSTMState, jax.Array]:
-        dtype, x = self._checked(params, state, x, MLSTMState)
+        dtype, x = self._checked_step(params, state, x, MLSTMState)
         H, heads, d = self._sizes()
         batch = tuple(x.shape[:-1])
         C = match_state(self, "C", state.C, batch, heads * d * d, dtype)
