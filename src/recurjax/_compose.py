@@ -379,9 +379,9 @@ class Residual(WrapperCell):
 def residual(cell: Any) -> Residual:
     r"""Wrap a cell with a skip connection: `(h, y) = cell(params, h, x)`; output `x + y`.
 
-    .. math::
-
-        (h', y) = \mathrm{cell}(\theta, h, x), \qquad \text{output } x + y
+    $$
+    (h', y) = \mathrm{cell}(\theta, h, x), \qquad \text{output } x + y
+    $$
 
     Params and state are the wrapped cell's. The output must have the input's shape (a
     `ValueError` at trace time says so otherwise); `x` is cast to the output's dtype.

@@ -45,9 +45,9 @@ def drop(key: jax.Array, x: jax.Array, rate: float) -> jax.Array:
 class Dropout(Cell):
     r"""Dropout between layers, as a cell whose state is its PRNG key.
 
-    .. math::
-
-        y = m \odot x / (1 - p), \qquad m_j \sim \mathrm{Bernoulli}(1 - p)
+    $$
+    y = m \odot x / (1 - p), \qquad m_j \sim \mathrm{Bernoulli}(1 - p)
+    $$
 
     With `variational=False` a new mask is drawn at every step (the key is split and the
     new key carried); with `variational=True` one mask per sequence is reused at every step
@@ -111,10 +111,9 @@ class VariationalDropout(WrapperCell):
     One mask per sequence for the input and one for the state, drawn from the key in the
     state and reused at every step:
 
-    .. math::
-
-        (h_t, y_t) = \mathrm{cell}(\theta,\ m_h \odot h_{t-1} / (1 - p_h),\
-            m_x \odot x_t / (1 - p_x))
+    $$
+    (h_t, y_t) = \mathrm{cell}(\theta,\ m_h \odot h_{t-1} / (1 - p_h),\ m_x \odot x_t / (1 - p_x))
+    $$
 
     The masked state is what the cell *reads*; the carried state is the cell's output,
     unmasked. For an `LSTMState` only `h` is masked (not the memory `c`), as in the paper;

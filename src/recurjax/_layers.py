@@ -34,9 +34,9 @@ def _check_empty_state(cell: object, h: object) -> None:
 class Dense(_CellBase):
     r"""A fully connected layer as a stateless cell: its state is always `()`.
 
-    .. math::
-
-        y = \mathrm{act}(x W + b)
+    $$
+    y = \mathrm{act}(x W + b)
+    $$
 
     Params (`init`): `{"w": (in, out), "b": (out,)}`; Glorot-uniform `w`, zero `b`.
     `x: (..., in)` -> `y: (..., out)`; the call is `cell(params, (), x) -> ((), y)`.

@@ -55,9 +55,9 @@ class _HiddenCell(_CellBase):
 class RNNCell(_HiddenCell):
     r"""The Elman RNN cell, Flux's `RNNCell`: one dense layer fed back into itself.
 
-    .. math::
-
-        h' = \mathrm{act}(x W_i + h W_h + b), \qquad y = h'
+    $$
+    h' = \mathrm{act}(x W_i + h W_h + b), \qquad y = h'
+    $$
 
     Params (`init`): `{"wi": (in, H), "wh": (H, H), "b": (H,)}`; Glorot-uniform weights,
     zero bias. State: an array `(..., H)`, zeros from `initial_state`. Input `x: (..., in)`
@@ -124,11 +124,13 @@ class RNNCell(_HiddenCell):
 class LSTMCell(_HiddenCell):
     r"""The LSTM cell of Hochreiter & Schmidhuber with a forget gate, as Flux and PyTorch.
 
-    .. math::
-
-        [i, f, g, o] &= x W_i + h W_h + b \quad\text{(split in four blocks of } H) \\
-        c' &= \sigma(f) \odot c + \sigma(i) \odot \tanh(g) \\
-        h' &= \sigma(o) \odot \tanh(c'), \qquad y = h'
+    $$
+    \begin{aligned}
+    [i, f, g, o] &= x W_i + h W_h + b \quad\text{(split in four blocks of } H) \\
+    c' &= \sigma(f) \odot c + \sigma(i) \odot \tanh(g) \\
+    h' &= \sigma(o) \odot \tanh(c'), \qquad y = h'
+    \end{aligned}
+    $$
 
     Params (`init`): `{"wi": (in, 4H), "wh": (H, 4H), "b": (4H,)}` with gate blocks in the
     order `i, f, g, o` (PyTorch's); Glorot-uniform weights (fans of the stacked matrix), zero
@@ -229,12 +231,14 @@ class LSTMCell(_HiddenCell):
 class GRUCell(_HiddenCell):
     r"""The GRU cell with the reset gate *after* the recurrent matmul (PyTorch, cuDNN, Flux).
 
-    .. math::
-
-        r &= \sigma(x W_{ir} + h W_{hr} + b_r) \\
-        z &= \sigma(x W_{iz} + h W_{hz} + b_z) \\
-        n &= \tanh(x W_{in} + b_n + r \odot (h W_{hn} + b_{hn})) \\
-        h' &= (1 - z) \odot n + z \odot h, \qquad y = h'
+    $$
+    \begin{aligned}
+    r &= \sigma(x W_{ir} + h W_{hr} + b_r) \\
+    z &= \sigma(x W_{iz} + h W_{hz} + b_z) \\
+    n &= \tanh(x W_{in} + b_n + r \odot (h W_{hn} + b_{hn})) \\
+    h' &= (1 - z) \odot n + z \odot h, \qquad y = h'
+    \end{aligned}
+    $$
 
     Params (`init`): `{"wi": (in, 3H), "wh": (H, 3H), "b": (3H,), "bhn": (H,)}`, gate blocks
     `r, z, n`; Glorot-uniform weights, zero biases. With `bhn = 0` (its initial value) this
@@ -306,12 +310,14 @@ class GRUv3Cell(_HiddenCell):
     This is version 3 of Cho et al.'s arXiv paper, the form of Keras with
     `reset_after=False`:
 
-    .. math::
-
-        r &= \sigma(x W_{ir} + h W_{hr} + b_r) \\
-        z &= \sigma(x W_{iz} + h W_{hz} + b_z) \\
-        n &= \tanh(x W_{in} + (r \odot h) W_{hn} + b_n) \\
-        h' &= (1 - z) \odot n + z \odot h, \qquad y = h'
+    $$
+    \begin{aligned}
+    r &= \sigma(x W_{ir} + h W_{hr} + b_r) \\
+    z &= \sigma(x W_{iz} + h W_{hz} + b_z) \\
+    n &= \tanh(x W_{in} + (r \odot h) W_{hn} + b_n) \\
+    h' &= (1 - z) \odot n + z \odot h, \qquad y = h'
+    \end{aligned}
+    $$
 
     Params (`init`): `{"wi": (in, 3H), "wh": (H, 2H), "whn": (H, H), "b": (3H,)}`; `wi` and
     `b` hold blocks `r, z, n`, `wh` holds `r, z`; Glorot-uniform weights, zero bias.

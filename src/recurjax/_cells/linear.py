@@ -33,10 +33,10 @@ _Readout = Callable[[PyTree, jax.Array, jax.Array], jax.Array]
 class LinearCell(Cell):
     r"""Base class of cells that are linear (and diagonal) in their state.
 
-    .. math::
-
-        (a, b) = \mathrm{coefficients}(\theta, x), \qquad h' = a \odot h + b, \qquad
-        y = \mathrm{readout}(\theta, h', x)
+    $$
+    (a, b) = \mathrm{coefficients}(\theta, x), \qquad h' = a \odot h + b, \qquad
+    y = \mathrm{readout}(\theta, h', x)
+    $$
 
     `a` and `b` depend on `x` only, never on `h`: that is what lets the scan engine run a
     whole sequence with `lax.associative_scan` (composing `(a, b)` pairs) instead of a
@@ -164,10 +164,12 @@ class MinGRUCell(_MinCell):
     r"""minGRU (Feng et al., 2024, "Were RNNs All We Needed?"): a GRU whose gate and
     candidate read only the input, so the update is linear in the state.
 
-    .. math::
-
-        z = \sigma(x W_z + b_z), \qquad \tilde h = x W_h + b_h \\
-        h' = (1 - z) \odot h + z \odot \tilde h, \qquad y = h'
+    $$
+    \begin{aligned}
+    z &= \sigma(x W_z + b_z), \qquad \tilde h = x W_h + b_h \\
+    h' &= (1 - z) \odot h + z \odot \tilde h, \qquad y = h'
+    \end{aligned}
+    $$
 
     Params (`init`): `{"wi": (in, 2H), "b": (2H,)}`, blocks `z, h~`; Glorot-uniform `wi`,
     zero `b`. State `(..., H)`, zeros. As a `LinearCell`: `a = 1 - z`, `b = z * h~`.
@@ -200,10 +202,12 @@ class MinLSTMCell(_MinCell):
     r"""minLSTM (Feng et al., 2024): forget and input gates from the input alone,
     normalised to sum to one, so the update is linear in the state.
 
-    .. math::
-
-        f = \sigma(x W_f + b_f), \quad i = \sigma(x W_i + b_i), \quad \tilde h = x W_h + b_h \\
-        h' = \frac{f}{f + i} \odot h + \frac{i}{f + i} \odot \tilde h, \qquad y = h'
+    $$
+    \begin{aligned}
+    f &= \sigma(x W_f + b_f), \quad i = \sigma(x W_i + b_i), \quad \tilde h = x W_h + b_h \\
+    h' &= \frac{f}{f + i} \odot h + \frac{i}{f + i} \odot \tilde h, \qquad y = h'
+    \end{aligned}
+    $$
 
     Params (`init`): `{"wi": (in, 3H), "b": (3H,)}`, blocks `f, i, h~`; Glorot-uniform
     `wi`, zero `b`. State `(..., H)`, zeros (the paper's minLSTM has no separate cell state).
@@ -235,11 +239,13 @@ class LRUCell(_CheckedLinearCell):
     Networks for Long Sequences"): a complex diagonal recurrence, exponentially
     parametrised, with ring initialisation and input normalisation.
 
-    .. math::
-
-        \lambda = \exp(-e^{\nu} + i\,e^{\theta}), \qquad
-        h' = \lambda \odot h + e^{\gamma} \odot (x B) \\
-        y = \mathrm{Re}(h' C) + D \odot x
+    $$
+    \begin{aligned}
+    \lambda &= \exp(-e^{\nu} + i\,e^{\theta}), \qquad
+    h' = \lambda \odot h + e^{\gamma} \odot (x B) \\
+    y &= \mathrm{Re}(h' C) + D \odot x
+    \end{aligned}
+    $$
 
     Params (`init`): `nu_log, theta_log, gamma_log: (H,)`; `B_re, B_im: (in, H)`;
     `C_re, C_im: (H, in)`; `D: (in,)`, with `B = B_re + i B_im`, `C = C_re + i C_im`. Ring

@@ -29,11 +29,13 @@ class RGLRUCell(_CheckedLinearCell):
     r"""The Real-Gated Linear Recurrent Unit of Griffin (De et al., 2024), RecurrentGemma's
     recurrence: a diagonal decay that the input gates per step, with a normalised input.
 
-    .. math::
-
-        r = \sigma(x W_a + b_a), \qquad i = \sigma(x W_x + b_x) \\
-        \log a = -c \, r \odot \mathrm{softplus}(\lambda) \quad (a = \sigma(-\lambda)^{c r}) \\
-        h' = a \odot h + \sqrt{1 - a^2} \odot (i \odot x), \qquad y = h'
+    $$
+    \begin{aligned}
+    r &= \sigma(x W_a + b_a), \qquad i = \sigma(x W_x + b_x) \\
+    \log a &= -c \, r \odot \mathrm{softplus}(\lambda) \quad (a = \sigma(-\lambda)^{c r}) \\
+    h' &= a \odot h + \sqrt{1 - a^2} \odot (i \odot x), \qquad y = h'
+    \end{aligned}
+    $$
 
     with `c = 8`. `W_a` and `W_x` are block-diagonal with `num_heads` blocks (Griffin's
     heads), stored as `(heads, H / heads, H / heads)`. The decay is computed in log space, and
@@ -144,12 +146,14 @@ class SelectiveSSMCell(_CheckedLinearCell):
     r"""Mamba's selective state space layer, S6 (Gu & Dao, 2023): a diagonal SSM per input
     channel whose step size `Δ` and projections `B`, `C` are computed from the input.
 
-    .. math::
-
-        \Delta = \mathrm{softplus}(x W_{\Delta 1} W_{\Delta 2} + b_\Delta), \qquad
-        B = x W_B, \qquad C = x W_C, \qquad A = -e^{A_{\log}} \\
-        h'_{d,n} = e^{\Delta_d A_{d,n}} h_{d,n} + \Delta_d B_n x_d, \qquad
-        y_d = \textstyle\sum_n C_n h'_{d,n} + D_d x_d
+    $$
+    \begin{aligned}
+    \Delta &= \mathrm{softplus}(x W_{\Delta 1} W_{\Delta 2} + b_\Delta), \qquad
+    B = x W_B, \qquad C = x W_C, \qquad A = -e^{A_{\log}} \\
+    h'_{d,n} &= e^{\Delta_d A_{d,n}} h_{d,n} + \Delta_d B_n x_d, \qquad
+    y_d = \textstyle\sum_n C_n h'_{d,n} + D_d x_d
+    \end{aligned}
+    $$
 
     for channels `d < in_features` (`D`) and state units `n < state_size` (`N`): the
     zero-order hold of `A` with Mamba's first-order `Δ B` for the input

@@ -30,9 +30,9 @@ class IndRNNCell(RNNCell):
     r"""The independently recurrent cell of Li et al. (2018): each unit feeds back only into
     itself, through one weight, so the recurrent "matrix" is a vector.
 
-    .. math::
-
-        h' = \mathrm{act}(x W_i + u \odot h + b), \qquad y = h'
+    $$
+    h' = \mathrm{act}(x W_i + u \odot h + b), \qquad y = h'
+    $$
 
     Params (`init`): `{"wi": (in, H), "u": (H,), "b": (H,)}`; Glorot-uniform `wi`, zero `b`,
     and `u` uniform in `[0, recurrent_max)` (the paper's initialisation for ReLU units;
@@ -92,12 +92,14 @@ class PeepholeLSTMCell(LSTMCell):
     gates see the previous cell state, the output gate the new one, each through one weight
     per unit.
 
-    .. math::
-
-        [a_i, a_f, a_g, a_o] &= x W_i + h W_h + b \\
-        i &= \sigma(a_i + p_i \odot c), \quad f = \sigma(a_f + p_f \odot c) \\
-        c' &= f \odot c + i \odot \tanh(a_g) \\
-        o &= \sigma(a_o + p_o \odot c'), \quad h' = o \odot \tanh(c'), \qquad y = h'
+    $$
+    \begin{aligned}
+    [a_i, a_f, a_g, a_o] &= x W_i + h W_h + b \\
+    i &= \sigma(a_i + p_i \odot c), \quad f = \sigma(a_f + p_f \odot c) \\
+    c' &= f \odot c + i \odot \tanh(a_g) \\
+    o &= \sigma(a_o + p_o \odot c'), \quad h' = o \odot \tanh(c'), \qquad y = h'
+    \end{aligned}
+    $$
 
     Params (`init`): `LSTMCell`'s `{"wi": (in, 4H), "wh": (H, 4H), "b": (4H,)}` (gate blocks
     `i, f, g, o`) and `"p": (3, H)`, the peephole weights of `i, f, o` in its rows, zero at
@@ -149,11 +151,13 @@ class ProjLSTMCell(LSTMCell):
     `nn.LSTM(proj_size=P)`: the output and the recurrent state are `o ⊙ tanh(c')` mapped
     down to `P < H` features, so the recurrent matmul is `(P, 4H)` instead of `(H, 4H)`.
 
-    .. math::
-
-        [i, f, g, o] &= x W_i + h W_h + b \\
-        c' &= \sigma(f) \odot c + \sigma(i) \odot \tanh(g) \\
-        h' &= (\sigma(o) \odot \tanh(c')) W_r, \qquad y = h'
+    $$
+    \begin{aligned}
+    [i, f, g, o] &= x W_i + h W_h + b \\
+    c' &= \sigma(f) \odot c + \sigma(i) \odot \tanh(g) \\
+    h' &= (\sigma(o) \odot \tanh(c')) W_r, \qquad y = h'
+    \end{aligned}
+    $$
 
     Params (`init`): `{"wi": (in, 4H), "wh": (P, 4H), "b": (4H,), "wr": (H, P)}`, gate blocks
     `i, f, g, o`; Glorot-uniform weights, zero bias except the forget block
@@ -243,17 +247,19 @@ class LayerNormLSTMCell(LSTMCell):
     recurrent pre-activations are normalised separately, and the cell state before the
     output's `tanh`.
 
-    .. math::
+    $$
+    \begin{aligned}
+    [i, f, g, o] &= \mathrm{LN}(x W_i; \gamma_x) + \mathrm{LN}(h W_h; \gamma_h) + b \\
+    c' &= \sigma(f) \odot c + \sigma(i) \odot \tanh(g) \\
+    h' &= \sigma(o) \odot \tanh(\mathrm{LN}(c'; \gamma_c) + \beta_c), \qquad y = h'
+    \end{aligned}
+    $$
 
-        [i, f, g, o] &= \mathrm{LN}(x W_i; \gamma_x) + \mathrm{LN}(h W_h; \gamma_h) + b \\
-        c' &= \sigma(f) \odot c + \sigma(i) \odot \tanh(g) \\
-        h' &= \sigma(o) \odot \tanh(\mathrm{LN}(c'; \gamma_c) + \beta_c), \qquad y = h'
-
-    with :math:`\mathrm{LN}(z; \gamma) = \gamma \odot (z - \mu_z) / \sqrt{\sigma_z^2 +
-    \epsilon}` over the last axis (all `4H` gate pre-activations together, as the paper's
-    one layer). The two shifts the paper gives the gate norms add to `b`, so `b` is their
-    sum. The carried `c'` is not normalised (the paper's equations; TF-Addons'
-    `LayerNormLSTMCell` carries the normalised one).
+    with $\mathrm{LN}(z; \gamma) = \gamma \odot (z - \mu_z) / \sqrt{\sigma_z^2 + \epsilon}$
+    over the last axis (all `4H` gate pre-activations together, as the paper's one layer).
+    The two shifts the paper gives the gate norms add to `b`, so `b` is their sum. The
+    carried `c'` is not normalised (the paper's equations; TF-Addons' `LayerNormLSTMCell`
+    carries the normalised one).
 
     Params (`init`): `LSTMCell`'s `{"wi": (in, 4H), "wh": (H, 4H), "b": (4H,)}` (gates `i, f,
     g, o`, `forget_bias`), gains `"gx": (4H,)`, `"gh": (4H,)`, `"gc": (H,)` (ones) and shift

@@ -56,14 +56,16 @@ class SLSTMCell(_XLSTMCell):
     r"""xLSTM's sLSTM cell: an LSTM with an exponential input gate, a normaliser state and a
     stabiliser that keeps every exponential finite.
 
-    .. math::
-
-        [\tilde\imath, \tilde f, \tilde z, \tilde o] &= x W_i + \mathrm{heads}(h) + b \\
-        \log f &= \log\sigma(\tilde f) \quad (\tilde f \text{ with exp\_forget}) \\
-        m' &= \max(\log f + m, \ \tilde\imath) \quad (\tilde\imath \text{ where } c = n = 0) \\
-        i' &= e^{\tilde\imath - m'}, \qquad f' = e^{\log f + m - m'} \\
-        c' &= f' \odot c + i' \odot \tanh(\tilde z), \qquad n' = f' \odot n + i' \\
-        h' &= \sigma(\tilde o) \odot c' / n', \qquad y = h'
+    $$
+    \begin{aligned}
+    [\tilde\imath, \tilde f, \tilde z, \tilde o] &= x W_i + \mathrm{heads}(h) + b \\
+    \log f &= \log\sigma(\tilde f) \quad (\tilde f \text{ with exp\_forget}) \\
+    m' &= \max(\log f + m, \ \tilde\imath) \quad (\tilde\imath \text{ where } c = n = 0) \\
+    i' &= e^{\tilde\imath - m'}, \qquad f' = e^{\log f + m - m'} \\
+    c' &= f' \odot c + i' \odot \tanh(\tilde z), \qquad n' = f' \odot n + i' \\
+    h' &= \sigma(\tilde o) \odot c' / n', \qquad y = h'
+    \end{aligned}
+    $$
 
     `heads(h)` is block-diagonal: head `k` maps its `d = H / num_heads` units of `h` to its
     units of the four gates. `c` and `n` are kept scaled by `exp(-m)`, so `c' / n'` is the
@@ -190,14 +192,16 @@ class MLSTMCell(_XLSTMCell):
     r"""xLSTM's mLSTM cell: per head, a `d x d` matrix memory written with the outer product
     of a value and a key and read with a query, under exponential gating.
 
-    .. math::
-
-        q = x W_q + b_q, \quad k = (x W_k + b_k) / \sqrt{d}, \quad v = x W_v + b_v, \quad
-        o = \sigma(x W_o + b_o) \\
-        (i', f', m') &= \mathrm{stabilise}(\tilde\imath, \tilde f, m) \quad
-        \text{(one scalar pair per head, as sLSTM)} \\
-        C' = f' C + i' \, v k^\top, \qquad n' = f' n + i' k \\
-        h' = o \odot \frac{C' q}{\max(|n'^\top q|, e^{-m'})}, \qquad y = h'
+    $$
+    \begin{aligned}
+    q &= x W_q + b_q, \quad k = (x W_k + b_k) / \sqrt{d}, \quad v = x W_v + b_v, \quad
+    o = \sigma(x W_o + b_o) \\
+    (i', f', m') &= \mathrm{stabilise}(\tilde\imath, \tilde f, m) \quad
+    \text{(one scalar pair per head, as sLSTM)} \\
+    C' &= f' C + i' \, v k^\top, \qquad n' = f' n + i' k \\
+    h' &= o \odot \frac{C' q}{\max(|n'^\top q|, e^{-m'})}, \qquad y = h'
+    \end{aligned}
+    $$
 
     The memory is the paper's `C` and `n` scaled by `exp(-m)`, so `exp(-m')` in the
     denominator is the paper's lower bound of 1. An empty memory (`C = 0`, `n = 0`, as in the
