@@ -1,5 +1,5 @@
 """Cells whose state update is linear in the state: minGRU, minLSTM, LRU and their base
-(the gated state-space cells, RG-LRU and Mamba's S6, are in `_ssm.py`).
+(the gated state-space cells, RG-LRU and Mamba's S6, are in `ssm.py`).
 
 For these cells `h' = a * h + b` with `a` and `b` computed from `x` alone, so a whole
 sequence can also be evaluated with `lax.associative_scan` (`O(log T)` depth), which the

@@ -1,5 +1,5 @@
 """Gated state-space cells, linear in their state: Griffin's RG-LRU and Mamba's selective
-SSM (S6). Both are `LinearCell`s, so the associative and chunked strategies and
+SSM (S6). Both are `LinearCell`s, so the hoisted, associative and chunked strategies and
 `sequence_parallel_scan` run them as well as the sequential scan."""
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class RGLRUCell(_CheckedLinearCell):
     `5e-4 * i * x` of the input with a derivative of 0 in `a`, RecurrentGemma
     `sqrt(1 - a^2) * i * x` with a derivative of 1000 (`tests/test_references.py` measures
     it at 100 and 1e4 times its inputs). As a `LinearCell`: `a` above and
-    `b = sqrt(1 - a^2) * i * x`, so the associative and chunked strategies and
+    `b = sqrt(1 - a^2) * i * x`, so the hoisted, associative and chunked strategies and
     `sequence_parallel_scan` run it.
 
     The input has the state's width (`in_features == hidden_size`): in Griffin a linear layer
@@ -159,7 +159,7 @@ class SelectiveSSMCell(_CheckedLinearCell):
     zero-order hold of `A` with Mamba's first-order `Δ B` for the input
     (`selective_scan_ref`). The state `(..., D * N)` is the `(D, N)` matrix flattened, so
     `hidden_size = D * N`; as a `LinearCell`, `a = exp(Δ A)` and `b = Δ B x`, and the
-    associative and chunked strategies and `sequence_parallel_scan` run it.
+    hoisted, associative and chunked strategies and `sequence_parallel_scan` run it.
 
     Params (`init`): `A_log: (D, N)` = `log(1..N)` per channel (S4D-real), `w_dt1: (D, R)`,
     `w_dt2: (R, D)` (the low-rank `Δ` projection, `R = dt_rank`), `b_dt: (D,)` with

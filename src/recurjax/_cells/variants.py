@@ -1,6 +1,7 @@
 """Variants of the classic cells: IndRNN (one recurrent weight per unit) and the LSTM with
-peephole connections. Same conventions as `_cells.py`: row vectors, `x @ W`, gate blocks
-fused into one matrix per input, every size checked."""
+peephole connections, a projected state or layer normalisation. Same conventions as
+`classic.py`: row vectors, `x @ W`, gate blocks fused into one matrix per input, every size
+checked."""
 
 from __future__ import annotations
 
