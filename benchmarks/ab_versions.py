@@ -7,8 +7,9 @@ e.g. with the old commit checked out by `git worktree add /tmp/old <commit>`:
 alternating (old, new, old, new, ...), each importing recurjax from its tree; a process
 times the default strategy's forward pass and gradient (jitted, median of 30 calls) on the
 LSTM at B=1 T=1000 and B=32 T=128 and the GRU at B=32 T=128 (the configs of
-`benchmarks/rnn.py`). The summary is the median of the per-repeat ratios new/old with their
-min-max: a ratio whose range contains 1 is no change beyond the noise.
+`benchmarks/rnn.py`), and the minGRU at B=4 T=256 (`benchmarks/cells.py`). The summary is
+the median of the per-repeat ratios new/old with their min-max: a ratio whose range
+contains 1 is no change beyond the noise.
 
     python benchmarks/ab_versions.py OLD_SRC NEW_SRC --hlo
 
@@ -28,7 +29,13 @@ import subprocess
 import sys
 from typing import Any
 
-CONFIGS = [("lstm", 1, 1000, 32, 128), ("lstm", 32, 128, 64, 256), ("gru", 32, 128, 64, 256)]
+CONFIGS = [
+    ("lstm", 1, 1000, 32, 128),
+    ("lstm", 32, 128, 64, 256),
+    ("gru", 32, 128, 64, 256),
+    ("mingru", 4, 256, 64, 64),  # a linear cell: `auto` runs it hoisted
+]
+CELLS = {"lstm": "LSTMCell", "gru": "GRUCell", "mingru": "MinGRUCell"}
 
 
 def _functions(kind: str, B: int, T: int, F: int, H: int) -> Any:
@@ -38,7 +45,7 @@ def _functions(kind: str, B: int, T: int, F: int, H: int) -> Any:
 
     import recurjax as rj
 
-    cell = (rj.LSTMCell if kind == "lstm" else rj.GRUCell)(F, H)
+    cell = getattr(rj, CELLS[kind])(F, H)
     params = cell.init(jax.random.key(0))
     xs = jnp.asarray(np.random.default_rng(0).standard_normal((T, B, F), dtype=np.float32))
 

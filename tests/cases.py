@@ -118,7 +118,8 @@ def strategies_chosen() -> Iterator[list[str]]:
 
     def spy(*args: Any) -> Any:
         chosen = choose(*args)
-        names.append(chosen.NAME)
+        if chosen is not None:  # None: a composite, part by part
+            names.append(chosen.name)
         return chosen
 
     jax.clear_caches()

@@ -4,6 +4,7 @@ data, the `auto` policy's choice in the benchmarked configs, and the input prepa
 
 from __future__ import annotations
 
+import inspect
 import re
 
 import jax
@@ -15,7 +16,7 @@ from jax.sharding import Mesh
 
 import recurjax as rj
 from recurjax._contracts import KernelSpec  # the protocol type of a fused kernel
-from recurjax._scan import options, run
+from recurjax._scan import inputs, options, run
 from recurjax._scan.strategies import REGISTRY
 
 T, IN, H = 6, 3, 4
@@ -57,7 +58,7 @@ def test_auto_runs_the_measured_fastest_strategy_in_every_benchmarked_config(con
     cell = (rj.LSTMCell if kind == "lstm" else rj.GRUCell)(8, hidden)
     xs = jax.ShapeDtypeStruct((5, B, 8), jnp.float32)
     chosen = run.choose(cell, xs, options.build(cell, REGISTRY))
-    assert MEASURED[config] == chosen.NAME
+    assert chosen is not None and MEASURED[config] == chosen.name
 
 
 # benchmarks/RESULTS_cells.md, per benchmarked config of the cells linear in their state
@@ -95,7 +96,7 @@ def test_auto_runs_the_measured_strategy_for_linear_cells(config):
     cell = LINEAR[kind](H)
     xs = jax.ShapeDtypeStruct((T, B, H), jnp.float32)
     chosen = run.choose(cell, xs, options.build(cell, REGISTRY))
-    assert MEASURED_LINEAR[config] == chosen.NAME
+    assert chosen is not None and MEASURED_LINEAR[config] == chosen.name
 
 
 def test_sequence_parallel_scan_marks_out_of_range_lengths_like_scan():
@@ -159,3 +160,51 @@ def test_engine_errors_for_protocols_it_cannot_serve():
         rj.sequence_parallel_scan(
             gru, p, gru.initial_state(p), jnp.ones((T, IN)), mesh=mesh, axis="batch"
         )
+
+
+def test_forward_mode_is_seen_under_every_forward_transformation_and_only_there():
+    """`inputs.forward_mode` is the one place that reads JAX internals (a tracer class named
+    `JVPTracer`, and `.primal`/`.val` to look through other tracers): no public API says
+    whether a value carries forward-mode tangents. If a JAX release renames them, this test
+    fails here, by name, instead of `auto` quietly running a custom-VJP strategy under
+    `jax.jvp` (JAX's own error) or the sequential one everywhere (silently slower)."""
+    seen: list[bool] = []
+
+    def f(x):
+        seen.append(inputs.forward_mode(x))
+        return jnp.sum(jnp.sin(x))
+
+    x = jnp.ones(3)
+    forward = {
+        "jvp": lambda: jax.jvp(f, (x,), (x,)),
+        "jacfwd": lambda: jax.jacfwd(f)(x),
+        "hessian": lambda: jax.hessian(f)(x),
+        "vmap of jvp": lambda: jax.vmap(lambda v: jax.jvp(f, (v,), (v,)))(x[:, None]),
+        "jvp of vmap": lambda: jax.jvp(jax.vmap(f), (x[:, None],), (x[:, None],)),
+        "grad of jvp": lambda: jax.grad(lambda v: jax.jvp(f, (v,), (v,))[1])(x),
+    }
+    other = {
+        "eager": lambda: f(x),
+        "grad": lambda: jax.grad(f)(x),
+        "vmap": lambda: jax.vmap(f)(x[:, None]),
+        "jit": lambda: jax.jit(f)(x),
+        "vmap of grad": lambda: jax.vmap(jax.grad(f))(x[:, None]),
+        # The blind spot `scan`'s docstring names: traced by `jit` before the tangents exist.
+        "jvp of jit": lambda: jax.jvp(jax.jit(lambda v: f(v)), (x,), (x,)),
+    }
+    for expected, transforms in ((True, forward), (False, other)):
+        for name, call in transforms.items():
+            seen.clear()
+            call()
+            assert seen and all(s == expected for s in seen), (name, seen)
+
+
+def test_scan_options_name_every_keyword_of_scan():
+    """`Recur.scan` and the NNX/Equinox modules type their `**options` with `ScanOptions`:
+    it must list exactly `scan`'s keywords, with the same annotations."""
+    from recurjax._scan import ScanOptions
+
+    params = inspect.signature(rj.scan).parameters
+    keywords = {n: p.annotation for n, p in params.items() if p.kind is p.KEYWORD_ONLY}
+    hints = {n: getattr(t, "__forward_arg__", t) for n, t in ScanOptions.__annotations__.items()}
+    assert hints == keywords

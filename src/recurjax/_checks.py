@@ -26,6 +26,11 @@ def fn_name(fn: Callable[..., Any]) -> str:
     return getattr(fn, "__name__", None) or repr(fn)
 
 
+def scope_name(cell: object) -> str:
+    """A short name of a cell for `jax.named_scope`: a function's name, else its class's."""
+    return getattr(cell, "__name__", None) or type(cell).__name__
+
+
 def check_callable(cell: object, where: str) -> None:
     """Raise `TypeError` unless `cell` can be called as `cell(params, h, x)`.
 
@@ -234,6 +239,21 @@ def check_key(where: str, key: object) -> None:
         )
 
 
+def check_time_axis(
+    where: str,
+    shape: tuple[int, ...],
+    time_axis: int,
+    what: str = "xs",
+    hint: str = "Use time_axis=0 for time-major (T, B, ...) or 1 for batch-major (B, T, ...).",
+) -> None:
+    """Raise `ValueError` unless `time_axis` is an axis of an array of `shape`."""
+    if not -len(shape) <= time_axis < len(shape):
+        raise ValueError(
+            f"{where}: time_axis={time_axis} is out of range for {what} of shape "
+            f"{tuple(shape)}. {hint}"
+        )
+
+
 def time_length(
     xs: PyTree,
     time_axis: int,
@@ -253,11 +273,7 @@ def time_length(
                 f"{where}: expected xs to hold arrays with a time axis, got a leaf of type "
                 f"{type(a).__name__}. Convert it with np.asarray or jnp.asarray."
             )
-        if not -len(shape) <= time_axis < len(shape):
-            raise ValueError(
-                f"{where}: time_axis={time_axis} is out of range for a leaf of xs of shape "
-                f"{tuple(shape)}. Use time_axis=0 for (T, B, ...) or 1 for (B, T, ...)."
-            )
+        check_time_axis(where, shape, time_axis)
         lengths.add(shape[time_axis])
     if len(lengths) != 1:
         raise ValueError(

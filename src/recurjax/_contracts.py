@@ -10,10 +10,14 @@ implement optional protocols that the engine discovers by attribute, never by cl
 - `LinearRecurrence`: the cell's state update is `h' = a * h + b` with `(a, b)` from `x`
   alone, so the associative and chunked strategies and `sequence_parallel_scan` can run it;
 - `FusedCell`: the cell names a hand-written kernel of the fused strategy (`KernelSpec`).
+
+The engine's side of the same contract is `Strategy`: one typed object per way of running a
+cell over a sequence, which the engine asks whether it applies and whether `auto` picks it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
@@ -121,8 +125,9 @@ class SequenceCell(Protocol):
 @runtime_checkable
 class LinearRecurrence(Protocol):
     """A cell whose step is `h' = a * h + b`, `y = readout(params, h', x)`, with `(a, b)`
-    computed from `x` alone (elementwise in `h`). `linear_recurrence` must be `True` only
-    when the cell's `__call__` is exactly that step."""
+    computed from `x` alone (elementwise in `h`), so that the hoisted, associative and
+    chunked strategies and `sequence_parallel_scan` can run it. `linear_recurrence` must be
+    `True` only when the cell's `__call__` is exactly that step."""
 
     linear_recurrence: bool
 
@@ -147,13 +152,6 @@ class FusedCell(Protocol):
     def fused_kernel(self) -> KernelSpec | None: ...
 
 
-def leaf_cells(cell: object) -> list[Any]:
-    """The stepped cells inside `cell`, recursively through `SequenceCell` parts."""
-    if not isinstance(cell, SequenceCell):
-        return [cell]
-    return [leaf for part in cell.parts() for leaf in leaf_cells(part)]
-
-
 def is_linear(cell: object) -> bool:
     """Whether `cell` declares a linear recurrence the associative strategies can run."""
     return isinstance(cell, LinearRecurrence) and cell.linear_recurrence is True
@@ -162,3 +160,61 @@ def is_linear(cell: object) -> bool:
 def kernel_spec(cell: object) -> KernelSpec | None:
     """The cell's `KernelSpec`, or `None` when it has no fused kernel."""
     return cell.fused_kernel() if isinstance(cell, FusedCell) else None
+
+
+class StrategyRun(Protocol):
+    """A strategy's `run`: the cell over every step of time-major `xs` from the settled state
+    `h`, under the scan's options `opts` (`_scan.options.Options`) and step masks `masks`
+    (`_scan.blocks.StepMasks`, or `None` without lengths and resets); returns the final
+    state and the stacked outputs."""
+
+    def __call__(
+        self, cell: Any, params: PyTree, h: PyTree, xs: PyTree, opts: Any, masks: Any
+    ) -> tuple[PyTree, PyTree]: ...
+
+
+def _runs_every_cell(cell: object, opts: Any) -> str | None:
+    return None
+
+
+def _never(cell: object, xs: PyTree, backend: str) -> bool:
+    return False
+
+
+@dataclasses.dataclass(frozen=True)
+class Strategy:
+    """One way of running a cell over a sequence, as the engine sees it.
+
+    The engine asks a strategy three things and calls it once:
+
+    - `unsupported(cell, opts)`: why it cannot run `cell` under the scan options `opts`, as
+      the end of the error message for a user who named it (e.g. "needs a cell with a fused
+      kernel ..."), or `None` when it can;
+    - `forward_mode`: whether JAX can differentiate it in forward mode (`jax.jvp`); a
+      strategy with a `jax.custom_vjp` cannot, and the engine never runs it there;
+    - `auto(cell, xs, backend)`: whether `strategy="auto"` picks it for these time-major
+      inputs on this backend (`jax.default_backend()`: "cpu", "gpu", "tpu");
+    - `run(cell, params, h, xs, opts, masks) -> (h, ys)`: the work (`StrategyRun`).
+
+    `composites=False` (every strategy so far) means it runs stepped cells, and a composite
+    (`SequenceCell`) runs part by part, each part with its own strategy; a strategy with
+    `composites=True` is offered a whole composite first (a cuDNN call runs stacked,
+    bidirectional LSTM layers at once). A strategy's own options (a chunk size) are fields
+    of its `run`, e.g. a `functools.partial`.
+
+    Examples:
+      >>> import recurjax as rj
+      >>> from recurjax._scan.strategies import REGISTRY
+      >>> fused = REGISTRY["fused"]
+      >>> fused.forward_mode, fused.unsupported(rj.LSTMCell(3, 4), None) is None
+      (False, True)
+      >>> fused.unsupported(rj.MinGRUCell(3, 4), None)[:32]
+      'needs a cell with a fused kernel'
+    """
+
+    name: str
+    run: StrategyRun
+    unsupported: Callable[[Any, Any], str | None] = _runs_every_cell
+    forward_mode: bool = False
+    auto: Callable[[Any, PyTree, str], bool] = _never
+    composites: bool = False

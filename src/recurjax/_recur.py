@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +12,10 @@ from ._cells.classic import GRUCell, GRUv3Cell, LSTMCell, RNNCell
 from ._checks import check_callable, check_state_change, describe, index_or_none
 from ._contracts import CellFn, Handle, PyTree
 from ._dropout import seed_dropout
-from ._scan import scan
+from ._scan import ScanOptions, scan
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["GRU", "LSTM", "RNN", "GRUv3", "Recur"]
 
@@ -158,7 +161,7 @@ class Recur(Handle):
         check_state_change(repr(self), self.state, state)
         return self.replace(state=state), y
 
-    def scan(self, xs: PyTree, **kwargs: Any) -> tuple[Recur, PyTree]:
+    def scan(self, xs: PyTree, **options: Unpack[ScanOptions]) -> tuple[Recur, PyTree]:
         """Run every step of `xs`: `(Recur holding the final state, ys)`.
 
         `xs` is an array `(T, ..., in)` or a list (or plain tuple) of per-step arrays, which
@@ -174,9 +177,9 @@ class Recur(Handle):
           >>> ys.shape, m.state.shape
           ((2, 4), (4,))
         """
-        if kwargs.get("resets") is not None:
-            kwargs.setdefault("state0", self.state0)
-        state, ys = scan(self.cell, self.params, self.state, xs, **kwargs)
+        if options.get("resets") is not None:
+            options.setdefault("state0", self.state0)
+        state, ys = scan(self.cell, self.params, self.state, xs, **options)
         return self.replace(state=state), ys
 
     def batched(self, batch: int | tuple[int, ...]) -> Recur:

@@ -8,12 +8,16 @@ Only this module imports Equinox.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import equinox as eqx
 
 from ._contracts import PyTree
 from ._recur import Recur
+from ._scan import ScanOptions
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["Recurrent"]
 
@@ -79,10 +83,11 @@ class Recurrent(eqx.Module):
         )
 
     def __call__(
-        self, xs: PyTree, state: PyTree = None, **scan_options: Any
+        self, xs: PyTree, state: PyTree = None, **options: Unpack[ScanOptions]
     ) -> tuple[PyTree, PyTree]:
-        """Every step of `xs` from `state` (or `state0`): `(final state, ys)`, as `rj.scan`."""
-        handle, ys = self.handle(state).scan(xs, **scan_options)
+        """Every step of `xs` from `state` (or `state0`): `(final state, ys)`, as `rj.scan`
+        with its keyword options."""
+        handle, ys = self.handle(state).scan(xs, **options)
         return handle.state, ys
 
     def step(self, state: PyTree, x: PyTree) -> tuple[PyTree, PyTree]:

@@ -7,13 +7,17 @@ which it leaves alone. Only this module imports Flax.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 from flax import nnx
 
 from ._contracts import PyTree
 from ._recur import Recur
+from ._scan import ScanOptions
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["Recurrent", "RecurrentState"]
 
@@ -114,10 +118,10 @@ class Recurrent(nnx.Module):
         else:  # the structure changed (e.g. dropout seeded): new variables
             self.state = nnx.data(jax.tree.map(RecurrentState, handle.state))
 
-    def __call__(self, xs: PyTree, **scan_options: Any) -> PyTree:
-        """Every step of `xs` from the carried state, as `rj.scan`; keeps the final state and
-        returns the outputs `ys`."""
-        handle, ys = self.handle().scan(xs, **scan_options)
+    def __call__(self, xs: PyTree, **options: Unpack[ScanOptions]) -> PyTree:
+        """Every step of `xs` from the carried state, as `rj.scan` with its keyword options;
+        keeps the final state and returns the outputs `ys`."""
+        handle, ys = self.handle().scan(xs, **options)
         self._keep(handle)
         return ys
 

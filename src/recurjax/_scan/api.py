@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 import jax
 import jax.numpy as jnp
@@ -19,10 +19,26 @@ from .inputs import (
 )
 from .options import Options
 from .parallel import run_split
-from .run import run
+from .run import check_choice, run
 from .strategies import REGISTRY
 
-__all__ = ["scan", "sequence_parallel_scan"]
+__all__ = ["ScanOptions", "scan", "sequence_parallel_scan"]
+
+
+class ScanOptions(TypedDict, total=False):
+    """The keyword options of `scan`, for the functions that pass them on (`Recur.scan`, the
+    NNX and Equinox `Recurrent` modules) with `**options: Unpack[ScanOptions]`, so that IDEs
+    and type checkers see each keyword. `scan` documents them."""
+
+    time_axis: int
+    reverse: bool
+    truncate_every: int | None
+    unroll: int | bool
+    strategy: str
+    remat: int | None
+    lengths: Any
+    resets: Any
+    state0: PyTree
 
 
 def scan(
@@ -87,45 +103,20 @@ def scan(
       unroll: passed to `lax.scan`: steps per loop iteration (or `True` for all). Only the
         sequential strategy unrolls, so `unroll > 1` selects it.
       strategy: how to evaluate; every strategy computes the same function (tested to
-        float rounding).
-
-        - `"sequential"`: `lax.scan` of `cell` itself, differentiated by JAX. Works for
-          every cell and every transformation, forward-mode (`jax.jvp`, `jax.jacfwd`,
-          `jax.hessian`) included.
-        - `"fused"`: for `LSTMCell`, `GRUCell` and `RNNCell` (and chains, layer by layer), a
-          hand-written kernel with a `jax.custom_vjp`: the backward pass runs the recurrence
-          once and computes the weight and input gradients as single large matmuls over all
-          steps. Reverse-mode only: named under forward-mode autodiff (`jax.jvp`,
-          `jax.jacfwd`, `jax.hessian`) it raises a `TypeError` that says to use
-          `"sequential"`.
-        - `"associative"`: for a `LinearCell` (`MinGRUCell`, `MinLSTMCell`, `LRUCell`,
-          subclasses; and chains, part by part), `lax.associative_scan` over the whole
-          sequence: the composed maps `h -> a h + b` give every state in `O(log T)` depth.
-          Its backward pass is one more associative scan (a custom VJP), reverse-mode only,
-          like `"fused"`.
-        - `"chunked"`: the same within blocks of 256 steps, carried sequentially from block
-          to block (`O(T log 256)` work instead of `O(T log T)`).
-        - `"hoisted"`: for a `LinearCell` (and chains, part by part), every step's
-          coefficients `(a, b)` at once, then `lax.scan` of `h = a h + b` alone, then the
-          read-out at once: the per-step work left in the loop is one multiply-add. Its
-          backward pass is the same recurrence run backwards (a custom VJP), reverse-mode
-          only. It stores `a`, `b` and every state (`T x batch x H` each).
-        - `"auto"` (default): `"fused"` where the cell has a kernel and `unroll == 1`,
-          otherwise `"sequential"`; except where the sequential one measured faster on
-          XLA:CPU (`benchmarks/RESULTS.md`): a `GRUCell` with 128 or more sequences in the
-          batch. A `Chain` runs part by part over the whole sequence (each layer's outputs
-          are the next one's inputs), each part with its own best strategy; a `Dense` part
-          is then one matmul over all steps. A `LinearCell` runs `"hoisted"` while
-          `T x batch x H` is at most 2**20, its state at most 4 times as wide as its input
-          and its decay depends on the input (not the LRU's fixed one), and sequentially
-          otherwise (`benchmarks/RESULTS_cells.md`; `HOISTED_MAX_ELEMENTS`,
-          `HOISTED_MAX_WIDENING` and `LinearCell.time_invariant`); it runs
-          `"chunked"` on the backends listed in `ASSOCIATIVE_BACKENDS` (none yet: on
-          XLA:CPU the associative scan was slower, `benchmarks/RESULTS_linear.md`). Under
-          forward-mode autodiff every part runs `"sequential"`, the one strategy JAX can
-          differentiate that way. (A function jitted outside the `jax.jvp`,
-          `jax.jvp(jax.jit(f), ...)`, is traced before the tangents exist: name
-          `"sequential"` inside it.)
+        float rounding). `"sequential"`: `lax.scan` of the cell, for every cell and every
+        transformation. `"fused"`: a hand-written step and backward pass for `LSTMCell`,
+        `GRUCell` and `RNNCell`. For a cell linear in its state (a `LinearCell`):
+        `"hoisted"` (every step's coefficients at once, then one multiply-add a step),
+        `"associative"` (`lax.associative_scan`, `O(log T)` depth) and `"chunked"` (the
+        same within blocks of 256 steps). All but `"sequential"` have a `jax.custom_vjp`,
+        so they are reverse-mode only: named under forward-mode autodiff (`jax.jvp`,
+        `jax.jacfwd`, `jax.hessian`) they raise a `TypeError`. A composite runs part by
+        part, each part with the strategy named where it applies and `"auto"`'s choice
+        elsewhere. `"auto"` (default) picks by the cell, the input shapes and the backend
+        (the rules are in the guide, "Speed and memory" and "Linear recurrences"), and
+        `"sequential"` under forward mode; a function jitted before `jax.jvp` is applied to
+        it (`jax.jvp(jax.jit(f), ...)`) is traced before the tangents exist: name
+        `"sequential"` inside it. `unroll > 1` runs `"sequential"`.
       remat: rematerialise every this many steps to save memory: the backward pass stores
         only the state at the start of each block of `remat` steps and recomputes the
         block's forward pass (`jax.checkpoint`), so memory for the backward pass grows as
@@ -179,6 +170,7 @@ def scan(
         remat=remat,
         forward_mode=forward_mode((params, h, xs, state0)),
     )
+    check_choice(cell, opts)
     if type(xs) in (list, tuple):
         xs = stack_steps(cell, xs)
     # Lengths only known under a trace are checked by NaN in the result instead.
@@ -203,7 +195,7 @@ def _scan(
     state0: PyTree,
 ) -> tuple[PyTree, PyTree]:
     prepared = prepare(cell, params, h, xs, lengths, resets, state0, opts.time_axis)
-    h, ys = run(cell, params, prepared.h, prepared.xs, opts, prepared.ctl)
+    h, ys = run(cell, params, prepared.h, prepared.xs, opts, prepared.masks)
     if opts.unchecked:
         h, ys = poison_out_of_range(jnp.asarray(lengths), prepared.steps, h, ys)
     ys = jax.tree.map(lambda a: jnp.moveaxis(a, 0, opts.time_axis), ys)

@@ -12,7 +12,7 @@ from jax import lax
 from .._contracts import PyTree
 
 
-class Ctl(NamedTuple):
+class StepMasks(NamedTuple):
     """Per-step controls of a run over right-padded or episodic batches, time-major."""
 
     valid: jax.Array | None  # (T, *batch) bool: step t is within the sequence's length
@@ -41,11 +41,11 @@ def zero_padding(valid: jax.Array | None, tree: PyTree) -> PyTree:
     return jax.tree.map(lambda a: select(valid, a, jnp.zeros_like(a)), tree)
 
 
-def steps_of(tree: PyTree, ctl: Ctl | None) -> Any:
+def steps_of(tree: PyTree, masks: StepMasks | None) -> Any:
     """The per-step data of a run: `(xs, valid, reset)` (masks `None` where absent)."""
-    if ctl is None:
+    if masks is None:
         return (tree, None, None)
-    return (tree, ctl.valid, ctl.reset)
+    return (tree, masks.valid, masks.reset)
 
 
 def reversed_within(lengths: jax.Array, T: int) -> jax.Array:

@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.core import Tracer
 
-from .._checks import check_state_change, describe, time_length
+from .._checks import check_state_change, check_time_axis, describe, time_length
 from .._contracts import CellFn, PyTree, SequenceCell
-from .blocks import Ctl, select, zero_padding
+from .blocks import StepMasks, select, zero_padding
 
 
 class Prepared(NamedTuple):
@@ -22,7 +22,7 @@ class Prepared(NamedTuple):
     xs: PyTree  # (T, ..., in), padded steps zeroed
     steps: int  # T
     h: PyTree  # the initial state, settled to the carry's batch shape and dtype
-    ctl: Ctl | None  # step masks and the reset state, or None without lengths and resets
+    masks: StepMasks | None  # step masks and the reset state, or None without lengths and resets
 
 
 def prepare(
@@ -38,16 +38,24 @@ def prepare(
     """Check and convert the inputs of a scan (see `scan` for each argument)."""
     xs, T = time_major(cell, xs, time_axis)
     h = settle_state(cell, params, h, xs)
-    ctl = controls(cell, xs, T, lengths, resets, time_axis)
-    if ctl is not None and ctl.reset is not None:
-        ctl = ctl._replace(state0=reset_state(cell, params, h, state0, xs))
-    if ctl is not None:  # padding never reaches a cell
-        xs = zero_padding(ctl.valid, xs)
-    return Prepared(xs, T, h, ctl)
+    masks = step_masks(cell, xs, T, lengths, resets, time_axis)
+    if masks is not None and masks.reset is not None:
+        masks = masks._replace(state0=reset_state(cell, params, h, state0, xs))
+    if masks is not None:  # padding never reaches a cell
+        xs = zero_padding(masks.valid, xs)
+    return Prepared(xs, T, h, masks)
 
 
 def time_major(cell: object, xs: PyTree, time_axis: int) -> tuple[PyTree, int]:
     """Move the time axis of every leaf of `xs` to the front; return `(xs, T)`."""
+    T = time_steps(cell, xs, time_axis)
+    moved = jax.tree.map(lambda a: jnp.moveaxis(jnp.asarray(a), time_axis, 0), xs)
+    return moved, T
+
+
+def time_steps(cell: object, xs: PyTree, time_axis: int) -> int:
+    """`T`, the number of steps of `xs` on `time_axis`, with every check of the inputs' form
+    (an array, or a pytree of arrays for a cell without `in_features`, with a time axis)."""
     name = describe(cell)
     leaves, treedef = jax.tree.flatten(xs)
     if not leaves:
@@ -66,26 +74,16 @@ def time_major(cell: object, xs: PyTree, time_axis: int) -> tuple[PyTree, int]:
             f"a {type(xs).__name__}. Stack per-step inputs with jnp.stack(steps), or use "
             "Recur.scan, which accepts a list of steps."
         )
-    moved = []
     for a in leaves:
-        a = jnp.asarray(a)
         min_ndim = 2 if in_features is not None else 1
-        if a.ndim < min_ndim:
+        if len(a.shape) < min_ndim:
             raise ValueError(
                 f"scan({name}): xs has no time axis: expected shape (T, ..., "
                 f"{in_features if in_features is not None else 'in'}), got shape "
                 f"{tuple(a.shape)}. For a single step call the cell (or Recur) directly; for "
                 "a one-step sequence use xs[None]."
             )
-        if not -a.ndim <= time_axis < a.ndim:
-            raise ValueError(
-                f"scan({name}): time_axis={time_axis} is out of range for xs of shape "
-                f"{tuple(a.shape)}. Use time_axis=0 for time-major (T, B, in) or 1 for "
-                "batch-major (B, T, in)."
-            )
-        moved.append(jnp.moveaxis(a, time_axis, 0))
-    T = time_length(leaves, time_axis, f"scan({name})", hint="")
-    return jax.tree.unflatten(treedef, moved), T
+    return time_length(leaves, time_axis, f"scan({name})", hint="")
 
 
 def forward_mode(tree: PyTree) -> bool:
@@ -170,11 +168,7 @@ def check_length_values(cell: object, xs: PyTree, lengths: Any, time_axis: int) 
     Returns `False` when the values are not known (a tracer): only then must the result mark
     out-of-range lengths with NaN (`poison_out_of_range`).
     """
-    leaves = jax.tree.leaves(xs)
-    shape = getattr(leaves[0], "shape", None) if leaves else None
-    if shape is None or not -len(shape) <= time_axis < len(shape):
-        return True  # _time_major raises the error about xs
-    T = shape[time_axis]
+    T = time_steps(cell, xs, time_axis)
     try:
         values = np.asarray(lengths)
     except jax.errors.TracerArrayConversionError:  # under a trace
@@ -191,7 +185,7 @@ def check_length_values(cell: object, xs: PyTree, lengths: Any, time_axis: int) 
     return True
 
 
-def _batch_of(cell: object, xs: PyTree, shape: tuple[int, ...], what: str) -> None:
+def check_batch_shape(cell: object, xs: PyTree, shape: tuple[int, ...], what: str) -> None:
     """Check that `shape` (of `lengths`, or `resets` without time) is the batch of `xs`."""
     name = describe(cell)
     leaves = jax.tree.leaves(xs)
@@ -213,9 +207,9 @@ def _batch_of(cell: object, xs: PyTree, shape: tuple[int, ...], what: str) -> No
             )
 
 
-def controls(
+def step_masks(
     cell: CellFn, xs: PyTree, T: int, lengths: Any, resets: Any, time_axis: int
-) -> Ctl | None:
+) -> StepMasks | None:
     """Check `lengths` and `resets` and turn them into time-major step masks."""
     if lengths is None and resets is None:
         return None
@@ -231,7 +225,7 @@ def controls(
                 "lengths.astype(jnp.int32)."
             )
         lengths = jnp.asarray(lengths)
-        _batch_of(cell, xs, tuple(lengths.shape), "lengths")
+        check_batch_shape(cell, xs, tuple(lengths.shape), "lengths")
         lens = jnp.clip(lengths, 0, T).astype(jnp.int32)
         t = jnp.arange(T, dtype=jnp.int32).reshape(T, *(1,) * lens.ndim)
         valid = t < lens[None]
@@ -245,19 +239,15 @@ def controls(
                 "resets == 1."
             )
         resets = jnp.asarray(resets)
-        if not -resets.ndim <= time_axis < resets.ndim:
-            raise ValueError(
-                f"scan({name}): resets of shape {tuple(resets.shape)} has no time_axis="
-                f"{time_axis}; expected one flag per step and sequence, shaped like xs "
-                "without its feature axis."
-            )
+        hint = "Expected one flag per step and sequence, shaped like xs without its features."
+        check_time_axis(f"scan({name})", resets.shape, time_axis, "resets", hint)
         reset = jnp.moveaxis(resets, time_axis, 0)
         if reset.shape[0] != T:
             raise ValueError(
                 f"scan({name}): resets has {reset.shape[0]} steps on time_axis={time_axis} "
                 f"but xs has {T}; expected one flag per step and sequence."
             )
-        _batch_of(cell, xs, tuple(reset.shape[1:]), "resets (without its time axis)")
+        check_batch_shape(cell, xs, tuple(reset.shape[1:]), "resets (without its time axis)")
         if lens is not None and reset.shape[1:] != lens.shape:
             raise ValueError(
                 f"scan({name}): lengths has shape {tuple(lens.shape)} but resets has batch "
@@ -265,7 +255,7 @@ def controls(
             )
         if valid is not None:
             reset = reset & valid  # past its length a sequence is frozen: no reset there
-    return Ctl(valid, reset, lens)
+    return StepMasks(valid, reset, lens)
 
 
 def reset_state(cell: CellFn, params: PyTree, h: PyTree, state0: PyTree, xs: PyTree) -> PyTree:

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from types import ModuleType
 from typing import Any
 
 from .._checks import describe, index_or_none, positive_int
-from .._contracts import leaf_cells
 
 AUTO = "auto"
 
@@ -47,7 +45,7 @@ def _positive_or_none(name: str, option: str, value: object) -> int | None:
 
 def build(
     cell: object,
-    registry: Mapping[str, ModuleType],
+    registry: Mapping[str, object],
     *,
     time_axis: object = 0,
     reverse: object = False,
@@ -59,7 +57,8 @@ def build(
     forward_mode: bool = False,
 ) -> Options:
     """Check every option of `scan` for `cell` and return them as `Options`; `registry`
-    holds the strategies a user may name besides `"auto"`."""
+    holds the strategies a user may name besides `"auto"` (whether the one named applies
+    to the cell is `run.check_choice`'s question)."""
     name = describe(cell)
     k = _positive_or_none(name, "truncate_every", truncate_every)
     steps: int | bool
@@ -88,18 +87,4 @@ def build(
             f"scan({name}): expected strategy to be one of {names}, got {strategy!r}."
         )
     assert isinstance(strategy, str)
-    chosen = registry.get(strategy)
-    if (
-        chosen is not None
-        and chosen.REQUIRES
-        and not any(chosen.supports(c) for c in leaf_cells(cell))
-    ):
-        raise ValueError(f"scan({name}): strategy={strategy!r} {chosen.REQUIRES}")
-    if chosen is not None and forward_mode and not chosen.FORWARD_MODE:
-        raise TypeError(
-            f"scan({name}): strategy={strategy!r} has a hand-written reverse-mode derivative "
-            "(a jax.custom_vjp), which JAX cannot differentiate in forward mode (jax.jvp, "
-            "jax.jacfwd, jax.hessian). Use strategy='sequential', or 'auto', which picks it "
-            "under forward mode."
-        )
     return Options(axis, bool(reverse), k, steps, strategy, r, unchecked, forward_mode)

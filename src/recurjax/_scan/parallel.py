@@ -13,7 +13,7 @@ from jax.sharding import PartitionSpec
 from .._contracts import PyTree
 from .blocks import zero_padding
 from .inputs import Prepared
-from .strategies.associative import coefficients, linear_scan
+from .strategies.linear import coefficients, linear_scan
 
 
 def run_split(cell: Any, params: PyTree, prepared: Prepared, mesh: Any, axis: str) -> Any:
@@ -21,8 +21,8 @@ def run_split(cell: Any, params: PyTree, prepared: Prepared, mesh: Any, axis: st
     keeping the block's composed map `h -> A h + B`; the maps are gathered, each device
     folds the maps of the devices before it into its entering state, and corrects its
     block's states with it. Only the small maps cross devices, once."""
-    xs, _, h, ctl = prepared
-    valid, reset, _, s0 = (None, None, None, None) if ctl is None else ctl
+    xs, _, h, masks = prepared
+    valid, reset, _, s0 = (None, None, None, None) if masks is None else masks
     D = mesh.shape[axis]
 
     def local(params: PyTree, h: jax.Array, s0: Any, xs: jax.Array, valid: Any, reset: Any) -> Any:

@@ -4,20 +4,22 @@
     -> padding mask, once
 
 Each stage calls `run` again for what is inside it (a block, a part of a composite), so
-every option applies at every level and no stage knows a concrete cell class.
+every option applies at every level and no stage knows a concrete cell class. Which
+strategy runs a cell is decided here, once per cell, by `choose`; `check_choice` tells a
+user who named a strategy that applies nowhere in their cell.
 """
 
 from __future__ import annotations
 
 import functools
-from types import ModuleType
 from typing import Any
 
 import jax
 
-from .._contracts import CellFn, PyTree, SequenceCell
+from .._checks import describe
+from .._contracts import CellFn, PyTree, SequenceCell, Strategy
 from .blocks import (
-    Ctl,
+    StepMasks,
     cut_at,
     first_step,
     in_blocks,
@@ -27,7 +29,7 @@ from .blocks import (
     zero_padding,
 )
 from .options import Options
-from .strategies import AUTO_ORDER, REGISTRY
+from .strategies import AUTO_ORDER, REGISTRY, SEQUENTIAL
 
 
 def run(
@@ -36,39 +38,80 @@ def run(
     h: PyTree,
     xs: PyTree,
     opts: Options,
-    ctl: Ctl | None = None,
+    masks: StepMasks | None = None,
 ) -> tuple[PyTree, PyTree]:
     """Run `cell` over time-major `xs` from the settled state `h` under the step controls
-    `ctl`; return the final state and the outputs, zero at padded steps."""
+    `masks`; return the final state and the outputs, zero at padded steps."""
     T = jax.tree.leaves(xs)[0].shape[0]
-    if opts.reverse and ctl is not None and ctl.lengths is not None:
-        return _reverse_within_lengths(cell, params, h, xs, opts, ctl, T)
+    if opts.reverse and masks is not None and masks.lengths is not None:
+        return _reverse_within_lengths(cell, params, h, xs, opts, masks, T)
     if opts.remat is not None and opts.remat < T:
-        return _remat_blocks(cell, params, h, xs, opts, ctl)
-    if isinstance(cell, SequenceCell):
-        h, ys = cell.run_sequence(_part_runner(opts, ctl), params, h, xs)
+        return _remat_blocks(cell, params, h, xs, opts, masks)
+    strategy = choose(cell, xs, opts)
+    if strategy is None:  # a composite, part by part
+        assert isinstance(cell, SequenceCell)
+        h, ys = cell.run_sequence(_part_runner(opts, masks), params, h, xs)
     else:
-        h, ys = choose(cell, xs, opts).run(cell, params, h, xs, opts, ctl)
-    return h, zero_padding(None if ctl is None else ctl.valid, ys)
+        with jax.named_scope(f"recurjax.{strategy.name}"):
+            h, ys = strategy.run(cell, params, h, xs, opts, masks)
+    return h, zero_padding(None if masks is None else masks.valid, ys)
 
 
-def choose(cell: object, xs: PyTree, opts: Options) -> ModuleType:
-    """The strategy for a stepped cell: the one asked for where it applies, else the first
-    of `AUTO_ORDER` that supports the cell and pays (under forward-mode autodiff, only the
-    strategies JAX can differentiate that way)."""
+def _applies(strategy: Strategy, cell: object, opts: Options) -> bool:
+    """Whether `strategy` can run `cell` (a stepped cell, or a whole composite for a
+    strategy that takes composites) under `opts`, forward mode included."""
+    return (
+        strategy.composites == isinstance(cell, SequenceCell)
+        and (strategy.forward_mode or not opts.forward_mode)
+        and strategy.unsupported(cell, opts) is None
+    )
+
+
+def choose(cell: object, xs: PyTree, opts: Options) -> Strategy | None:
+    """The strategy that runs `cell`: the one asked for where it applies, else the first of
+    `AUTO_ORDER` that applies and that `auto` picks for `xs` on this backend. `None` for a
+    composite that no strategy takes whole: it runs part by part."""
     if opts.unroll != 1:  # `unroll` is lax.scan's: only the sequential strategy has it
-        return REGISTRY["sequential"]
-
-    def allowed(m: ModuleType) -> bool:
-        return (m.FORWARD_MODE or not opts.forward_mode) and m.supports(cell)
-
+        return None if isinstance(cell, SequenceCell) else SEQUENTIAL
     asked = REGISTRY.get(opts.strategy)
-    if asked is not None and allowed(asked):
+    if asked is not None and _applies(asked, cell, opts):
         return asked
-    return next(m for m in AUTO_ORDER if allowed(m) and m.pays(cell, xs))
+    backend = jax.default_backend()
+    picks = (s for s in AUTO_ORDER if _applies(s, cell, opts) and s.auto(cell, xs, backend))
+    return next(picks, None)
 
 
-def _part_runner(opts: Options, ctl: Ctl | None) -> Any:
+def check_choice(cell: object, opts: Options) -> None:
+    """Raise where a strategy the user named cannot run anywhere in `cell`: a `TypeError`
+    under forward-mode autodiff for a strategy JAX cannot differentiate that way, else a
+    `ValueError` with the strategy's own reason when it applies to no part of the cell."""
+    strategy = REGISTRY.get(opts.strategy)
+    if strategy is None:
+        return
+    name = describe(cell)
+    cells = _candidates(cell, strategy) or [cell]
+    reasons = [strategy.unsupported(c, opts) for c in cells]
+    if all(reasons):
+        raise ValueError(f"scan({name}): strategy={opts.strategy!r} {reasons[0]}")
+    if opts.forward_mode and not strategy.forward_mode:
+        raise TypeError(
+            f"scan({name}): strategy={opts.strategy!r} has a hand-written reverse-mode "
+            "derivative (a jax.custom_vjp), which JAX cannot differentiate in forward mode "
+            "(jax.jvp, jax.jacfwd, jax.hessian). Use strategy='sequential', or 'auto', which "
+            "picks it under forward mode."
+        )
+
+
+def _candidates(cell: object, strategy: Strategy) -> list[Any]:
+    """What `strategy` could run inside `cell`: its composites (with their parts, nested)
+    for a strategy that takes composites, else its stepped cells."""
+    if not isinstance(cell, SequenceCell):
+        return [] if strategy.composites else [cell]
+    inner = [c for part in cell.parts() for c in _candidates(part, strategy)]
+    return [cell, *inner] if strategy.composites else inner
+
+
+def _part_runner(opts: Options, masks: StepMasks | None) -> Any:
     """The `PartRunner` a composite receives: `run` with this scan's options and controls."""
 
     def run_part(
@@ -80,11 +123,11 @@ def _part_runner(opts: Options, ctl: Ctl | None) -> Any:
         select: Any = None,
         reverse: bool = False,
     ) -> tuple[PyTree, PyTree]:
-        part_ctl = ctl
-        if ctl is not None and ctl.state0 is not None and select is not None:
-            part_ctl = ctl._replace(state0=select(ctl.state0))
+        part_masks = masks
+        if masks is not None and masks.state0 is not None and select is not None:
+            part_masks = masks._replace(state0=select(masks.state0))
         part_opts = opts.replace(reverse=opts.reverse != reverse) if reverse else opts
-        return run(part, params, h, xs, part_opts, part_ctl)
+        return run(part, params, h, xs, part_opts, part_masks)
 
     return run_part
 
@@ -95,15 +138,15 @@ def _reverse_within_lengths(
     h: PyTree,
     xs: PyTree,
     opts: Options,
-    ctl: Ctl,
+    masks: StepMasks,
     T: int,
 ) -> tuple[PyTree, PyTree]:
     """Padding stays at the end: reverse each sequence within its own length, run forward,
     and put the outputs back (the permutation is its own inverse)."""
-    assert ctl.lengths is not None
-    flip = functools.partial(take_steps, reversed_within(ctl.lengths, T))
-    ctl = ctl._replace(reset=None if ctl.reset is None else flip(ctl.reset), lengths=None)
-    h, ys = run(cell, params, h, jax.tree.map(flip, xs), opts.replace(reverse=False), ctl)
+    assert masks.lengths is not None
+    flip = functools.partial(take_steps, reversed_within(masks.lengths, T))
+    masks = masks._replace(reset=None if masks.reset is None else flip(masks.reset), lengths=None)
+    h, ys = run(cell, params, h, jax.tree.map(flip, xs), opts.replace(reverse=False), masks)
     return h, jax.tree.map(flip, ys)
 
 
@@ -113,7 +156,7 @@ def _remat_blocks(
     h: PyTree,
     xs: PyTree,
     opts: Options,
-    ctl: Ctl | None,
+    masks: StepMasks | None,
 ) -> tuple[PyTree, PyTree]:
     """Checkpoint every `remat` steps: the backward pass keeps only the state at each block
     start and recomputes a block's forward pass when it reaches it (`jax.checkpoint`).
@@ -129,8 +172,8 @@ def _remat_blocks(
         xb, valid, reset = data
         if k is not None:
             h = cut_at(h, start, k, first_step(valid))
-        block_ctl = None if ctl is None else Ctl(valid, reset, None, ctl.state0)
-        return run(cell, params, h, xb, inner, block_ctl)
+        block_masks = None if masks is None else StepMasks(valid, reset, None, masks.state0)
+        return run(cell, params, h, xb, inner, block_masks)
 
     assert opts.remat is not None
-    return in_blocks(block, h, steps_of(xs, ctl), opts.remat, opts.reverse, checkpoint=True)
+    return in_blocks(block, h, steps_of(xs, masks), opts.remat, opts.reverse, checkpoint=True)

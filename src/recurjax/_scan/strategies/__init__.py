@@ -1,23 +1,25 @@
-"""The evaluation strategies of the scan engine, one module each, in a registry.
+"""The evaluation strategies of the scan engine: one `Strategy` object each, in a registry.
 
-Each strategy module has `NAME`, `REQUIRES` (the end of the error message when an explicit
-choice applies to no part of the cell; `None` when it runs every cell), `FORWARD_MODE`
-(whether JAX can differentiate it in forward mode), `supports(cell)`, `pays(cell, xs)`
-(whether `strategy="auto"` should pick it, by the thresholds of `policy.py`) and
-`run(cell, params, h, xs, opts, ctl) -> (h, ys)` over time-major inputs with a settled
-state. Adding a strategy is one new module and one entry here (in `AUTO_ORDER` too if
-`auto` may pick it).
+sequential  `lax.scan` of the cell; every cell, every transformation
+fused       a library cell's hand-written kernel and VJP (`kernels.py`)
+linear      associative, chunked and hoisted: one runner for a cell linear in its state
+
+Adding a strategy is one `Strategy` (`_contracts.py`) and one entry in `REGISTRY` (users can
+then name it), plus one in `AUTO_ORDER` if `auto` may pick it.
 """
 
 from __future__ import annotations
 
-from types import ModuleType
+from ..._contracts import Strategy
+from .fused import FUSED
+from .linear import ASSOCIATIVE, CHUNKED, HOISTED
+from .sequential import SEQUENTIAL
 
-from . import associative, chunked, fused, hoisted, sequential
-
-REGISTRY: dict[str, ModuleType] = {
-    m.NAME: m for m in (fused, sequential, associative, chunked, hoisted)
+REGISTRY: dict[str, Strategy] = {
+    s.name: s for s in (FUSED, SEQUENTIAL, ASSOCIATIVE, CHUNKED, HOISTED)
 }
-# `auto` takes the first strategy here that supports the cell and pays for its inputs;
-# the sequential one, last, always does.
-AUTO_ORDER: tuple[ModuleType, ...] = (chunked, hoisted, fused, sequential)
+# `auto` runs the first strategy here that applies and whose `auto` picks it; the
+# sequential one, last, always does.
+AUTO_ORDER: tuple[Strategy, ...] = (CHUNKED, HOISTED, FUSED, SEQUENTIAL)
+
+__all__ = ["AUTO_ORDER", "REGISTRY", "SEQUENTIAL"]

@@ -17,32 +17,13 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ..._contracts import CellFn, PyTree, kernel_spec
+from ..._contracts import CellFn, PyTree, Strategy, kernel_spec
 from .. import policy
-from ..blocks import Ctl
+from ..blocks import StepMasks
 from .kernels import Kernel, kernel_for
 
 if TYPE_CHECKING:
     from ..options import Options
-
-NAME = "fused"
-REQUIRES = (
-    "needs a cell with a fused kernel (LSTMCell, GRUCell, RNNCell, or a chain of them and "
-    "Dense layers); this cell has none. Use strategy='auto' (which falls back to "
-    "'sequential') or 'sequential'."
-)
-FORWARD_MODE = False  # forward-mode autodiff (jvp): a jax.custom_vjp
-
-
-def supports(cell: object) -> bool:
-    """Cells whose `fused_kernel()` names a kernel."""
-    return kernel_spec(cell) is not None
-
-
-def pays(cell: object, xs: jax.Array) -> bool:
-    """Whether `auto` runs this cell's kernel for the batch of `xs` (`policy.fused_pays`)."""
-    spec = kernel_spec(cell)
-    return spec is not None and policy.fused_pays(spec, math.prod(xs.shape[1:-1]))
 
 
 def run(
@@ -51,7 +32,7 @@ def run(
     h: PyTree,
     xs: jax.Array,
     opts: Options,
-    ctl: Ctl | None = None,
+    masks: StepMasks | None = None,
 ) -> tuple[PyTree, jax.Array]:
     """`lax.scan` of a library cell through its fused kernel.
 
@@ -71,8 +52,8 @@ def run(
         return jax.tree.map(lambda a: a.reshape(N, a.shape[-1]).T, tree)
 
     flags = None
-    if ctl is not None:
-        flags = tuple(None if m is None else m.reshape(T, N) for m in (ctl.valid, ctl.reset))
+    if masks is not None:
+        flags = tuple(None if m is None else m.reshape(T, N) for m in (masks.valid, masks.reset))
     out = _fused_core(
         kernel,
         opts.reverse,
@@ -81,11 +62,29 @@ def run(
         feature_major(h),
         xs.reshape(T, N, n_in),
         flags,
-        None if ctl is None or ctl.state0 is None else feature_major(ctl.state0),
+        None if masks is None or masks.state0 is None else feature_major(masks.state0),
     )
     h_fm, ys = cast("tuple[PyTree, jax.Array]", out)
     h = jax.tree.map(lambda a: a.T.reshape(*batch, a.shape[0]), h_fm)
     return h, ys.reshape(T, *batch, ys.shape[-1])
+
+
+def _no_kernel(cell: object, opts: object) -> str | None:
+    if kernel_spec(cell) is not None:
+        return None
+    return (
+        "needs a cell with a fused kernel (LSTMCell, GRUCell, RNNCell, or a chain of them and "
+        "Dense layers); this cell has none. Use strategy='auto' (which falls back to "
+        "'sequential') or 'sequential'."
+    )
+
+
+def _auto(cell: object, xs: PyTree, backend: str) -> bool:
+    spec = kernel_spec(cell)
+    return spec is not None and policy.fused_picks(spec, math.prod(xs.shape[1:-1]))
+
+
+FUSED = Strategy("fused", run, _no_kernel, auto=_auto)
 
 
 def _cols(mask: jax.Array, a: PyTree, b: PyTree) -> PyTree:

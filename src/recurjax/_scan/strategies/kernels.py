@@ -94,10 +94,8 @@ class LSTMKernel(NamedTuple):
         return new, new.h.T, (h.T, c, acts)
 
     def primal_step(self, kp: dict[str, Array], state: LSTMState, x: Array) -> Any:
-        """One matmul of `[x; h]`: on the 2-core benchmark machine the forward pass was 5-13%
-        faster than with two (B=1, 8, 32), while in `step`, which keeps the residuals, the
-        f+b at B=32 was 6-10% slower with one, and with masked steps (`lengths`) the
-        forward pass 1.5x slower."""
+        """One matmul of `[x; h]` (faster on CPU than two where nothing is kept or masked;
+        `step`, which keeps residuals, stays with two)."""
         h, c = state
         new, _ = self._cell(kp["wT"] @ jnp.concatenate([x, h]) + kp["b"], c)
         return new, new.h.T

@@ -12,25 +12,12 @@ from typing import TYPE_CHECKING, Any
 import jax
 from jax import lax
 
-from ..._contracts import CellFn, PyTree
-from ..blocks import Ctl, cut_at, first_step, in_blocks, select, steps_of
+from ..._checks import scope_name
+from ..._contracts import CellFn, PyTree, Strategy
+from ..blocks import StepMasks, cut_at, first_step, in_blocks, select, steps_of
 
 if TYPE_CHECKING:
     from ..options import Options
-
-NAME = "sequential"
-REQUIRES = None  # runs every cell
-FORWARD_MODE = True  # forward-mode autodiff (jvp): JAX differentiates the cell
-
-
-def supports(cell: object) -> bool:
-    """Every cell."""
-    return True
-
-
-def pays(cell: object, xs: PyTree) -> bool:
-    """`auto`'s fallback: always."""
-    return True
 
 
 def run(
@@ -39,7 +26,7 @@ def run(
     h: PyTree,
     xs: PyTree,
     opts: Options,
-    ctl: Ctl | None = None,
+    masks: StepMasks | None = None,
 ) -> tuple[PyTree, PyTree]:
     """`lax.scan` of the cell, with resets, frozen padded steps and truncation blocks.
 
@@ -47,18 +34,20 @@ def run(
     input zero); the engine zeroes them once, after the strategy.
     """
     T = jax.tree.leaves(xs)[0].shape[0]
-    s0 = None if ctl is None else ctl.state0
+    s0 = None if masks is None else masks.state0
+    scope = scope_name(cell)
 
     def step(h: PyTree, data: Any) -> tuple[PyTree, PyTree]:
         x, valid, reset = data
         if reset is not None:
             h = jax.tree.map(functools.partial(select, reset), s0, h)
-        new, y = cell(params, h, x)
+        with jax.named_scope(scope):
+            new, y = cell(params, h, x)
         if valid is not None:
             new = jax.tree.map(functools.partial(select, valid), new, h)
         return new, y
 
-    data = steps_of(xs, ctl)
+    data = steps_of(xs, masks)
     k, unroll = opts.truncate_every, opts.unroll
     if k is None or k >= T:
         return lax.scan(step, h, data, reverse=opts.reverse, unroll=unroll)
@@ -68,3 +57,11 @@ def run(
         return lax.scan(step, h, xb, unroll=unroll)
 
     return in_blocks(block, h, data, k, opts.reverse)
+
+
+def _always(cell: object, xs: PyTree, backend: str) -> bool:
+    return True
+
+
+# Every cell, every transformation (forward mode too); `auto`'s fallback, last in its order.
+SEQUENTIAL = Strategy("sequential", run, forward_mode=True, auto=_always)

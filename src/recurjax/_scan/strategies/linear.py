@@ -1,45 +1,37 @@
-"""The associative strategy: a cell linear in its state over the whole sequence with
-`lax.associative_scan`, for cells that declare a `LinearRecurrence`.
+"""The strategies of a cell linear in its state (a `LinearRecurrence`), one runner for three:
 
-The coefficients `(a_t, b_t)` of every step are computed at once; a reset becomes
-`(0, a_t s0 + b_t)` and a padded step the identity `(1, 0)`, so the composed maps give every
-state, `h_t = A_t h_0 + B_t`, in `O(log T)` depth. The backward pass is one more associative
-scan (a custom VJP), reverse-mode only.
+- associative: `lax.associative_scan` over the whole sequence, `O(log T)` depth;
+- chunked: the same within blocks of `CHUNK` steps, carried from block to block
+  (`O(T log CHUNK)` work instead of `O(T log T)`);
+- hoisted: one multiply-add a step in `lax.scan`.
+
+All three compute every step's coefficients `(a_t, b_t)` at once (out of the loop), turn a
+reset into `(0, a_t s0 + b_t)` and a padded step into the identity `(1, 0)`, and run the
+read-out at once. Their backward pass is the same recurrence run backwards (a custom VJP),
+so they are reverse-mode only.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ..._contracts import PyTree, is_linear
-from ..blocks import Ctl, cut_at, first_step, in_blocks, select
+from ..._contracts import PyTree, Strategy, is_linear
+from .. import policy
+from ..blocks import StepMasks, cut_at, first_step, in_blocks, select
 from . import sequential
 
 if TYPE_CHECKING:
     from ..options import Options
 
-NAME = "associative"
-REQUIRES = (
-    "needs a cell that is linear in its state (a LinearCell: MinGRUCell, MinLSTMCell, "
-    "LRUCell or a subclass), or a chain with one; this cell is not. Use strategy='auto' or "
-    "'sequential'."
-)
-FORWARD_MODE = False  # forward-mode autodiff (jvp): a jax.custom_vjp
-
-
-def supports(cell: object) -> bool:
-    """Cells that declare a linear recurrence (`LinearRecurrence`)."""
-    return is_linear(cell)
-
-
-def pays(cell: object, xs: PyTree) -> bool:
-    """Never for `auto`: where the associative scan pays, the chunked one does too, with
-    less work (`policy.associative_pays`)."""
-    return False
+# Steps per block of the chunked strategy: long enough for the associative scan's depth to
+# pay, short enough that its O(T log T) work stays near the sequential O(T)
+# (benchmarks/RESULTS_linear.md).
+CHUNK = 256
 
 
 def _combine(
@@ -94,8 +86,8 @@ def _linear_scan(prefix: Any) -> Any:
     return scan
 
 
-# `O(log T)` depth, for this strategy and the chunked one; and one step at a time, for the
-# hoisted one.
+# `O(log T)` depth, for the associative and chunked strategies; and one step at a time, for
+# the hoisted one.
 linear_scan = _linear_scan(_affine_prefix)
 stepped_linear_scan = _linear_scan(_stepped_prefix)
 
@@ -122,24 +114,20 @@ def run(
     h: jax.Array,
     xs: jax.Array,
     opts: Options,
-    ctl: Ctl | None = None,
+    masks: StepMasks | None = None,
+    *,
     chunk: int | None = None,
     scan: Any = linear_scan,
 ) -> tuple[jax.Array, jax.Array]:
-    """A cell linear in its state over a whole sequence with `lax.associative_scan`.
-
-    The coefficients `(a_t, b_t)` of every step are computed at once; a reset becomes
-    `(0, a_t s0 + b_t)` and a padded step the identity `(1, 0)`, so the composed maps give
-    every state, `h_t = A_t h_0 + B_t`. With `chunk`, blocks of that many steps are scanned
-    associatively and carried sequentially from one to the next (`O(T log chunk)` work
-    instead of `O(T log T)`); truncation cuts the carry at block starts of
-    `truncate_every` steps. `scan` runs a block from its entering state: `linear_scan`, or
-    `stepped_linear_scan` for the hoisted strategy.
-    """
+    """A cell linear in its state over a whole sequence: every state by `scan` from the
+    state entering a block (`linear_scan`, or `stepped_linear_scan` for the hoisted
+    strategy), over the whole sequence or, with `chunk`, over blocks of that many steps
+    carried sequentially from one to the next; truncation cuts the carry at block starts of
+    `truncate_every` steps."""
     T = xs.shape[0]
     if T == 0:
-        return sequential.run(cell, params, h, xs, opts, ctl)
-    valid, reset, _, s0 = (None, None, None, None) if ctl is None else ctl
+        return sequential.run(cell, params, h, xs, opts, masks)
+    valid, reset, _, s0 = (None, None, None, None) if masks is None else masks
     a, b = coefficients(cell, params, xs, valid, reset, s0)
     if opts.reverse:
         a, b = jnp.flip(a, 0), jnp.flip(b, 0)
@@ -162,3 +150,27 @@ def run(
     if opts.reverse:
         hs = jnp.flip(hs, 0)
     return h, cell.readout(params, hs, xs)
+
+
+def _not_linear(cell: object, opts: object) -> str | None:
+    if is_linear(cell):
+        return None
+    return (
+        "needs a cell that is linear in its state (a LinearCell: MinGRUCell, MinLSTMCell, "
+        "LRUCell or a subclass), or a chain with one; this cell is not. Use strategy='auto' "
+        "or 'sequential'."
+    )
+
+
+# Never picked by `auto`: where the associative scan would pay, the chunked one does too,
+# with less work.
+ASSOCIATIVE = Strategy("associative", run, _not_linear)
+CHUNKED = Strategy(
+    "chunked", functools.partial(run, chunk=CHUNK), _not_linear, auto=policy.chunked_picks
+)
+HOISTED = Strategy(
+    "hoisted",
+    functools.partial(run, scan=stepped_linear_scan),
+    _not_linear,
+    auto=policy.hoisted_picks,
+)
