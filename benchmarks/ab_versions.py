@@ -13,8 +13,9 @@ contains 1 is no change beyond the noise.
 
     python benchmarks/ab_versions.py OLD_SRC NEW_SRC --hlo
 
-compares the compiled XLA programs instead (without source locations): where they are
-equal, the two trees run the same program and any timing difference is noise.
+compares the compiled XLA programs instead (without source locations, with instruction
+names numbered by first appearance): where they are equal, the two trees run the same
+program and any timing difference is noise.
 """
 
 from __future__ import annotations
@@ -58,6 +59,14 @@ def _functions(kind: str, B: int, T: int, F: int, H: int) -> Any:
     return {"fwd": jax.jit(ys), "f+b": jax.jit(jax.grad(loss))}, (params, xs)
 
 
+def _canonical_names(text: str) -> str:
+    """Every `%name` of an instruction or computation renamed by its first appearance: XLA
+    numbers names in the order the program was built (`%concatenate.4` in one tree can be
+    `%concatenate.6` in the other), which says nothing about what the program computes."""
+    names: dict[str, str] = {}
+    return re.sub(r"%[\w.\-]+", lambda m: names.setdefault(m.group(0), f"%v{len(names)}"), text)
+
+
 def programs() -> dict[str, str]:
     """A hash of each compiled program, source locations removed (in a child process)."""
     out = {}
@@ -71,7 +80,7 @@ def programs() -> dict[str, str]:
                 if not re.match(r'^\d+ (\{(file_name_id|file_location_id)|")', line)
             ]
             out[f"{config[0]} B={config[1]} T={config[2]} {name}"] = hashlib.md5(
-                "\n".join(lines).encode()
+                _canonical_names("\n".join(lines)).encode()
             ).hexdigest()[:12]
     return out
 
