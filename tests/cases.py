@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import recurjax as rj
+from recurjax._contracts import is_matrix_memory
 from recurjax._scan import run as run_stage
 
 IN, H = 3, 4
@@ -100,11 +101,14 @@ LINEAR_STRATEGIES = ("auto", "sequential", "associative", "chunked", "hoisted")
 
 def strategies_of(case: Case) -> tuple[str, ...]:
     """The strategies that run this cell: every linear one for a cell linear in its state,
-    `fused` for the kernel cells, and `auto` and `sequential` for every cell."""
+    `fused` for the kernel cells, `chunkwise` for a matrix memory, and `auto` and
+    `sequential` for every cell."""
     if case.name in KERNEL:
         return ("auto", "fused", "sequential")
     if isinstance(case.cell, rj.LinearCell):
         return LINEAR_STRATEGIES
+    if is_matrix_memory(case.cell):
+        return ("auto", "sequential", "chunkwise")
     return ("auto", "sequential")
 
 

@@ -208,3 +208,14 @@ def test_scan_options_name_every_keyword_of_scan():
     keywords = {n: p.annotation for n, p in params.items() if p.kind is p.KEYWORD_ONLY}
     hints = {n: getattr(t, "__forward_arg__", t) for n, t in ScanOptions.__annotations__.items()}
     assert hints == keywords
+
+
+def test_chunkwise_errors_name_the_option_and_the_cell():
+    cell = rj.LSTMCell(IN, H)
+    params = cell.init(jax.random.key(0))
+    xs = jnp.ones((T, 2, IN))
+    with pytest.raises(ValueError, match=re.escape("strategy='chunkwise' needs a cell with a")):
+        rj.scan(cell, params, cell.initial_state(params), xs, strategy="chunkwise")
+    msg = "scan(LSTMCell(3 => 4)): expected chunk_size to be a positive int or None, got 0."
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        rj.scan(cell, params, cell.initial_state(params), xs, chunk_size=0)

@@ -150,6 +150,23 @@ OPTIONS = {
     "remat2-rev": {"remat": 2, "reverse": True},
     "remat6-trunc3": {"remat": 6, "truncate_every": 3},
     "batch-major-resets": {"resets": True, "time_axis": 1},
+    # Chunks shorter than the sequence: resets and padding inside chunks, chunk padding,
+    # chunks within truncation blocks (5 = 2 + 2 + 1, then a tail of 2).
+    "chunk3-lengths-resets-rev": {
+        "chunk_size": 3,
+        "lengths": True,
+        "resets": True,
+        "reverse": True,
+    },
+    "chunk2-trunc5-resets": {"chunk_size": 2, "truncate_every": 5, "resets": True},
+    "chunk2-everything": {
+        "chunk_size": 2,
+        "lengths": True,
+        "resets": True,
+        "reverse": True,
+        "remat": 6,
+        "truncate_every": 3,
+    },
     # Every control at once (truncation points fall in padding too).
     "lengths-resets-remat-rev": {
         "lengths": True,
@@ -169,6 +186,7 @@ SCAN_OPTIONS = ["plain", "reverse", "trunc3", "trunc3-rev", "trunc7", "trunc10",
 FUSED_OPTIONS = ["plain", "reverse", "trunc3", "trunc2-rev"]
 REMAT_OPTIONS = ["remat2", "remat2-rev", "remat6-trunc3"]
 EVERYTHING = ["lengths-resets-remat-rev", "resets-trunc2-remat4-rev"]
+CHUNK_OPTIONS = ["chunk3-lengths-resets-rev", "chunk2-trunc5-resets", "chunk2-everything"]
 
 
 def _cases(names, strategies, options, batches=((B,),), jit=True):
@@ -214,6 +232,8 @@ GRID = sorted(
         + _cases(["lru"], ["hoisted"], ["lengths-resets-remat-rev"])
         + _cases(["lstm"], ["auto"], ["lengths-resets-remat-rev"])
         + _cases(["user_fn"], ["auto"], ["resets-trunc2-remat4-rev"])
+        + _cases(["mlstm"], ["chunkwise"], ["chunk3-lengths-resets-rev"], [(6,)])
+        + _cases(["mlstm"], ["chunkwise"], ["chunk2-trunc5-resets"])
     ),
     key=str,
 )
@@ -251,6 +271,8 @@ SLOW_GRID = sorted(
         )
         + _cases(LINEAR_NAMES, LINEAR_STRATEGIES, EVERYTHING)
         + _cases(["lstm", "gru", "user_fn"], ["auto", "sequential"], EVERYTHING)
+        + _cases(["mlstm"], ["chunkwise"], [*SCAN_OPTIONS, *EVERYTHING, *CHUNK_OPTIONS])
+        + _cases(["mlstm"], ["chunkwise"], CHUNK_OPTIONS, [(), (2, 3)], jit=False)
     )
     - set(GRID),
     key=str,
@@ -281,6 +303,8 @@ def _combinations(draw):
     options["resets"] = draw(st.booleans())
     if strategy == "sequential" and draw(st.booleans()):
         options["unroll"] = 2
+    if strategy in ("chunked", "chunkwise") and draw(st.booleans()):
+        options["chunk_size"] = draw(st.sampled_from([1, 2, 3]))
     if batch and draw(st.booleans()):
         options["time_axis"] = 1
     return case, strategy, options, batch, draw(st.booleans())

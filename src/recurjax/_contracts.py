@@ -9,6 +9,8 @@ implement optional protocols that the engine discovers by attribute, never by cl
   for its parts (`Chain`, `bidirectional`, `residual`, and the time-parallel `Dense`);
 - `LinearRecurrence`: the cell's state update is `h' = a * h + b` with `(a, b)` from `x`
   alone, so the associative and chunked strategies and `sequence_parallel_scan` can run it;
+- `MatrixMemory`: the cell's state is a matrix per head, decayed and written with an outer
+  product (`MemorySteps`), so the chunkwise strategy can run it;
 - `FusedCell`: the cell names a hand-written kernel of the fused strategy (`KernelSpec`).
 
 The engine's side of the same contract is `Strategy`: one typed object per way of running a
@@ -136,6 +138,47 @@ class LinearRecurrence(Protocol):
     def readout(self, params: PyTree, h: jax.Array, x: jax.Array) -> jax.Array: ...
 
 
+class MemorySteps(NamedTuple):
+    """Every step of a matrix memory at once, time-major: what `MatrixMemory.memory_steps`
+    returns for inputs `(T, *batch, in)`."""
+
+    q: jax.Array  # (T, *batch, heads, d_k): the queries
+    k: jax.Array  # (T, *batch, heads, d_k): the keys, scaled as the step scales them
+    v: jax.Array  # (T, *batch, heads, d_v): the values
+    log_decay: jax.Array  # (T, *batch, heads): log a_t, one decay per head
+    log_input: jax.Array | None  # (T, *batch, heads): log i_t (mLSTM's i~), or None for 0
+    aux: Any  # what `memory_readout` needs besides the read (mLSTM: the output gate)
+
+
+@runtime_checkable
+class MatrixMemory(Protocol):
+    """A cell whose state is a matrix per head, decayed and written with an outer product,
+    and read by a query, so that the chunkwise strategy can run it:
+
+        S_t = a_t S_{t-1} + i_t v_t k_t^T,   read_t = S_t q_t   (S: d_v x d_k per head)
+
+    and, with `normalised` (mLSTM), a normaliser `n_t = a_t n_{t-1} + i_t k_t` and a
+    log-space stabiliser `m_t = max(log a_t + m_{t-1}, log i_t)` (restarting at `log i_t`
+    where the memory is empty), the memory stored scaled by `exp(-m)` and the read
+    `S_t q_t / max(|n_t . q_t|, exp(-m_t))`. `matrix_memory` must be `True` only when the
+    cell's `__call__` is exactly that step followed by `memory_readout`.
+    """
+
+    matrix_memory: bool
+    normalised: bool
+
+    def memory_steps(self, params: PyTree, xs: jax.Array) -> MemorySteps: ...
+
+    def memory_state(self, h: PyTree) -> tuple[jax.Array, Any, Any]:
+        """`(S, n, m)` of a state `h` with batch axes: `S: (*batch, heads, d_v, d_k)`, and
+        `n: (*batch, heads, d_k)`, `m: (*batch, heads)` (or `None` unless normalised)."""
+        ...
+
+    def cell_state(self, S: jax.Array, n: Any, m: Any) -> PyTree: ...
+
+    def memory_readout(self, params: PyTree, read: jax.Array, aux: Any) -> jax.Array: ...
+
+
 class KernelSpec(NamedTuple):
     """Which fused kernel computes a cell's step (see the fused strategy)."""
 
@@ -155,6 +198,11 @@ class FusedCell(Protocol):
 def is_linear(cell: object) -> bool:
     """Whether `cell` declares a linear recurrence the associative strategies can run."""
     return isinstance(cell, LinearRecurrence) and cell.linear_recurrence is True
+
+
+def is_matrix_memory(cell: object) -> bool:
+    """Whether `cell` declares a matrix memory the chunkwise strategy can run."""
+    return isinstance(cell, MatrixMemory) and cell.matrix_memory is True
 
 
 def kernel_spec(cell: object) -> KernelSpec | None:

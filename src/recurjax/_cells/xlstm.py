@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from .._checks import check_heads, match_state
+from .._contracts import MemorySteps
 from .._init import glorot_uniform
 from .._states import MLSTMState, SLSTMState
 from .base import _CellBase, affine, by_heads
@@ -241,9 +242,43 @@ class MLSTMCell(_XLSTMCell):
       ((5, 4, 8), (4, 32))
     """
 
+    # A matrix memory (`MatrixMemory`): the chunkwise strategy runs it.
+    matrix_memory: ClassVar[bool] = True
+    normalised: ClassVar[bool] = True
+
     def _sizes(self) -> tuple[int, int, int]:
         """`(H, heads, d)`."""
         return self.hidden_size, self.num_heads, self.hidden_size // self.num_heads
+
+    def memory_steps(self, params: dict[str, jax.Array], xs: jax.Array) -> MemorySteps:
+        """Every step's `q, k, v: (T, *batch, heads, d)`, `log f` and `i~: (T, *batch,
+        heads)` and the output gate's pre-activation (`aux`) at once, for `xs: (T, *batch,
+        in)`: the chunkwise strategy's input."""
+        _, xs = self._checked(params, xs)
+        H, heads, d = self._sizes()
+        lead = tuple(xs.shape[:-1])
+        pre = affine(xs, params["wi"], params["b"])
+        q, k, v, o = (pre[..., j * H : (j + 1) * H].reshape(*lead, heads, d) for j in range(4))
+        f_t = pre[..., 4 * H + heads :]
+        log_f = f_t if self.exp_forget else jax.nn.log_sigmoid(f_t)
+        return MemorySteps(q, k / math.sqrt(d), v, log_f, pre[..., 4 * H : 4 * H + heads], o)
+
+    def memory_state(self, h: MLSTMState) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """`(C, n, m)` per head: `(*batch, heads, d, d)`, `(*batch, heads, d)`, `(*batch,
+        heads)`, for a state with batch axes."""
+        _, heads, d = self._sizes()
+        batch = tuple(h.m.shape[:-1])
+        return h.C.reshape(*batch, heads, d, d), h.n.reshape(*batch, heads, d), h.m
+
+    def cell_state(self, S: jax.Array, n: jax.Array, m: jax.Array) -> MLSTMState:
+        """`memory_state`'s inverse."""
+        batch = tuple(m.shape[:-1])
+        return MLSTMState(S.reshape(*batch, -1), n.reshape(*batch, -1), m)
+
+    def memory_readout(self, params: Any, read: jax.Array, aux: jax.Array) -> jax.Array:
+        """`y = sigmoid(o) * read`, heads flattened: `(T, *batch, H)`."""
+        y = jax.nn.sigmoid(aux) * read
+        return y.reshape(*y.shape[:-2], self.hidden_size)
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """The shape of every params entry that `init` makes."""

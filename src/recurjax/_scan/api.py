@@ -36,6 +36,7 @@ class ScanOptions(TypedDict, total=False):
     unroll: int | bool
     strategy: str
     remat: int | None
+    chunk_size: int | None
     lengths: Any
     resets: Any
     state0: PyTree
@@ -53,6 +54,7 @@ def scan(
     unroll: int | bool = 1,
     strategy: str = "auto",
     remat: int | None = None,
+    chunk_size: int | None = None,
     lengths: Any = None,
     resets: Any = None,
     state0: PyTree = None,
@@ -108,9 +110,11 @@ def scan(
         `GRUCell` and `RNNCell`. For a cell linear in its state (a `LinearCell`):
         `"hoisted"` (every step's coefficients at once, then one multiply-add a step),
         `"associative"` (`lax.associative_scan`, `O(log T)` depth) and `"chunked"` (the
-        same within blocks of 256 steps). All but `"sequential"` have a `jax.custom_vjp`,
-        so they are reverse-mode only: named under forward-mode autodiff (`jax.jvp`,
-        `jax.jacfwd`, `jax.hessian`) they raise a `TypeError`. A composite runs part by
+        same within blocks of 256 steps). For a cell with a matrix memory (`MLSTMCell`):
+        `"chunkwise"`, matrix products within chunks of 64 steps and one recurrence step
+        per chunk. `"fused"`, `"hoisted"`, `"associative"` and `"chunked"` have a
+        `jax.custom_vjp`, so they are reverse-mode only: named under forward-mode autodiff
+        (`jax.jvp`, `jax.jacfwd`, `jax.hessian`) they raise a `TypeError`. A composite runs part by
         part, each part with the strategy named where it applies and `"auto"`'s choice
         elsewhere. `"auto"` (default) picks by the cell, the input shapes and the backend
         (the rules are in the guide, "Speed and memory" and "Linear recurrences"), and
@@ -123,6 +127,8 @@ def scan(
         `T / remat + remat` steps' worth instead of `T`, for one more forward pass of compute.
         `None` (default) stores every step. Must be a multiple of `truncate_every` when both
         are given.
+      chunk_size: steps per chunk of the `"chunked"` and `"chunkwise"` strategies (256 and
+        64 by default); other strategies ignore it.
       lengths: for right-padded batches, an integer array with the batch shape of `xs` (one
         length per sequence, any number of batch axes; a scalar for an unbatched `xs`).
         Past its length a sequence's state is frozen and its outputs are zero, so the
@@ -168,6 +174,7 @@ def scan(
         unroll=unroll,
         strategy=strategy,
         remat=remat,
+        chunk_size=chunk_size,
         forward_mode=forward_mode((params, h, xs, state0)),
     )
     check_choice(cell, opts)

@@ -22,6 +22,7 @@ class Options:
     unroll: int | bool = 1
     strategy: str = AUTO
     remat: int | None = None
+    chunk_size: int | None = None
     # Lengths known only under a trace cannot be range-checked: mark bad ones with NaN.
     unchecked: bool = False
     # The inputs carry forward-mode tangents (jax.jvp, jacfwd, hessian): see `forward_mode`.
@@ -53,6 +54,7 @@ def build(
     unroll: object = 1,
     strategy: object = AUTO,
     remat: object = None,
+    chunk_size: object = None,
     unchecked: bool = False,
     forward_mode: bool = False,
 ) -> Options:
@@ -81,10 +83,21 @@ def build(
             f"every cut falls inside a block or on its start. Use e.g. "
             f"remat={r - r % k or k}."
         )
+    chunk = _positive_or_none(name, "chunk_size", chunk_size)
     names = (AUTO, *registry)
     if strategy not in names:
         raise ValueError(
             f"scan({name}): expected strategy to be one of {names}, got {strategy!r}."
         )
     assert isinstance(strategy, str)
-    return Options(axis, bool(reverse), k, steps, strategy, r, unchecked, forward_mode)
+    return Options(
+        time_axis=axis,
+        reverse=bool(reverse),
+        truncate_every=k,
+        unroll=steps,
+        strategy=strategy,
+        remat=r,
+        chunk_size=chunk,
+        unchecked=unchecked,
+        forward_mode=forward_mode,
+    )

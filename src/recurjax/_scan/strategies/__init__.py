@@ -3,6 +3,7 @@
 sequential  `lax.scan` of the cell; every cell, every transformation
 fused       a library cell's hand-written kernel and VJP (`kernels.py`)
 linear      associative, chunked and hoisted: one runner for a cell linear in its state
+chunkwise   a matrix memory (mLSTM) in chunks: matrix products within, a scan across
 
 Adding a strategy is one `Strategy` (`_contracts.py`) and one entry in `REGISTRY` (users can
 then name it), plus one in `AUTO_ORDER` if `auto` may pick it.
@@ -11,12 +12,13 @@ then name it), plus one in `AUTO_ORDER` if `auto` may pick it.
 from __future__ import annotations
 
 from ..._contracts import Strategy
+from .chunkwise import CHUNKWISE
 from .fused import FUSED
 from .linear import ASSOCIATIVE, CHUNKED, HOISTED
 from .sequential import SEQUENTIAL
 
 REGISTRY: dict[str, Strategy] = {
-    s.name: s for s in (FUSED, SEQUENTIAL, ASSOCIATIVE, CHUNKED, HOISTED)
+    s.name: s for s in (FUSED, SEQUENTIAL, ASSOCIATIVE, CHUNKED, HOISTED, CHUNKWISE)
 }
 # `auto` runs the first strategy here that applies and whose `auto` picks it; the
 # sequential one, last, always does.

@@ -127,6 +127,8 @@ def run(
     T = xs.shape[0]
     if T == 0:
         return sequential.run(cell, params, h, xs, opts, masks)
+    if chunk is not None and opts.chunk_size is not None:
+        chunk = opts.chunk_size
     valid, reset, _, s0 = (None, None, None, None) if masks is None else masks
     a, b = coefficients(cell, params, xs, valid, reset, s0)
     if opts.reverse:

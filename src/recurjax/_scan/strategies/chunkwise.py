@@ -1,0 +1,285 @@
+"""The chunkwise strategy: a matrix memory (a `MatrixMemory` cell, e.g. `MLSTMCell`) over
+chunks of `CHUNK` steps. Within a chunk every read is a masked, decay-weighted `(Q K^T) V`
+plus the state entering the chunk read by `Q`; across chunks the state takes one step per
+chunk (`lax.scan`). All of it is matrix products and elementwise work, differentiated by
+JAX, forward mode included.
+
+Per head, for a row `t` of a chunk and a column `s <= t` in the same segment (no reset
+between them) with `s` a valid step:
+
+    Lam[t, s] = sum_{s < u <= t} log a_u      (a segment sum: no difference of long sums)
+    E_t       = sum_{r <= u <= t} log a_u     (r: the segment's first step in the chunk)
+    read_t    = sum_s exp(Lam[t, s] + log i_s) (q_t . k_s) v_s + exp(E_t) base_t q_t
+
+`base_t` is the state entering the chunk, or `state0` after a reset; a padded step has no
+decay and writes nothing. A normalised memory (mLSTM) carries its stabiliser `m`, computed
+exactly as the cell's step computes it: `m_t = max(m_base + E_t, max_s (log i_s +
+Lam[t, s]))`, where an empty base (all zeros) adds no term and the first write's forget
+factor is capped as in the cell; every other exponent is taken after subtracting `m_t`, so
+none exceeds 0. The one case where the result's `m` differs from the cell's: a write of an
+exactly zero key into an empty memory (the cell restarts `m` at the next step); the outputs
+and what the state represents (`C e^m`, `n e^m`) are the same there.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import TYPE_CHECKING, Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from ..._contracts import PyTree, Strategy, is_matrix_memory
+from ..blocks import StepMasks, cut_at, first_step, in_blocks
+from .sequential import SEQUENTIAL
+
+if TYPE_CHECKING:
+    from ..options import Options
+
+# Steps per chunk: the intra-chunk products cost `L^2` per step pair of a chunk, the scan
+# over chunks `T / L` sequential steps.
+CHUNK = 64
+
+
+def run(
+    cell: Any,
+    params: PyTree,
+    h: PyTree,
+    xs: jax.Array,
+    opts: Options,
+    masks: StepMasks | None = None,
+    *,
+    chunk: int = CHUNK,
+) -> tuple[PyTree, jax.Array]:
+    """The cell over time-major `xs: (T, *batch, in)` from the settled state `h`."""
+    T = xs.shape[0]
+    if T == 0:
+        return SEQUENTIAL.run(cell, params, h, xs, opts, masks)
+    steps = cell.memory_steps(params, xs)
+    batch = tuple(xs.shape[1:-1])
+    N = math.prod(batch)
+
+    def flat(a: jax.Array) -> jax.Array:  # (T, *batch, ...) -> (T, N, ...)
+        return a.reshape(T, N, *a.shape[1 + len(batch) :])
+
+    lam = flat(steps.log_decay)
+    iota = jnp.zeros_like(lam) if steps.log_input is None else flat(steps.log_input)
+    valid = None if masks is None else masks.valid
+    reset = None if masks is None else masks.reset
+    data = (
+        flat(steps.q),
+        flat(steps.k),
+        flat(steps.v),
+        lam,
+        iota,
+        jnp.ones((T, N), bool) if valid is None else valid.reshape(T, N),
+        None if reset is None else reset.reshape(T, N),
+    )
+
+    def memory(state: PyTree) -> tuple[Any, ...]:  # (*batch, ...) -> (N, ...)
+        return tuple(
+            None if a is None else a.reshape(N, *a.shape[len(batch) :])
+            for a in cell.memory_state(state)
+        )
+
+    carry = memory(h)
+    s0 = None if reset is None else memory(masks.state0)  # type: ignore[union-attr]
+    size = opts.chunk_size or chunk
+    run_chunks = functools.partial(_chunks, s0=s0, size=size, normalised=bool(cell.normalised))
+    if opts.reverse:
+        data = jax.tree.map(lambda a: jnp.flip(a, 0), data)
+    k = opts.truncate_every
+    if k is None or k >= T:
+        carry, read = run_chunks(carry, data)
+    else:
+
+        def block(carry: Any, d: Any, start: jax.Array) -> tuple[Any, jax.Array]:
+            carry = cut_at(carry, start, k, None if valid is None else first_step(d[5]))
+            return run_chunks(carry, d)
+
+        carry, read = in_blocks(block, carry, data, k, reverse=False)
+    if opts.reverse:
+        read = jnp.flip(read, 0)
+    read = read.reshape(T, *batch, *read.shape[2:])
+    state = (None if a is None else a.reshape(*batch, *a.shape[1:]) for a in carry)
+    return cell.cell_state(*state), cell.memory_readout(params, read, steps.aux)
+
+
+def _segment_sums(x: jax.Array) -> jax.Array:
+    """`out[..., a, b] = sum_{b < u <= a} x[..., u]` for `b < a` (0 elsewhere), each entry a
+    sum of its own terms (no difference of cumulative sums)."""
+    n = x.shape[-1]
+    xx = jnp.broadcast_to(x[..., :, None], (*x.shape, n))
+    below = jnp.broadcast_to(jnp.tri(n, k=-1, dtype=bool), xx.shape)
+    return jnp.cumsum(jnp.where(below, xx, 0), axis=-2)
+
+
+def _chunks(
+    carry: tuple[Any, ...], data: Any, *, s0: Any, size: int, normalised: bool
+) -> tuple[tuple[Any, ...], jax.Array]:
+    """Time-major steps `(q, k, v, log_decay, log_input, valid, reset)`, each `(Tb, N, ...)`,
+    from the memory `carry` `(S, n, m)` (leading `N`); returns the final memory and the
+    reads `(Tb, N, heads, d_v)`."""
+    q, k, v, lam, iota, valid, reset = data
+    Tb, L = q.shape[0], size
+    C = -(-Tb // L)
+    pad = C * L - Tb
+
+    def chunked(a: jax.Array, fill: Any) -> jax.Array:  # (Tb, N, ...) -> (N, C, L, ...)
+        if pad:
+            a = jnp.concatenate([a, jnp.full((pad, *a.shape[1:]), fill, a.dtype)])
+        a = jnp.moveaxis(a, 0, 1)
+        return a.reshape(a.shape[0], C, L, *a.shape[2:])
+
+    def heads_first(a: jax.Array) -> jax.Array:  # (N, C, L, heads, ...) -> (N, heads, C, L, ...)
+        return jnp.moveaxis(a, 3, 1)
+
+    valid = chunked(valid, False)  # (N, C, L)
+    live = valid[:, None]  # (N, 1, C, L): broadcast over heads
+    q, k, v = (heads_first(chunked(a, 0)) for a in (q, k, v))  # (N, heads, C, L, d)
+    k = jnp.where(live[..., None], k, 0)
+    v = jnp.where(live[..., None], v, 0)
+    lam = jnp.where(live, heads_first(chunked(lam, 0)), 0)  # (N, heads, C, L)
+    iota = heads_first(chunked(iota, 0))
+
+    t = jnp.broadcast_to(jnp.arange(L), valid.shape)  # each step's place in its chunk
+    if reset is None:
+        rho = jnp.zeros(valid.shape, jnp.int32)  # the first step of each row's segment
+        first_segment = None
+    else:
+        reset = chunked(reset, False)
+        rho = lax.cummax(jnp.where(reset, t, 0), axis=valid.ndim - 1)
+        first_segment = (jnp.cumsum(reset, axis=-1) == 0)[:, None]  # (N, 1, C, L)
+    sums = _segment_sums(jnp.concatenate([jnp.zeros_like(lam[..., :1]), lam], axis=-1))
+    Lam = sums[..., 1:, 1:]  # (N, heads, C, L, L)
+    rho_h = jnp.broadcast_to(rho[:, None], lam.shape)
+    E = jnp.take_along_axis(sums[..., 1:, :], rho_h[..., None], axis=-1)[..., 0]
+    pair = (t[:, None, :, :, None] >= t[:, None, :, None, :]) & live[..., None, :]
+    if reset is not None:
+        pair = pair & (rho[:, None, :, :, None] == rho[:, None, :, None, :])
+    ell = jnp.where(pair, Lam + iota[..., None, :], -jnp.inf)
+    qk = jnp.einsum("nhctk,nhcsk->nhcts", q, k)
+
+    def base(entering: Any, zero: Any) -> Any:
+        """Per row (both `(N, heads, C, L, ...)`): what the entering state gives in a chunk's
+        first segment, what `state0` gives after a reset."""
+        if first_segment is None:
+            return entering
+        mask = first_segment.reshape(*first_segment.shape, *(1,) * (entering.ndim - 4))
+        return jnp.where(mask, entering, zero)
+
+    def lasts(a: Any) -> Any:  # the last row of each chunk, chunks leading: (C, N, ...)
+        return None if a is None else jnp.moveaxis(a[..., -1], 2, 0)
+
+    resets_in = None if reset is None else jnp.moveaxis(reset.any(-1), 1, 0)  # (C, N)
+
+    if not normalised:
+        P = jnp.exp(ell)
+        U = jnp.einsum("nhcs,nhcsv,nhcsk->cnhvk", P[..., -1, :], v, k)
+
+        def plain_step(S: Any, inp: Any) -> tuple[Any, Any]:
+            U_c, g_c, r_c = inp
+            S_b = S[0] if r_c is None else jnp.where(r_c[:, None, None, None], s0[0], S[0])
+            return (jnp.exp(g_c)[..., None, None] * S_b + U_c, None, None), S[0]
+
+        carry, S_in = lax.scan(plain_step, carry, (U, lasts(E), resets_in))
+        S_in = jnp.moveaxis(S_in, 0, 2)  # (N, heads, C, d_v, d_k)
+        reads_in = jnp.einsum("nhctk,nhcvk->nhctv", q, S_in)
+        if s0 is not None:
+            reads_in = base(reads_in, jnp.einsum("nhctk,nhvk->nhctv", q, s0[0]))
+        read = jnp.einsum("nhcts,nhcsv->nhctv", P * qk, v) + jnp.exp(E)[..., None] * reads_in
+        return carry, _time_major(read, Tb)
+
+    # The stabilised (mLSTM) memory. Per row: the largest log weight of a write, `mu`; the
+    # first valid step of the row's segment, `first`, whose forget factor is capped where
+    # the base is empty (as the cell's first write).
+    mu = ell.max(axis=-1)
+    counts = jnp.cumsum(valid, axis=-1)
+    before = jnp.take_along_axis(jnp.pad(counts, [(0, 0), (0, 0), (1, 0)]), rho, axis=-1)
+    seen = counts - before  # valid steps of the row's segment so far
+    first = lax.cummax(jnp.where(valid & (seen == 1), t, 0), axis=valid.ndim - 1)
+    first_h = jnp.broadcast_to(first[:, None], lam.shape)
+    at_first = (
+        jnp.take_along_axis(lam, first_h, axis=-1),
+        jnp.take_along_axis(iota, first_h, axis=-1),
+        jnp.take_along_axis(Lam, first_h[..., None], axis=-1)[..., 0],
+    )
+    written = jnp.broadcast_to((seen >= 1)[:, None], lam.shape)
+    cap = 0.5 * math.log(float(jnp.finfo(lam.dtype).max))
+
+    def stabiliser(mu: Any, E: Any, m_b: Any, empty: Any, written: Any, at_first: Any) -> Any:
+        """`(m, beta)` of a row: its stabiliser and the factor of its base's memory."""
+        lam_f, iota_f, Lam_f = at_first
+        nu = jnp.where(empty, -jnp.inf, E + m_b)
+        m = jnp.where(jnp.isfinite(mu) | jnp.isfinite(nu), jnp.maximum(mu, nu), m_b)
+        capped = Lam_f + iota_f - m + jnp.minimum(lam_f + m_b - iota_f, cap)
+        return m, jnp.exp(jnp.where(empty & written, capped, E + m_b - m))
+
+    def is_empty(S: Any, n: Any) -> Any:
+        return (S == 0).all(axis=(-2, -1)) & (n == 0).all(axis=-1)
+
+    mu_last = lasts(mu)
+    scale = jnp.where(jnp.isfinite(mu), mu, 0)[..., -1:]  # weights of the last row, <= 1
+    W_last = jnp.exp(ell[..., -1, :] - scale)
+    U = jnp.einsum("nhcs,nhcsv,nhcsk->cnhvk", W_last, v, k)
+    u = jnp.einsum("nhcs,nhcsk->cnhk", W_last, k)
+    per_chunk = (U, u, mu_last, lasts(E), lasts(written), tuple(map(lasts, at_first)))
+
+    def normalised_step(memory: Any, inp: Any) -> tuple[Any, Any]:
+        U_c, u_c, mu_c, E_c, written_c, at_first_c, r_c = inp
+        S_b, n_b, m_b = memory
+        if r_c is not None:
+            S_b = jnp.where(r_c[:, None, None, None], s0[0], S_b)
+            n_b = jnp.where(r_c[:, None, None], s0[1], n_b)
+            m_b = jnp.where(r_c[:, None], s0[2], m_b)
+        empty = is_empty(S_b, n_b)
+        m, beta = stabiliser(mu_c, E_c, m_b, empty, written_c, at_first_c)
+        w = jnp.exp(jnp.where(jnp.isfinite(mu_c), mu_c - m, -jnp.inf))
+        S = beta[..., None, None] * S_b + w[..., None, None] * U_c
+        n = beta[..., None] * n_b + w[..., None] * u_c
+        return (S, n, m), memory
+
+    carry, entering = lax.scan(normalised_step, carry, (*per_chunk, resets_in))
+    S_in, n_in, m_in = (jnp.moveaxis(a, 0, 2) for a in entering)  # (N, heads, C, ...)
+    read_S = jnp.einsum("nhctk,nhcvk->nhctv", q, S_in)
+    read_n = jnp.einsum("nhctk,nhck->nhct", q, n_in)
+    m_b = jnp.broadcast_to(m_in[..., None], lam.shape)
+    empty = jnp.broadcast_to(is_empty(S_in, n_in)[..., None], lam.shape)
+    if s0 is not None:
+        S0, n0, m0 = s0
+        read_S = base(read_S, jnp.einsum("nhctk,nhvk->nhctv", q, S0))
+        read_n = base(read_n, jnp.einsum("nhctk,nhk->nhct", q, n0))
+        m_b = base(m_b, jnp.broadcast_to(m0[:, :, None, None], lam.shape))
+        empty = base(empty, jnp.broadcast_to(is_empty(S0, n0)[:, :, None, None], lam.shape))
+    m, beta = stabiliser(mu, E, m_b, empty, written, at_first)
+    Wqk = jnp.exp(ell - m[..., None]) * qk
+    num = jnp.einsum("nhcts,nhcsv->nhctv", Wqk, v) + beta[..., None] * read_S
+    den = jnp.abs(Wqk.sum(axis=-1) + beta * read_n)
+    # As the cell: exp(-m) capped at e^80, and no output where the denominator is 0.
+    den = jnp.maximum(den, jnp.exp(jnp.minimum(-m, 80.0)))
+    den = jnp.where(den > 0, den, jnp.inf)
+    # A row past a sequence's end (or the chunks' padding) is dropped: 1, not a denominator
+    # that may underflow when squared in the gradient (0 * inf).
+    den = jnp.where(live, den, 1)
+    return carry, _time_major(num / den[..., None], Tb)
+
+
+def _time_major(read: jax.Array, Tb: int) -> jax.Array:
+    """`(N, heads, C, L, d_v)` to `(Tb, N, heads, d_v)`, the padding dropped."""
+    N, heads, C, L, d = read.shape
+    read = read.reshape(N, heads, C * L, d)[:, :, :Tb]
+    return jnp.transpose(read, (2, 0, 1, 3))
+
+
+def _not_matrix_memory(cell: object, opts: object) -> str | None:
+    if is_matrix_memory(cell):
+        return None
+    return (
+        "needs a cell with a matrix memory (a MatrixMemory: MLSTMCell), or a chain with one; "
+        "this cell has none. Use strategy='auto' or 'sequential'."
+    )
+
+
+CHUNKWISE = Strategy("chunkwise", run, _not_matrix_memory, forward_mode=True)
