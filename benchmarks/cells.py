@@ -8,13 +8,16 @@ and the evidence for `auto`'s rule for the cells linear in their state.
 
 Configs: every cell at B=32, T=128 (in = H = 256, 4 heads where a cell has heads) and at B=4,
 T=4096 (in = H = 64; not LayerNormLSTMCell, whose gradients overflow there); then the cells
-linear in their state alone at B=4 T=256, B=32 T=256 and B=32 T=4096 (H = 64). The linear
+linear in their state alone at B=4 T=256, B=32 T=256 and B=32 T=4096 (H = 64); then mLSTM
+alone at B=4 T=4096 H=256 (4 heads), where its chunkwise strategy is compared with the
+sequential one. The linear
 cells' jobs (all five configs) are the evidence that `auto`'s rule for them
-(`_scan/policy.py`, `hoisted_pays`) rests on; the other cells of the first two configs run
-as jobs of their own. `rj.scan` is timed on the forward pass and
-on the gradient of `sum(y**2)` w.r.t. the params, jitted, for the sequential strategy and,
-for the linear cells, the hoisted, chunked and associative ones (the last two not in the
-last three configs) and `auto`; the LSTM's default (fused) row is a yardstick. References
+(`_scan/policy.py`, `hoisted_picks`) rests on; the other cells of the first two configs run
+as jobs of their own. `rj.scan` is timed on the forward pass and on the gradient of
+`sum(y**2)` w.r.t. the params, jitted, for the sequential strategy and, for the linear
+cells, the hoisted, chunked and associative ones (the last two not in the three configs of
+the rule) and `auto`, for mLSTM the chunkwise one and `auto`; the LSTM's default (fused)
+row is a yardstick. References
 that run here: torch's `nn.LSTM(proj_size=...)` for `ProjLSTMCell` (same weights through
 `recurjax.interop`), and with `--recurrentgemma-python` (a Python that has
 `recurrentgemma`, which pins numpy < 2.4: see `tests/fixtures/make_reference_fixtures.py`)
@@ -76,7 +79,7 @@ from rnn import (  # the main benchmark's
     torch_impl,
 )
 
-EVERY, LINEAR, OTHER = "every cell", "linear cells", "other cells"
+EVERY, LINEAR, OTHER, MATRIX = "every cell", "linear cells", "other cells", "matrix memories"
 
 
 def _job(
@@ -111,6 +114,7 @@ JOBS = [
     _job(4, 256, 64, LINEAR, grid=True),
     _job(32, 256, 64, LINEAR, grid=True),
     _job(32, 4096, 64, LINEAR, grid=True),
+    _job(4, 4096, 256, MATRIX),  # the chunkwise strategy's config (4 heads of d = 64)
 ]
 QUICK = [{**_job(4, 16, 16, EVERY), "name": "quick B=4 T=16 in=H=16", "policy": True}]
 ROUNDS, BURST = 5, 2
@@ -137,7 +141,13 @@ def other_cells(F: int, H: int) -> dict[str, Any]:
     }
 
 
+def matrix_cells(F: int, H: int) -> dict[str, Any]:
+    return {"MLSTMCell (4 heads)": rj.MLSTMCell(F, H, num_heads=4)}
+
+
 def strategies(cell: Any, grid: bool) -> tuple[str, ...]:
+    if isinstance(cell, rj.MLSTMCell):
+        return ("sequential", "chunkwise", "auto")
     if isinstance(cell, rj.LinearCell):
         parallel = () if grid else ("chunked", "associative")
         return ("sequential", "hoisted", *parallel, "auto")
@@ -203,6 +213,7 @@ def build(job: dict[str, Any], seed: int) -> tuple[list[Impl], dict[str, Referen
             EVERY: {**other_cells(H, H), **linear_cells(H, H)},  # the LSTM's yardstick first
             LINEAR: linear_cells(H, H),
             OTHER: other_cells(H, H),
+            MATRIX: matrix_cells(H, H),
         }[job["cells"]]
         chosen = {k: v for k, v in chosen.items() if k not in job["skip"]}
     refs, builders = {}, []

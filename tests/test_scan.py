@@ -271,8 +271,8 @@ SLOW_GRID = sorted(
         )
         + _cases(LINEAR_NAMES, LINEAR_STRATEGIES, EVERYTHING)
         + _cases(["lstm", "gru", "user_fn"], ["auto", "sequential"], EVERYTHING)
-        + _cases(["mlstm"], ["chunkwise"], [*SCAN_OPTIONS, *EVERYTHING, *CHUNK_OPTIONS])
-        + _cases(["mlstm"], ["chunkwise"], CHUNK_OPTIONS, [(), (2, 3)], jit=False)
+        + _cases(["mlstm"], ["chunkwise"], ["reverse", "trunc3", *EVERYTHING, *CHUNK_OPTIONS])
+        + _cases(["mlstm"], ["chunkwise"], ["chunk2-everything"], [(), (2, 3)], jit=False)
     )
     - set(GRID),
     key=str,

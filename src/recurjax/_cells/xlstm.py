@@ -209,8 +209,9 @@ class MLSTMCell(_XLSTMCell):
     zero state) starts a head's stabiliser at `m' = i~`, as sLSTM does (tested: equal to the
     unstabilised equations where those are finite; values and gradients finite for inputs at
     every scale from 1e-3 to 1e5). This is the recurrent form,
-    one step at a time, for streaming and the sequential strategy; the paper's parallel
-    training form is not implemented.
+    one step at a time, for streaming and the sequential strategy; over a sequence,
+    `strategy="chunkwise"` computes the same in chunks of matrix products (a
+    `MatrixMemory`: `memory_steps`, `memory_state`, `cell_state`, `memory_readout`).
 
     Checked against the `xlstm` package's recurrent-step and parallel mLSTM functions (to
     1e-10 in float64 with their `eps=0`; `tests/test_references.py`). xlstm stores the
