@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import recurjax as rj
-from recurjax._contracts import is_matrix_memory
+from recurjax._contracts import MemorySteps, is_matrix_memory
 from recurjax._scan import run as run_stage
 
 IN, H = 3, 4
@@ -92,6 +92,60 @@ MINGRU = library_case("mingru", rj.MinGRUCell(IN, H))
 MINLSTM = library_case("minlstm", rj.MinLSTMCell(IN, H))
 LRU = library_case("lru", rj.LRUCell(IN, H), out=IN)  # y = Re(h C) + D x: width IN
 LINEAR = [MINGRU, MINLSTM, LRU]
+
+
+@dataclasses.dataclass(frozen=True)
+class GatedMemory:
+    """A user's matrix memory, not normalised (the chunkwise strategy's plain path): per
+    head, `S' = sigmoid(x wg + bg) S + v k^T` and `y = S' q`, with `q, k, v = x wq, x wk,
+    x wv`, heads flattened in the state and the output."""
+
+    in_features: int
+    heads: int = 2
+    d: int = 2
+    matrix_memory: ClassVar[bool] = True
+    normalised: ClassVar[bool] = False
+
+    def init(self, key: jax.Array, dtype: Any = jnp.float32) -> dict[str, jax.Array]:
+        kq, kk, kv, kg = jax.random.split(key, 4)
+        width = self.heads * self.d
+        draw = lambda k, n: jax.random.normal(k, (self.in_features, n), dtype)  # noqa: E731
+        zeros = jnp.zeros((self.heads,), dtype)
+        return {"wq": draw(kq, width), "wk": draw(kk, width), "wv": draw(kv, width),
+                "wg": draw(kg, self.heads), "bg": zeros}  # fmt: skip
+
+    def initial_state(self, params: dict[str, jax.Array]) -> jax.Array:
+        return jnp.zeros((self.heads * self.d * self.d,), params["wq"].dtype)
+
+    def memory_steps(self, params: dict[str, jax.Array], xs: jax.Array) -> MemorySteps:
+        lead = tuple(xs.shape[:-1])
+        q, k, v = ((xs @ params[w]).reshape(*lead, self.heads, self.d) for w in ("wq", "wk", "wv"))
+        gate = xs @ params["wg"]
+        log_a = jax.nn.log_sigmoid(gate + jnp.broadcast_to(params["bg"], gate.shape))
+        return MemorySteps(q, k, v, log_a, None, None)
+
+    def memory_state(self, h: jax.Array) -> tuple[jax.Array, None, None]:
+        return h.reshape(*h.shape[:-1], self.heads, self.d, self.d), None, None
+
+    def cell_state(self, S: jax.Array, n: Any, m: Any) -> jax.Array:
+        return S.reshape(*S.shape[:-3], -1)
+
+    def memory_readout(self, params: Any, read: jax.Array, aux: Any) -> jax.Array:
+        return read.reshape(*read.shape[:-2], -1)
+
+    def __call__(
+        self, params: dict[str, jax.Array], h: jax.Array, x: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        q, k, v, log_a = (a[0] for a in self.memory_steps(params, x[None])[:4])
+        batch = tuple(x.shape[:-1])
+        S = jnp.broadcast_to(self.memory_state(h)[0], (*batch, self.heads, self.d, self.d))
+        S = jnp.exp(log_a)[..., None, None] * S + v[..., :, None] * k[..., None, :]
+        y = jnp.einsum("...vk,...k->...v", S, q)
+        return self.cell_state(S, None, None), self.memory_readout(params, y, None)
+
+
+# A matrix memory of the user's (GatedMemory): outside CASES, in the oracle grid.
+MEMORY = library_case("memory", GatedMemory(IN))
 RECURRENT = [c for c in CASES if c.name != "dense"]
 
 

@@ -25,6 +25,7 @@ from cases import (
     KERNEL,
     LINEAR,
     LINEAR_STRATEGIES,
+    MEMORY,
     RECURRENT,
     Case,
     everyday,
@@ -42,7 +43,7 @@ T, B = 7, 3  # 7 = 2 * 3 + 1: truncation every 3 steps leaves a tail step
 # remat vs none, lengths and resets vs the per-sequence loop), for every case.
 OUT_TOL = {"rtol": 1e-5, "atol": 1e-6}
 GRAD_TOL = {"rtol": 1e-5, "atol": 1e-5}
-BY_NAME = {c.name: c for c in [*CASES, *LINEAR]}
+BY_NAME = {c.name: c for c in [*CASES, *LINEAR, MEMORY]}
 
 
 def _data(case: Case, batch: tuple[int, ...], seed: int = 0):
@@ -234,6 +235,7 @@ GRID = sorted(
         + _cases(["user_fn"], ["auto"], ["resets-trunc2-remat4-rev"])
         + _cases(["mlstm"], ["chunkwise"], ["chunk3-lengths-resets-rev"], [(6,)])
         + _cases(["mlstm"], ["chunkwise"], ["chunk2-trunc5-resets"])
+        + _cases(["memory"], ["chunkwise"], ["chunk2-everything"], [(6,)])
     ),
     key=str,
 )
@@ -273,6 +275,7 @@ SLOW_GRID = sorted(
         + _cases(["lstm", "gru", "user_fn"], ["auto", "sequential"], EVERYTHING)
         + _cases(["mlstm"], ["chunkwise"], ["reverse", "trunc3", *EVERYTHING, *CHUNK_OPTIONS])
         + _cases(["mlstm"], ["chunkwise"], ["chunk2-everything"], [(), (2, 3)], jit=False)
+        + _cases(["memory"], ["chunkwise", "sequential"], ["reverse", *CHUNK_OPTIONS])
     )
     - set(GRID),
     key=str,
