@@ -23,9 +23,8 @@ and what the state represents (`C e^m`, `n e^m`) are the same there.
 
 from __future__ import annotations
 
-import functools
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -87,7 +86,11 @@ def run(
     carry = memory(h)
     s0 = None if reset is None else memory(masks.state0)  # type: ignore[union-attr]
     size = opts.chunk_size or chunk
-    run_chunks = functools.partial(_chunks, s0=s0, size=size, normalised=bool(cell.normalised))
+    memory_kind = _normalised if cell.normalised else _plain
+
+    def run_chunks(carry: Any, data: Any) -> tuple[Any, jax.Array]:
+        return memory_kind(_in_chunks(data, size), carry, s0)
+
     if opts.reverse:
         data = jax.tree.map(lambda a: jnp.flip(a, 0), data)
     k = opts.truncate_every
@@ -116,12 +119,49 @@ def _segment_sums(x: jax.Array) -> jax.Array:
     return jnp.cumsum(jnp.where(below, xx, 0), axis=-2)
 
 
-def _chunks(
-    carry: tuple[Any, ...], data: Any, *, s0: Any, size: int, normalised: bool
-) -> tuple[tuple[Any, ...], jax.Array]:
+class _Chunks(NamedTuple):
+    """One run's steps in chunks, per head: `(N, heads, C, L, ...)` (masks `(N, C, L)`)."""
+
+    q: jax.Array
+    k: jax.Array  # zero at padded steps, as `v`
+    v: jax.Array
+    lam: jax.Array  # log-decays, 0 at padded steps
+    iota: jax.Array  # log input gates
+    valid: jax.Array  # (N, C, L)
+    reset: jax.Array | None  # (N, C, L)
+    start: jax.Array  # (N, C, L): the first step of each row's segment in its chunk
+    Lam: jax.Array  # (N, heads, C, L, L): log-decay from column s to row t
+    E: jax.Array  # (N, heads, C, L): log-decay of the row's base
+    ell: jax.Array  # (N, heads, C, L, L): log weight of each write read by each row, or -inf
+    qk: jax.Array  # (N, heads, C, L, L)
+    steps: int  # the steps before the padding
+
+    @property
+    def live(self) -> jax.Array:  # (N, 1, C, L): broadcast over heads
+        return self.valid[:, None]
+
+    def base(self, entering: jax.Array, zero: jax.Array) -> jax.Array:
+        """Per row (both `(N, heads, C, L, ...)`): what the entering state gives in a
+        chunk's first segment, what `state0` gives after a reset."""
+        if self.reset is None:
+            return entering
+        first = (jnp.cumsum(self.reset, axis=-1) == 0)[:, None]
+        return jnp.where(first.reshape(*first.shape, *(1,) * (entering.ndim - 4)), entering, zero)
+
+    def resets_in(self) -> jax.Array | None:
+        """Whether each chunk has a reset, chunks leading: `(C, N)`."""
+        return None if self.reset is None else jnp.moveaxis(self.reset.any(-1), 1, 0)
+
+
+def _lasts(a: jax.Array) -> jax.Array:
+    """The last row of each chunk, chunks leading: `(N, heads, C, L, ...)` to `(C, N, heads,
+    ...)`."""
+    return jnp.moveaxis(a[..., -1], 2, 0)
+
+
+def _in_chunks(data: Any, size: int) -> _Chunks:
     """Time-major steps `(q, k, v, log_decay, log_input, valid, reset)`, each `(Tb, N, ...)`,
-    from the memory `carry` `(S, n, m)` (leading `N`); returns the final memory and the
-    reads `(Tb, N, heads, d_v)`."""
+    in chunks of `size`, the last one padded with invalid steps."""
     q, k, v, lam, iota, valid, reset = data
     Tb, L = q.shape[0], size
     C = -(-Tb // L)
@@ -136,134 +176,125 @@ def _chunks(
     def heads_first(a: jax.Array) -> jax.Array:  # (N, C, L, heads, ...) -> (N, heads, C, L, ...)
         return jnp.moveaxis(a, 3, 1)
 
-    valid = chunked(valid, False)  # (N, C, L)
-    live = valid[:, None]  # (N, 1, C, L): broadcast over heads
-    q, k, v = (heads_first(chunked(a, 0)) for a in (q, k, v))  # (N, heads, C, L, d)
+    valid = chunked(valid, False)
+    live = valid[:, None]
+    q, k, v = (heads_first(chunked(a, 0)) for a in (q, k, v))
     k = jnp.where(live[..., None], k, 0)
     v = jnp.where(live[..., None], v, 0)
-    lam = jnp.where(live, heads_first(chunked(lam, 0)), 0)  # (N, heads, C, L)
+    lam = jnp.where(live, heads_first(chunked(lam, 0)), 0)
     iota = heads_first(chunked(iota, 0))
-
     t = jnp.broadcast_to(jnp.arange(L), valid.shape)  # each step's place in its chunk
     if reset is None:
-        rho = jnp.zeros(valid.shape, jnp.int32)  # the first step of each row's segment
-        first_segment = None
+        start = jnp.zeros(valid.shape, jnp.int32)
     else:
         reset = chunked(reset, False)
-        rho = lax.cummax(jnp.where(reset, t, 0), axis=valid.ndim - 1)
-        first_segment = (jnp.cumsum(reset, axis=-1) == 0)[:, None]  # (N, 1, C, L)
+        start = lax.cummax(jnp.where(reset, t, 0), axis=valid.ndim - 1)
     sums = _segment_sums(jnp.concatenate([jnp.zeros_like(lam[..., :1]), lam], axis=-1))
-    Lam = sums[..., 1:, 1:]  # (N, heads, C, L, L)
-    rho_h = jnp.broadcast_to(rho[:, None], lam.shape)
-    E = jnp.take_along_axis(sums[..., 1:, :], rho_h[..., None], axis=-1)[..., 0]
+    start_h = jnp.broadcast_to(start[:, None], lam.shape)
+    E = jnp.take_along_axis(sums[..., 1:, :], start_h[..., None], axis=-1)[..., 0]
+    Lam = sums[..., 1:, 1:]
     pair = (t[:, None, :, :, None] >= t[:, None, :, None, :]) & live[..., None, :]
-    if reset is not None:
-        pair = pair & (rho[:, None, :, :, None] == rho[:, None, :, None, :])
+    if reset is not None:  # the same segment: no reset between column and row
+        pair = pair & (start[:, None, :, :, None] == start[:, None, :, None, :])
     ell = jnp.where(pair, Lam + iota[..., None, :], -jnp.inf)
     qk = jnp.einsum("nhctk,nhcsk->nhcts", q, k)
+    return _Chunks(q, k, v, lam, iota, valid, reset, start, Lam, E, ell, qk, Tb)
 
-    def base(entering: Any, zero: Any) -> Any:
-        """Per row (both `(N, heads, C, L, ...)`): what the entering state gives in a chunk's
-        first segment, what `state0` gives after a reset."""
-        if first_segment is None:
-            return entering
-        mask = first_segment.reshape(*first_segment.shape, *(1,) * (entering.ndim - 4))
-        return jnp.where(mask, entering, zero)
 
-    def lasts(a: Any) -> Any:  # the last row of each chunk, chunks leading: (C, N, ...)
-        return None if a is None else jnp.moveaxis(a[..., -1], 2, 0)
+def _plain(ch: _Chunks, carry: tuple[Any, ...], s0: Any) -> tuple[tuple[Any, ...], jax.Array]:
+    """A memory without a normaliser: `read_t = sum_s exp(ell[t, s]) (q_t . k_s) v_s +
+    exp(E_t) base_t q_t`, every weight at most 1."""
+    P = jnp.exp(ch.ell)
+    U = jnp.einsum("nhcs,nhcsv,nhcsk->cnhvk", P[..., -1, :], ch.v, ch.k)
 
-    resets_in = None if reset is None else jnp.moveaxis(reset.any(-1), 1, 0)  # (C, N)
+    def step(S: Any, inp: Any) -> tuple[Any, Any]:
+        U_c, g_c, r_c = inp
+        S_b = S[0] if r_c is None else jnp.where(r_c[:, None, None, None], s0[0], S[0])
+        return (jnp.exp(g_c)[..., None, None] * S_b + U_c, None, None), S[0]
 
-    if not normalised:
-        P = jnp.exp(ell)
-        U = jnp.einsum("nhcs,nhcsv,nhcsk->cnhvk", P[..., -1, :], v, k)
+    carry, S_in = lax.scan(step, carry, (U, _lasts(ch.E), ch.resets_in()))
+    S_in = jnp.moveaxis(S_in, 0, 2)  # (N, heads, C, d_v, d_k)
+    reads = jnp.einsum("nhctk,nhcvk->nhctv", ch.q, S_in)
+    if s0 is not None:
+        reads = ch.base(reads, jnp.einsum("nhctk,nhvk->nhctv", ch.q, s0[0]))
+    read = jnp.einsum("nhcts,nhcsv->nhctv", P * ch.qk, ch.v) + jnp.exp(ch.E)[..., None] * reads
+    return carry, _time_major(read, ch.steps)
 
-        def plain_step(S: Any, inp: Any) -> tuple[Any, Any]:
-            U_c, g_c, r_c = inp
-            S_b = S[0] if r_c is None else jnp.where(r_c[:, None, None, None], s0[0], S[0])
-            return (jnp.exp(g_c)[..., None, None] * S_b + U_c, None, None), S[0]
 
-        carry, S_in = lax.scan(plain_step, carry, (U, lasts(E), resets_in))
-        S_in = jnp.moveaxis(S_in, 0, 2)  # (N, heads, C, d_v, d_k)
-        reads_in = jnp.einsum("nhctk,nhcvk->nhctv", q, S_in)
-        if s0 is not None:
-            reads_in = base(reads_in, jnp.einsum("nhctk,nhvk->nhctv", q, s0[0]))
-        read = jnp.einsum("nhcts,nhcsv->nhctv", P * qk, v) + jnp.exp(E)[..., None] * reads_in
-        return carry, _time_major(read, Tb)
+def _empty(S: jax.Array, n: jax.Array) -> jax.Array:
+    """Whether a memory holds nothing (the cell's test): `C = 0` and `n = 0`, per head."""
+    return (S == 0).all(axis=(-2, -1)) & (n == 0).all(axis=-1)
 
-    # The stabilised (mLSTM) memory. Per row: the largest log weight of a write, `mu`; the
-    # first valid step of the row's segment, `first`, whose forget factor is capped where
-    # the base is empty (as the cell's first write).
+
+def _normalised(ch: _Chunks, carry: tuple[Any, ...], s0: Any) -> tuple[tuple[Any, ...], jax.Array]:
+    """The stabilised (mLSTM) memory. Per row: `mu`, the largest log weight of a write; the
+    first valid step of the row's segment (`at_first`), whose forget factor the cell caps
+    where the base is empty; the row's stabiliser `m` and the factor `beta` of its base."""
+    lam, Lam, E, ell = ch.lam, ch.Lam, ch.E, ch.ell
     mu = ell.max(axis=-1)
-    counts = jnp.cumsum(valid, axis=-1)
-    before = jnp.take_along_axis(jnp.pad(counts, [(0, 0), (0, 0), (1, 0)]), rho, axis=-1)
+    counts = jnp.cumsum(ch.valid, axis=-1)
+    before = jnp.take_along_axis(jnp.pad(counts, [(0, 0), (0, 0), (1, 0)]), ch.start, axis=-1)
     seen = counts - before  # valid steps of the row's segment so far
-    first = lax.cummax(jnp.where(valid & (seen == 1), t, 0), axis=valid.ndim - 1)
+    t = jnp.broadcast_to(jnp.arange(ch.valid.shape[-1]), ch.valid.shape)
+    first = lax.cummax(jnp.where(ch.valid & (seen == 1), t, 0), axis=ch.valid.ndim - 1)
     first_h = jnp.broadcast_to(first[:, None], lam.shape)
     at_first = (
         jnp.take_along_axis(lam, first_h, axis=-1),
-        jnp.take_along_axis(iota, first_h, axis=-1),
+        jnp.take_along_axis(ch.iota, first_h, axis=-1),
         jnp.take_along_axis(Lam, first_h[..., None], axis=-1)[..., 0],
     )
     written = jnp.broadcast_to((seen >= 1)[:, None], lam.shape)
     cap = 0.5 * math.log(float(jnp.finfo(lam.dtype).max))
 
     def stabiliser(mu: Any, E: Any, m_b: Any, empty: Any, written: Any, at_first: Any) -> Any:
-        """`(m, beta)` of a row: its stabiliser and the factor of its base's memory."""
         lam_f, iota_f, Lam_f = at_first
         nu = jnp.where(empty, -jnp.inf, E + m_b)
         m = jnp.where(jnp.isfinite(mu) | jnp.isfinite(nu), jnp.maximum(mu, nu), m_b)
         capped = Lam_f + iota_f - m + jnp.minimum(lam_f + m_b - iota_f, cap)
         return m, jnp.exp(jnp.where(empty & written, capped, E + m_b - m))
 
-    def is_empty(S: Any, n: Any) -> Any:
-        return (S == 0).all(axis=(-2, -1)) & (n == 0).all(axis=-1)
-
-    mu_last = lasts(mu)
     scale = jnp.where(jnp.isfinite(mu), mu, 0)[..., -1:]  # weights of the last row, <= 1
     W_last = jnp.exp(ell[..., -1, :] - scale)
-    U = jnp.einsum("nhcs,nhcsv,nhcsk->cnhvk", W_last, v, k)
-    u = jnp.einsum("nhcs,nhcsk->cnhk", W_last, k)
-    per_chunk = (U, u, mu_last, lasts(E), lasts(written), tuple(map(lasts, at_first)))
+    U = jnp.einsum("nhcs,nhcsv,nhcsk->cnhvk", W_last, ch.v, ch.k)
+    u = jnp.einsum("nhcs,nhcsk->cnhk", W_last, ch.k)
+    per_chunk = (U, u, _lasts(mu), _lasts(E), _lasts(written), tuple(map(_lasts, at_first)))
 
-    def normalised_step(memory: Any, inp: Any) -> tuple[Any, Any]:
+    def step(memory: Any, inp: Any) -> tuple[Any, Any]:
         U_c, u_c, mu_c, E_c, written_c, at_first_c, r_c = inp
         S_b, n_b, m_b = memory
         if r_c is not None:
             S_b = jnp.where(r_c[:, None, None, None], s0[0], S_b)
             n_b = jnp.where(r_c[:, None, None], s0[1], n_b)
             m_b = jnp.where(r_c[:, None], s0[2], m_b)
-        empty = is_empty(S_b, n_b)
-        m, beta = stabiliser(mu_c, E_c, m_b, empty, written_c, at_first_c)
+        m, beta = stabiliser(mu_c, E_c, m_b, _empty(S_b, n_b), written_c, at_first_c)
         w = jnp.exp(jnp.where(jnp.isfinite(mu_c), mu_c - m, -jnp.inf))
         S = beta[..., None, None] * S_b + w[..., None, None] * U_c
         n = beta[..., None] * n_b + w[..., None] * u_c
         return (S, n, m), memory
 
-    carry, entering = lax.scan(normalised_step, carry, (*per_chunk, resets_in))
+    carry, entering = lax.scan(step, carry, (*per_chunk, ch.resets_in()))
     S_in, n_in, m_in = (jnp.moveaxis(a, 0, 2) for a in entering)  # (N, heads, C, ...)
-    read_S = jnp.einsum("nhctk,nhcvk->nhctv", q, S_in)
-    read_n = jnp.einsum("nhctk,nhck->nhct", q, n_in)
+    read_S = jnp.einsum("nhctk,nhcvk->nhctv", ch.q, S_in)
+    read_n = jnp.einsum("nhctk,nhck->nhct", ch.q, n_in)
     m_b = jnp.broadcast_to(m_in[..., None], lam.shape)
-    empty = jnp.broadcast_to(is_empty(S_in, n_in)[..., None], lam.shape)
+    empty = jnp.broadcast_to(_empty(S_in, n_in)[..., None], lam.shape)
     if s0 is not None:
         S0, n0, m0 = s0
-        read_S = base(read_S, jnp.einsum("nhctk,nhvk->nhctv", q, S0))
-        read_n = base(read_n, jnp.einsum("nhctk,nhk->nhct", q, n0))
-        m_b = base(m_b, jnp.broadcast_to(m0[:, :, None, None], lam.shape))
-        empty = base(empty, jnp.broadcast_to(is_empty(S0, n0)[:, :, None, None], lam.shape))
+        read_S = ch.base(read_S, jnp.einsum("nhctk,nhvk->nhctv", ch.q, S0))
+        read_n = ch.base(read_n, jnp.einsum("nhctk,nhk->nhct", ch.q, n0))
+        m_b = ch.base(m_b, jnp.broadcast_to(m0[:, :, None, None], lam.shape))
+        empty = ch.base(empty, jnp.broadcast_to(_empty(S0, n0)[:, :, None, None], lam.shape))
     m, beta = stabiliser(mu, E, m_b, empty, written, at_first)
-    Wqk = jnp.exp(ell - m[..., None]) * qk
-    num = jnp.einsum("nhcts,nhcsv->nhctv", Wqk, v) + beta[..., None] * read_S
+    Wqk = jnp.exp(ell - m[..., None]) * ch.qk
+    num = jnp.einsum("nhcts,nhcsv->nhctv", Wqk, ch.v) + beta[..., None] * read_S
     den = jnp.abs(Wqk.sum(axis=-1) + beta * read_n)
     # As the cell: exp(-m) capped at e^80, and no output where the denominator is 0.
     den = jnp.maximum(den, jnp.exp(jnp.minimum(-m, 80.0)))
     den = jnp.where(den > 0, den, jnp.inf)
     # A row past a sequence's end (or the chunks' padding) is dropped: 1, not a denominator
     # that may underflow when squared in the gradient (0 * inf).
-    den = jnp.where(live, den, 1)
-    return carry, _time_major(num / den[..., None], Tb)
+    den = jnp.where(ch.live, den, 1)
+    return carry, _time_major(num / den[..., None], ch.steps)
 
 
 def _time_major(read: jax.Array, Tb: int) -> jax.Array:
