@@ -41,12 +41,12 @@ def test_complex_inputs_to_real_cells_raise_naming_the_dtype_and_the_fix():
 # benchmarks/RESULTS.md, per benchmarked config (cell, B, H): the strategy that `auto` must
 # run, the fastest there or within the A/A noise of the fastest, in fwd and f+b alike.
 MEASURED = {
-    ("lstm", 32, 256): "fused",  # fused 15.3 / 57.8 ms, sequential 17.0 / 68.8
-    ("lstm", 1, 128): "fused",  # 2.94 / 7.79 against 3.31 / 10.76
-    ("lstm", 128, 512): "fused",  # a tie: 70.9 / 277 against 68.7 / 290
-    ("gru", 32, 256): "fused",  # a tie: 9.87 / 49.0 against 10.5 / 48.8
-    ("gru", 1, 128): "fused",  # 2.21 / 6.90 against 2.31 / 7.97
-    ("gru", 128, 512): "sequential",  # fused 56.5 / 228 against 50.8 / 206
+    ("lstm", 32, 256): "fused",  # fused 23.8 / 92.6 ms, sequential 26.7 / 102.7
+    ("lstm", 1, 128): "fused",  # 3.66 / 10.6 against 4.10 / 14.8
+    ("lstm", 128, 512): "fused",  # 157 / 540 against 162 / 620
+    ("gru", 32, 256): "fused",  # a tie: 20.3 / 73.2 against 19.8 / 72.1
+    ("gru", 1, 128): "fused",  # 2.72 / 8.90 against 2.72 / 9.88
+    ("gru", 128, 512): "sequential",  # fused 121 / 403 against 111 / 390
 }
 
 
