@@ -234,7 +234,6 @@ GRID = sorted(
         + _cases(["lstm"], ["auto"], ["lengths-resets-remat-rev"])
         + _cases(["user_fn"], ["auto"], ["resets-trunc2-remat4-rev"])
         + _cases(["mlstm"], ["chunkwise"], ["chunk3-lengths-resets-rev"], [(6,)])
-        + _cases(["mlstm"], ["chunkwise"], ["chunk2-trunc5-resets"])
         + _cases(["memory"], ["chunkwise"], ["chunk2-everything"], [(6,)])
     ),
     key=str,
