@@ -272,8 +272,7 @@ SLOW_GRID = sorted(
         )
         + _cases(LINEAR_NAMES, LINEAR_STRATEGIES, EVERYTHING)
         + _cases(["lstm", "gru", "user_fn"], ["auto", "sequential"], EVERYTHING)
-        + _cases(["mlstm"], ["chunkwise"], [*EVERYTHING, *CHUNK_OPTIONS])
-        + _cases(["mlstm"], ["chunkwise"], ["chunk2-everything"], [(2, 3)], jit=False)
+        + _cases(["mlstm"], ["chunkwise"], CHUNK_OPTIONS)
         + _cases(["memory"], ["chunkwise"], CHUNK_OPTIONS)
     )
     - set(GRID),
