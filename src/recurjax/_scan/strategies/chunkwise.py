@@ -130,6 +130,8 @@ class _Chunks(NamedTuple):
     valid: jax.Array  # (N, C, L)
     reset: jax.Array | None  # (N, C, L)
     start: jax.Array  # (N, C, L): the first step of each row's segment in its chunk
+    place: jax.Array  # (N, C, L): each step's place in its chunk
+    first_segment: jax.Array | None  # (N, 1, C, L): the row reads the entering state
     Lam: jax.Array  # (N, heads, C, L, L): log-decay from column s to row t
     E: jax.Array  # (N, heads, C, L): log-decay of the row's base
     ell: jax.Array  # (N, heads, C, L, L): log weight of each write read by each row, or -inf
@@ -143,9 +145,9 @@ class _Chunks(NamedTuple):
     def base(self, entering: jax.Array, zero: jax.Array) -> jax.Array:
         """Per row (both `(N, heads, C, L, ...)`): what the entering state gives in a
         chunk's first segment, what `state0` gives after a reset."""
-        if self.reset is None:
+        first = self.first_segment
+        if first is None:
             return entering
-        first = (jnp.cumsum(self.reset, axis=-1) == 0)[:, None]
         return jnp.where(first.reshape(*first.shape, *(1,) * (entering.ndim - 4)), entering, zero)
 
     def resets_in(self) -> jax.Array | None:
@@ -185,10 +187,11 @@ def _in_chunks(data: Any, size: int) -> _Chunks:
     iota = heads_first(chunked(iota, 0))
     t = jnp.broadcast_to(jnp.arange(L), valid.shape)  # each step's place in its chunk
     if reset is None:
-        start = jnp.zeros(valid.shape, jnp.int32)
+        start, first_segment = jnp.zeros(valid.shape, jnp.int32), None
     else:
         reset = chunked(reset, False)
         start = lax.cummax(jnp.where(reset, t, 0), axis=valid.ndim - 1)
+        first_segment = (jnp.cumsum(reset, axis=-1) == 0)[:, None]
     sums = _segment_sums(jnp.concatenate([jnp.zeros_like(lam[..., :1]), lam], axis=-1))
     start_h = jnp.broadcast_to(start[:, None], lam.shape)
     E = jnp.take_along_axis(sums[..., 1:, :], start_h[..., None], axis=-1)[..., 0]
@@ -198,7 +201,7 @@ def _in_chunks(data: Any, size: int) -> _Chunks:
         pair = pair & (start[:, None, :, :, None] == start[:, None, :, None, :])
     ell = jnp.where(pair, Lam + iota[..., None, :], -jnp.inf)
     qk = jnp.einsum("nhctk,nhcsk->nhcts", q, k)
-    return _Chunks(q, k, v, lam, iota, valid, reset, start, Lam, E, ell, qk, Tb)
+    return _Chunks(q, k, v, lam, iota, valid, reset, start, t, first_segment, Lam, E, ell, qk, Tb)
 
 
 def _plain(ch: _Chunks, carry: tuple[Any, ...], s0: Any) -> tuple[tuple[Any, ...], jax.Array]:
@@ -235,8 +238,7 @@ def _normalised(ch: _Chunks, carry: tuple[Any, ...], s0: Any) -> tuple[tuple[Any
     counts = jnp.cumsum(ch.valid, axis=-1)
     before = jnp.take_along_axis(jnp.pad(counts, [(0, 0), (0, 0), (1, 0)]), ch.start, axis=-1)
     seen = counts - before  # valid steps of the row's segment so far
-    t = jnp.broadcast_to(jnp.arange(ch.valid.shape[-1]), ch.valid.shape)
-    first = lax.cummax(jnp.where(ch.valid & (seen == 1), t, 0), axis=ch.valid.ndim - 1)
+    first = lax.cummax(jnp.where(ch.valid & (seen == 1), ch.place, 0), axis=ch.valid.ndim - 1)
     first_h = jnp.broadcast_to(first[:, None], lam.shape)
     at_first = (
         jnp.take_along_axis(lam, first_h, axis=-1),
