@@ -38,7 +38,8 @@ Run it (about 3 minutes on a 2-core CPU)::
     python examples/01_char_lm.py --data my_book.txt --out runs/book
     python examples/01_char_lm.py --cell mingru            # minGRU in place of the LSTM
     python examples/01_char_lm.py --cell slstm             # or peephole, projlstm, lnlstm,
-                                                           # indrnn, mlstm, rglru, s6
+                                                           # indrnn, mlstm, rglru, s6,
+                                                           # retention, mamba2, gla
 """
 
 from __future__ import annotations
@@ -159,6 +160,9 @@ def recurrent_layer(kind: str, embed: int, hidden: int) -> tuple[Any, int]:
         "mlstm": lambda: rj.MLSTMCell(embed, hidden, num_heads=4),
         "rglru": lambda: rj.chain(rj.Dense(embed, hidden), rj.RGLRUCell(hidden, hidden)),
         "s6": lambda: rj.SelectiveSSMCell(embed, state_size=16),
+        "retention": lambda: rj.RetentionCell(embed, hidden, num_heads=4),
+        "mamba2": lambda: rj.Mamba2Cell(embed, hidden, num_heads=4, state_size=16),
+        "gla": lambda: rj.GLACell(embed, hidden, num_heads=4, key_size=hidden // 2),
     }
     width = {"projlstm": hidden // 2, "s6": embed}.get(kind, hidden)
     return layers[kind](), width
@@ -175,6 +179,9 @@ CELLS = (
     "mlstm",
     "rglru",
     "s6",
+    "retention",
+    "mamba2",
+    "gla",
 )
 
 

@@ -80,6 +80,10 @@ CASES = [
     library_case("s6", rj.SelectiveSSMCell(IN, state_size=2), out=IN),  # state IN * 2, y: IN
     library_case("slstm", rj.SLSTMCell(IN, H, num_heads=2)),
     library_case("mlstm", rj.MLSTMCell(IN, H, num_heads=2)),
+    library_case("retention", rj.RetentionCell(IN, H, num_heads=2)),
+    # four heads in two groups (two heads share each B and C), P = 1, N = 2
+    library_case("mamba2", rj.Mamba2Cell(IN, H, num_heads=4, state_size=2, num_groups=2)),
+    library_case("gla", rj.GLACell(IN, H, num_heads=2, key_size=H, gate_rank=2)),
     library_case("dense", rj.Dense(IN, H, activation=jnp.tanh)),
     library_case("chain", rj.chain(rj.LSTMCell(IN, 5), rj.Dense(5, H))),
     Case("user_fn", elman, _elman_params, lambda p: jnp.zeros((H,), p["wxh"].dtype)),

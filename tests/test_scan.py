@@ -235,6 +235,7 @@ GRID = sorted(
         + _cases(["user_fn"], ["auto"], ["resets-trunc2-remat4-rev"])
         + _cases(["mlstm"], ["chunkwise"], ["chunk3-lengths-resets-rev"], [(6,)])
         + _cases(["memory"], ["chunkwise"], ["chunk2-everything"], [(6,)])
+        + _cases(["gla"], ["chunkwise"], ["chunk2-everything"], [(6,)])
     ),
     key=str,
 )
@@ -273,7 +274,7 @@ SLOW_GRID = sorted(
         + _cases(LINEAR_NAMES, LINEAR_STRATEGIES, EVERYTHING)
         + _cases(["lstm", "gru", "user_fn"], ["auto", "sequential"], EVERYTHING)
         + _cases(["mlstm"], ["chunkwise"], CHUNK_OPTIONS)
-        + _cases(["memory"], ["chunkwise"], CHUNK_OPTIONS)
+        + _cases(["memory", "retention", "mamba2", "gla"], ["chunkwise"], CHUNK_OPTIONS)
     )
     - set(GRID),
     key=str,

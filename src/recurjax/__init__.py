@@ -8,6 +8,7 @@ walks a long sequence in chunks for truncated backpropagation through time.
 
 from ._cells.classic import GRUCell, GRUv3Cell, LSTMCell, RNNCell
 from ._cells.linear import LinearCell, LRUCell, MinGRUCell, MinLSTMCell
+from ._cells.memories import GLACell, Mamba2Cell, RetentionCell
 from ._cells.ssm import RGLRUCell, SelectiveSSMCell
 from ._cells.variants import IndRNNCell, LayerNormLSTMCell, PeepholeLSTMCell, ProjLSTMCell
 from ._cells.xlstm import MLSTMCell, SLSTMCell
@@ -32,6 +33,7 @@ __all__ = [
     "Chain",
     "Dense",
     "Dropout",
+    "GLACell",
     "GRUCell",
     "GRUv3",
     "GRUv3Cell",
@@ -43,6 +45,7 @@ __all__ = [
     "LinearCell",
     "MLSTMCell",
     "MLSTMState",
+    "Mamba2Cell",
     "MinGRUCell",
     "MinLSTMCell",
     "PeepholeLSTMCell",
@@ -51,6 +54,7 @@ __all__ = [
     "RNNCell",
     "Recur",
     "Residual",
+    "RetentionCell",
     "SLSTMCell",
     "SLSTMState",
     "SelectiveSSMCell",

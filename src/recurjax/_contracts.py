@@ -145,7 +145,9 @@ class MemorySteps(NamedTuple):
     q: jax.Array  # (T, *batch, heads, d_k): the queries
     k: jax.Array  # (T, *batch, heads, d_k): the keys, scaled as the step scales them
     v: jax.Array  # (T, *batch, heads, d_v): the values
-    log_decay: jax.Array  # (T, *batch, heads): log a_t, one decay per head
+    # (T, *batch, heads): log a_t, one decay per head; or (T, *batch, heads, d_k), one per
+    # key channel (GLA: a_t scales the columns of S), for a memory without a normaliser
+    log_decay: jax.Array
     log_input: jax.Array | None  # (T, *batch, heads): log i_t (mLSTM's i~), or None for 0
     aux: Any  # what `memory_readout` needs besides the read (mLSTM: the output gate)
 
@@ -156,6 +158,9 @@ class MatrixMemory(Protocol):
     and read by a query, so that the chunkwise strategy can run it:
 
         S_t = a_t S_{t-1} + i_t v_t k_t^T,   read_t = S_t q_t   (S: d_v x d_k per head)
+
+    with `a_t` a scalar per head, or a vector per key channel scaling the columns of `S`
+    (`S_t = S_{t-1} diag(a_t) + ...`),
 
     and, with `normalised` (mLSTM), a normaliser `n_t = a_t n_{t-1} + i_t k_t` and a
     log-space stabiliser `m_t = max(log a_t + m_{t-1}, log i_t)` (restarting at `log i_t`

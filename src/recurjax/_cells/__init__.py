@@ -7,6 +7,8 @@ variants   peephole, projected and LayerNorm LSTMs, IndRNN: the classic cells' s
 linear     cells linear in their state (`LinearRecurrence`): minGRU, minLSTM, LRU
 ssm        RG-LRU and Mamba's selective SSM (S6), linear cells with gated inputs
 xlstm      xLSTM's sLSTM (scalar memory) and mLSTM (matrix memory)
+memories   matrix memories without a normaliser: RetNet's retention, Mamba-2's SSD
+           core, gated linear attention (GLA)
 
 Each module imports from the contracts, checks, initialisers and state types below it, from
 `base`, and from the family it extends; nothing in the engine imports a cell class.

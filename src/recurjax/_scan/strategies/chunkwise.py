@@ -1,8 +1,8 @@
-"""The chunkwise strategy: a matrix memory (a `MatrixMemory` cell, e.g. `MLSTMCell`) over
-chunks of `CHUNK` steps. Within a chunk every read is a masked, decay-weighted `(Q K^T) V`
-plus the state entering the chunk read by `Q`; across chunks the state takes one step per
-chunk (`lax.scan`). All of it is matrix products and elementwise work, differentiated by
-JAX, forward mode included.
+"""The chunkwise strategy: a matrix memory (a `MatrixMemory` cell: `MLSTMCell`,
+`RetentionCell`, `Mamba2Cell`, `GLACell`) over chunks of `CHUNK` steps. Within a chunk every
+read is a masked, decay-weighted `(Q K^T) V` plus the state entering the chunk read by `Q`;
+across chunks the state takes one step per chunk (`lax.scan`). All of it is matrix products
+and elementwise work, differentiated by JAX, forward mode included.
 
 Per head, for a row `t` of a chunk and a column `s <= t` in the same segment (no reset
 between them) with `s` a valid step:
@@ -12,13 +12,19 @@ between them) with `s` a valid step:
     read_t    = sum_s exp(Lam[t, s] + log i_s) (q_t . k_s) v_s + exp(E_t) base_t q_t
 
 `base_t` is the state entering the chunk, or `state0` after a reset; a padded step has no
-decay and writes nothing. A normalised memory (mLSTM) carries its stabiliser `m`, computed
+decay and writes nothing. With a decay per key channel (GLA), `Lam` and `E` are per channel
+and the weight moves inside the key product, `sum_j q_tj k_sj exp(Lam_j[t, s])`: every pair
+weighed by its own decays, never a ratio of cumulative products, so no exponent exceeds 0
+(the cost: an `L x L x d_k` weight per chunk and head, hence shorter chunks,
+`CHUNK_PER_CHANNEL`). A normalised memory (mLSTM) carries its stabiliser `m`, computed
 exactly as the cell's step computes it: `m_t = max(m_base + E_t, max_s (log i_s +
 Lam[t, s]))`, where an empty base (all zeros) adds no term and the first write's forget
 factor is capped as in the cell; every other exponent is taken after subtracting `m_t`, so
 none exceeds 0. The one case where the result's `m` differs from the cell's: a write of an
 exactly zero key into an empty memory (the cell restarts `m` at the next step); the outputs
-and what the state represents (`C e^m`, `n e^m`) are the same there.
+and what the state represents (`C e^m`, `n e^m`) are the same there. mlstm_kernels' chunkwise
+mLSTM starts its stabiliser at 0 rather than at the first write and scales the query rather
+than the key; its memory is this one's transposed and scaled by `sqrt(d)`.
 """
 
 from __future__ import annotations
@@ -38,8 +44,10 @@ if TYPE_CHECKING:
     from ..options import Options
 
 # Steps per chunk: the intra-chunk products cost `L^2` per step pair of a chunk, the scan
-# over chunks `T / L` sequential steps.
+# over chunks `T / L` sequential steps. With a decay per key channel (GLA) every pair of a
+# chunk has its own `d_k` weights, `L^2 d_k` per chunk and head: shorter chunks.
 CHUNK = 64
+CHUNK_PER_CHANNEL = 16
 
 
 def run(
@@ -63,12 +71,19 @@ def run(
     def flat(a: jax.Array) -> jax.Array:  # (T, *batch, ...) -> (T, N, ...)
         return a.reshape(T, N, *a.shape[1 + len(batch) :])
 
+    q = flat(steps.q)
     lam = flat(steps.log_decay)
-    iota = jnp.zeros_like(lam) if steps.log_input is None else flat(steps.log_input)
+    if cell.normalised and lam.ndim == q.ndim:
+        raise ValueError(
+            f"{cell!r}: a normalised matrix memory takes one decay per head, log_decay of "
+            f"shape (T, *batch, heads); its memory_steps gave {steps.log_decay.shape}, one per "
+            "key channel. Return a decay per head, or set normalised = False."
+        )
+    iota = jnp.zeros(q.shape[:-1], lam.dtype) if steps.log_input is None else flat(steps.log_input)
     valid = None if masks is None else masks.valid
     reset = None if masks is None else masks.reset
     data = (
-        flat(steps.q),
+        q,
         flat(steps.k),
         flat(steps.v),
         lam,
@@ -85,7 +100,7 @@ def run(
 
     carry = memory(h)
     s0 = None if reset is None else memory(masks.state0)  # type: ignore[union-attr]
-    size = opts.chunk_size or chunk
+    size = opts.chunk_size or (CHUNK_PER_CHANNEL if lam.ndim == q.ndim else chunk)
     memory_kind = _normalised if cell.normalised else _plain
 
     def run_chunks(carry: Any, data: Any) -> tuple[Any, jax.Array]:
@@ -135,12 +150,20 @@ class _Chunks(NamedTuple):
     Lam: jax.Array  # (N, heads, C, L, L): log-decay from column s to row t
     E: jax.Array  # (N, heads, C, L): log-decay of the row's base
     ell: jax.Array  # (N, heads, C, L, L): log weight of each write read by each row, or -inf
-    qk: jax.Array  # (N, heads, C, L, L)
     steps: int  # the steps before the padding
 
     @property
     def live(self) -> jax.Array:  # (N, 1, C, L): broadcast over heads
         return self.valid[:, None]
+
+    @property
+    def per_channel(self) -> bool:
+        """Whether the decays are per key channel (`E: (N, heads, C, d_k, L)`)."""
+        return self.E.ndim == 5
+
+    def qk(self) -> jax.Array:
+        """`q_t . k_s` for every pair of a chunk, `(N, heads, C, L, L)`."""
+        return jnp.einsum("nhctk,nhcsk->nhcts", self.q, self.k)
 
     def base(self, entering: jax.Array, zero: jax.Array) -> jax.Array:
         """Per row (both `(N, heads, C, L, ...)`): what the entering state gives in a
@@ -156,18 +179,21 @@ class _Chunks(NamedTuple):
 
 
 def _lasts(a: jax.Array) -> jax.Array:
-    """The last row of each chunk, chunks leading: `(N, heads, C, L, ...)` to `(C, N, heads,
+    """The last row of each chunk, chunks leading: `(N, heads, C, ..., L)` to `(C, N, heads,
     ...)`."""
     return jnp.moveaxis(a[..., -1], 2, 0)
 
 
 def _in_chunks(data: Any, size: int) -> _Chunks:
     """Time-major steps `(q, k, v, log_decay, log_input, valid, reset)`, each `(Tb, N, ...)`,
-    in chunks of `size`, the last one padded with invalid steps."""
+    in chunks of `size`, the last one padded with invalid steps. A log-decay per key channel
+    `(Tb, N, heads, d_k)` gives `lam`, `Lam`, `E` and `ell` a channel axis after the chunks'
+    (`(N, heads, C, d_k, L, ...)`): each pair of steps weighed by its own decays."""
     q, k, v, lam, iota, valid, reset = data
     Tb, L = q.shape[0], size
     C = -(-Tb // L)
     pad = C * L - Tb
+    per_channel = lam.ndim == q.ndim
 
     def chunked(a: jax.Array, fill: Any) -> jax.Array:  # (Tb, N, ...) -> (N, C, L, ...)
         if pad:
@@ -178,12 +204,18 @@ def _in_chunks(data: Any, size: int) -> _Chunks:
     def heads_first(a: jax.Array) -> jax.Array:  # (N, C, L, heads, ...) -> (N, heads, C, L, ...)
         return jnp.moveaxis(a, 3, 1)
 
+    def channels(a: jax.Array) -> jax.Array:  # (N, heads, C, ...) -> (N, heads, C, 1, ...)
+        return a[:, :, :, None] if per_channel else a
+
     valid = chunked(valid, False)
     live = valid[:, None]
     q, k, v = (heads_first(chunked(a, 0)) for a in (q, k, v))
     k = jnp.where(live[..., None], k, 0)
     v = jnp.where(live[..., None], v, 0)
-    lam = jnp.where(live, heads_first(chunked(lam, 0)), 0)
+    lam = heads_first(chunked(lam, 0))
+    if per_channel:
+        lam = jnp.moveaxis(lam, -1, 3)  # (N, heads, C, d_k, L)
+    lam = jnp.where(channels(live), lam, 0)
     iota = heads_first(chunked(iota, 0))
     t = jnp.broadcast_to(jnp.arange(L), valid.shape)  # each step's place in its chunk
     if reset is None:
@@ -193,34 +225,45 @@ def _in_chunks(data: Any, size: int) -> _Chunks:
         start = lax.cummax(jnp.where(reset, t, 0), axis=valid.ndim - 1)
         first_segment = (jnp.cumsum(reset, axis=-1) == 0)[:, None]
     sums = _segment_sums(jnp.concatenate([jnp.zeros_like(lam[..., :1]), lam], axis=-1))
-    start_h = jnp.broadcast_to(start[:, None], lam.shape)
+    start_h = jnp.broadcast_to(channels(start[:, None]), lam.shape)
     E = jnp.take_along_axis(sums[..., 1:, :], start_h[..., None], axis=-1)[..., 0]
     Lam = sums[..., 1:, 1:]
     pair = (t[:, None, :, :, None] >= t[:, None, :, None, :]) & live[..., None, :]
     if reset is not None:  # the same segment: no reset between column and row
         pair = pair & (start[:, None, :, :, None] == start[:, None, :, None, :])
-    ell = jnp.where(pair, Lam + iota[..., None, :], -jnp.inf)
-    qk = jnp.einsum("nhctk,nhcsk->nhcts", q, k)
-    return _Chunks(q, k, v, lam, iota, valid, reset, start, t, first_segment, Lam, E, ell, qk, Tb)
+    ell = jnp.where(channels(pair), Lam + channels(iota)[..., None, :], -jnp.inf)
+    return _Chunks(q, k, v, lam, iota, valid, reset, start, t, first_segment, Lam, E, ell, Tb)
 
 
 def _plain(ch: _Chunks, carry: tuple[Any, ...], s0: Any) -> tuple[tuple[Any, ...], jax.Array]:
     """A memory without a normaliser: `read_t = sum_s exp(ell[t, s]) (q_t . k_s) v_s +
-    exp(E_t) base_t q_t`, every weight at most 1."""
+    exp(E_t) base_t q_t`, every weight at most 1. With per-channel decays the weight is
+    inside the key product, `sum_j q_tj k_sj exp(ell_j[t, s])`, and `exp(E_t)` scales the
+    query channel by channel."""
     P = jnp.exp(ch.ell)
-    U = jnp.einsum("nhcs,nhcsv,nhcsk->cnhvk", P[..., -1, :], ch.v, ch.k)
+    if ch.per_channel:
+        U = jnp.einsum("nhcks,nhcsv,nhcsk->cnhvk", P[..., -1, :], ch.v, ch.k)
+        A = jnp.einsum("nhctk,nhcsk,nhckts->nhcts", ch.q, ch.k, P)
+        q = ch.q * jnp.exp(jnp.moveaxis(ch.E, 3, -1))  # the base's decay, channel by channel
+    else:
+        U = jnp.einsum("nhcs,nhcsv,nhcsk->cnhvk", P[..., -1, :], ch.v, ch.k)
+        A = P * ch.qk()
+        q = ch.q
 
     def step(S: Any, inp: Any) -> tuple[Any, Any]:
         U_c, g_c, r_c = inp
         S_b = S[0] if r_c is None else jnp.where(r_c[:, None, None, None], s0[0], S[0])
-        return (jnp.exp(g_c)[..., None, None] * S_b + U_c, None, None), S[0]
+        decay = jnp.exp(g_c)[..., None, :] if ch.per_channel else jnp.exp(g_c)[..., None, None]
+        return (decay * S_b + U_c, None, None), S[0]
 
     carry, S_in = lax.scan(step, carry, (U, _lasts(ch.E), ch.resets_in()))
     S_in = jnp.moveaxis(S_in, 0, 2)  # (N, heads, C, d_v, d_k)
-    reads = jnp.einsum("nhctk,nhcvk->nhctv", ch.q, S_in)
+    reads = jnp.einsum("nhctk,nhcvk->nhctv", q, S_in)
     if s0 is not None:
-        reads = ch.base(reads, jnp.einsum("nhctk,nhvk->nhctv", ch.q, s0[0]))
-    read = jnp.einsum("nhcts,nhcsv->nhctv", P * ch.qk, ch.v) + jnp.exp(ch.E)[..., None] * reads
+        reads = ch.base(reads, jnp.einsum("nhctk,nhvk->nhctv", q, s0[0]))
+    if not ch.per_channel:
+        reads = jnp.exp(ch.E)[..., None] * reads
+    read = jnp.einsum("nhcts,nhcsv->nhctv", A, ch.v) + reads
     return carry, _time_major(read, ch.steps)
 
 
@@ -287,7 +330,7 @@ def _normalised(ch: _Chunks, carry: tuple[Any, ...], s0: Any) -> tuple[tuple[Any
         m_b = ch.base(m_b, jnp.broadcast_to(m0[:, :, None, None], lam.shape))
         empty = ch.base(empty, jnp.broadcast_to(_empty(S0, n0)[:, :, None, None], lam.shape))
     m, beta = stabiliser(mu, E, m_b, empty, written, at_first)
-    Wqk = jnp.exp(ell - m[..., None]) * ch.qk
+    Wqk = jnp.exp(ell - m[..., None]) * ch.qk()
     num = jnp.einsum("nhcts,nhcsv->nhctv", Wqk, ch.v) + beta[..., None] * read_S
     den = jnp.abs(Wqk.sum(axis=-1) + beta * read_n)
     # As the cell: exp(-m) capped at e^80, and no output where the denominator is 0.
@@ -310,7 +353,8 @@ def _not_matrix_memory(cell: object, opts: object) -> str | None:
     if is_matrix_memory(cell):
         return None
     return (
-        "needs a cell with a matrix memory (a MatrixMemory: MLSTMCell), or a chain with one; "
+        "needs a cell with a matrix memory (a MatrixMemory: MLSTMCell, RetentionCell, "
+        "Mamba2Cell, GLACell), or a chain with one; "
         "this cell has none. Use strategy='auto' or 'sequential'."
     )
 
