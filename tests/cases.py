@@ -206,6 +206,20 @@ def everyday(cases: list[Case]) -> list[Any]:
     ]
 
 
+# Cells whose step and strategy paths other everyday cases run: the plain matrix memories
+# share `_MemoryCell.__call__` with GLA, and the chunkwise plain path with GatedMemory. Their
+# cell contract tests are in the slow tier.
+SLOW_CONTRACT = ("retention", "mamba2")
+
+
+def contract(cases: list[Case]) -> list[Any]:
+    """`cases` as pytest params for the cell contract suite, `SLOW_CONTRACT` marked `slow`."""
+    return [
+        pytest.param(c, id=c.name, marks=pytest.mark.slow if c.name in SLOW_CONTRACT else ())
+        for c in cases
+    ]
+
+
 def ids(cases: list[Case]) -> list[str]:
     return [c.name for c in cases]
 

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from cases import CASES, IN, LIBRARY, LINEAR, Case, everyday, ids, tree_allclose
+from cases import CASES, IN, LIBRARY, LINEAR, Case, contract, everyday, tree_allclose
 from jax.test_util import check_grads
 
 import recurjax as rj
@@ -32,7 +32,7 @@ def _inputs(case: Case, seed: int = 0, batch: tuple[int, ...] = (B,)):
 # --- the contract suite ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("case", CASES, ids=ids(CASES))
+@pytest.mark.parametrize("case", contract(CASES))
 def test_shapes_dtype_finite(case: Case):
     params, h, x = _inputs(case)
     new_h, y = case.cell(params, h, x)
@@ -88,20 +88,20 @@ def test_dtype_of_params_is_kept_and_values_match_float32(case: Case, dtype):
     assert (err / scale <= bound).all(), (err / scale / bound).max()
 
 
-@pytest.mark.parametrize("case", CASES, ids=ids(CASES))
+@pytest.mark.parametrize("case", contract(CASES))
 def test_jit_equals_eager(case: Case):
     params, h, x = _inputs(case)
     tree_allclose(jax.jit(case.cell)(params, h, x), case.cell(params, h, x))
 
 
-@pytest.mark.parametrize("case", CASES, ids=ids(CASES))
+@pytest.mark.parametrize("case", contract(CASES))
 def test_vmap_equals_batched(case: Case):
     params, h, x = _inputs(case)
     vmapped = jax.vmap(case.cell, in_axes=(None, 0, 0))(params, h, x)
     tree_allclose(vmapped, case.cell(params, h, x))
 
 
-@pytest.mark.parametrize("case", CASES, ids=ids(CASES))
+@pytest.mark.parametrize("case", contract(CASES))
 def test_batched_equals_unbatched_per_example(case: Case):
     params, h, x = _inputs(case)
     batched_h, batched_y = case.cell(params, h, x)
@@ -112,7 +112,7 @@ def test_batched_equals_unbatched_per_example(case: Case):
         tree_allclose(one_h, jax.tree.map(lambda a, b=b: a[b], batched_h))
 
 
-@pytest.mark.parametrize("case", CASES, ids=ids(CASES))
+@pytest.mark.parametrize("case", contract(CASES))
 def test_two_batch_axes(case: Case):
     params, h, x = _inputs(case, batch=(2, 3))
     new_h, y = case.cell(params, h, x)
@@ -128,7 +128,7 @@ def test_two_batch_axes(case: Case):
     # Reverse mode (what training uses) every day; forward mode in the slow tier.
     ["rev", pytest.param("fwd", marks=pytest.mark.slow)],
 )
-@pytest.mark.parametrize("case", CASES, ids=ids(CASES))
+@pytest.mark.parametrize("case", contract(CASES))
 def test_check_grads_float64(case: Case, mode: str):
     with jax.enable_x64(True):
         params, h, x = _inputs(case)
@@ -141,7 +141,7 @@ def test_check_grads_float64(case: Case, mode: str):
         check_grads(cell, (params, h, x), order=1, modes=[mode])
 
 
-@pytest.mark.parametrize("case", CASES, ids=ids(CASES))
+@pytest.mark.parametrize("case", contract(CASES))
 def test_gradients_reach_every_param(case: Case):
     params, h, x = _inputs(case)
 
