@@ -1,6 +1,8 @@
 """The newer cells against their reference implementations: RGLRUCell against RecurrentGemma's
-JAX `RGLRU`, SLSTMCell and MLSTMCell against the `xlstm` package's PyTorch paths, and
-SelectiveSSMCell against Mamba's `selective_scan_ref`. Those packages do not install next to
+JAX `RGLRU`, SLSTMCell and MLSTMCell against the `xlstm` package's PyTorch paths,
+SelectiveSSMCell against Mamba's `selective_scan_ref`, Mamba2Cell against mamba-ssm's
+`ssd_minimal_discrete` and `selective_state_update_ref`, and GLACell and RetentionCell against
+flash-linear-attention's naive PyTorch functions. Those packages do not install next to
 recurjax's tests, so `fixtures/make_reference_fixtures.py` ran each one in its own
 environment and saved its inputs, params, outputs, final states and the gradients of
 `sum(y * g)` (for the input, every param and the initial state), at the input's own scale and
@@ -100,13 +102,13 @@ def _large_atol(rtol: float, atol: float, theirs: np.ndarray) -> float:
     return max(atol, rtol * float(np.max(np.abs(theirs), initial=0.0)))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5))
-def _sequence_and_grads(cell, params, h0, xs, g, strategy):
+@functools.partial(jax.jit, static_argnums=(0, 5, 6))
+def _sequence_and_grads(cell, params, h0, xs, g, strategy, chunk_size=None):
     """`(ys, h)` of `rj.scan` and the gradients of `sum(ys * g)` for params, `xs` and `h0`
     (compiled once for every input scale)."""
 
     def loss(params, xs, h0):
-        h, ys = rj.scan(cell, params, h0, xs, strategy=strategy)
+        h, ys = rj.scan(cell, params, h0, xs, strategy=strategy, chunk_size=chunk_size)
         return jnp.sum(ys * g), (ys, h)
 
     grads, (ys, h) = jax.grad(loss, argnums=(0, 1, 2), has_aux=True)(params, xs, h0)
@@ -420,3 +422,184 @@ def test_selective_ssm_equals_mambas_selective_scan_ref(strategy):
     f = _load("s6_mamba")
     for scale in _scales(f):
         _compare(f, _s6_pairs(f, strategy, scale), scale, _FLOAT32)
+
+
+# --- Matrix memories: Mamba-2's SSD (mamba-ssm 2.3.2.post1), GLA and retention (fla-core) --
+
+# Each runs step by step and in chunks: with the default chunk size (one chunk here) and with
+# 3 steps per chunk, so that the fixture's 7 or 8 steps span several, the last one partial.
+_MEMORY_STRATEGIES = pytest.mark.parametrize(
+    ("strategy", "chunk_size"),
+    [("sequential", None), ("chunkwise", None), ("chunkwise", 3)],
+    ids=["sequential", "chunkwise", "chunkwise-3"],
+)
+
+
+def _mamba2(f):
+    """mamba-ssm's Mamba-2 params as Mamba2Cell's. `w_in: (in, H + 2 G N + heads)` is the
+    transpose of `Mamba2.in_proj.weight` without its `z` rows (its blocks `x, B, C, dt`
+    follow `z` there, in that order; Mamba-2's convolution over `x, B, C` and its gate are
+    other layers); `dt_bias`, `A_log` and `D` (one per head) are Mamba-2's. Mamba's state
+    `ssm_state: (B, heads, P, N)` is Mamba2Cell's state, flattened: `(B, heads * P * N)`."""
+    _, heads, P, N = f["state0"].shape
+    n_in, width = f["params.w_in"].shape
+    groups = (width - heads * P - heads) // (2 * N)
+    cell = rj.Mamba2Cell(n_in, heads * P, num_heads=heads, state_size=N, num_groups=groups)
+    params = {k: jnp.asarray(f[f"params.{k}"]) for k in ("w_in", "dt_bias", "A_log", "D")}
+    return cell, params
+
+
+def _mamba2_pairs(f, run: str, strategy: str, chunk_size, scale: float) -> list[Pair]:
+    """`run`: `ssd_zero` and `ssd_state`, `ssd_minimal_discrete` from a zero state and from
+    `state0`; `step_state`, `selective_state_update_ref` step by step from `state0`."""
+    cell, params = _mamba2(f)
+    batch, steps, _ = f["x"].shape
+    flat = lambda a: a.reshape(batch, -1)  # noqa: E731  (B, heads, P, N) to the cell's state
+    if run.endswith("zero"):
+        h0 = jnp.zeros((batch, cell.state_width), jnp.float64)
+    else:
+        h0 = jnp.asarray(flat(f["state0"]))
+    ys, h, (dp, dxs, dh0) = _sequence_and_grads(
+        cell,
+        params,
+        h0,
+        _time_major(f["x"] * scale),
+        _time_major(f["g"].reshape(batch, steps, -1)),  # (B, T, heads, P) to (B, T, H)
+        strategy,
+        chunk_size,
+    )
+    theirs = lambda k: f[f"{_prefix(scale)}{run}_{k}"]  # noqa: E731
+    pairs: list[Pair] = [
+        (f"{run}_y", ys, np.swapaxes(theirs("y").reshape(batch, steps, -1), 0, 1), False),
+        (f"{run}_last", h, flat(theirs("last")), False),
+        (f"{run}_dx", dxs, np.swapaxes(theirs("dx"), 0, 1), True),
+        *((f"{run}_grads.{k}", dp[k], theirs(f"grads.{k}"), True) for k in params),
+    ]
+    if not run.endswith("zero"):
+        pairs.append((f"{run}_dstate0", dh0, flat(theirs("dstate0")), True))
+    return pairs
+
+
+@_MEMORY_STRATEGIES
+def test_mamba2_equals_mambas_ssd_minimal_and_state_update_ref(strategy, chunk_size):
+    """The fixture fed mamba-ssm's functions Mamba2Cell's projection `x @ w_in` = `[x_h, B,
+    C, dt~]`, `dt = softplus(dt~ + dt_bias)` and `A = -exp(A_log)`: `ssd_minimal_discrete(x_h
+    * dt, A * dt, B, C)` (chunks of 4 of the 8 steps) with `B` and `C` repeated from the 2
+    groups to the 4 heads, plus `D * x_h`; and `selective_state_update_ref` with the
+    arguments `Mamba2.step` gives it, step by step. Float64, with `_FLOAT64`'s tolerances
+    (rtol 1e-10 for values, 1e-9 for gradients). Measured: every array within 4e-13 of its
+    largest entry, at every scale and strategy, but one: at 1e4 every decay underflows
+    (`dt * A` down to -1.9e5) and the gradient for `A_log` is 7.5e-158 for the cell and for
+    `selective_state_update_ref` alike, -9.4e-157 for `ssd_minimal_discrete` (its rounding,
+    far below the `atol` of 1e-12)."""
+    f = _load("mamba2_mamba")
+    with jax.enable_x64(True):
+        for scale in _scales(f):
+            for run in ("ssd_zero", "ssd_state", "step_state"):
+                pairs = _mamba2_pairs(f, run, strategy, chunk_size, scale)
+                _compare(f, pairs, scale, _FLOAT64)
+
+
+def _fla_state(state: np.ndarray) -> np.ndarray:
+    """fla's state `(B, heads, d_k, d_v)`, `k v^T` per head with the unscaled key, as the
+    state of GLACell or RetentionCell, whose key is scaled by `1 / sqrt(d_k)` on its way in:
+    `v k^T / sqrt(d_k)`, flattened to `(B, heads * d_v * d_k)`."""
+    dk = state.shape[-2]
+    return (np.swapaxes(state, -1, -2) / np.sqrt(dk)).reshape(state.shape[0], -1)
+
+
+def _fla_dstate(dstate: np.ndarray) -> np.ndarray:
+    """The gradient for fla's initial state as the gradient for the cell's (`_fla_state` is
+    linear, with the transposed factor)."""
+    dk = dstate.shape[-2]
+    return (np.swapaxes(dstate, -1, -2) * np.sqrt(dk)).reshape(dstate.shape[0], -1)
+
+
+def _fla_pairs(f, cell, params, run: str, strategy: str, chunk_size, scale: float) -> list[Pair]:
+    """The pairs of an fla fixture's `run` (its keys `{run}_y`, `{run}_dx`, `{run}_grads.*`,
+    and `{run}_last` and `{run}_dstate0` where the run has them; from `state0` where it has a
+    `dstate0`, else from a zero state). The outputs `(B, T, heads, d_v)` are the cell's `(B,
+    T, H)`."""
+    batch, steps, _ = f["x"].shape
+    theirs = lambda k: f[f"{_prefix(scale)}{run}_{k}"]  # noqa: E731
+    has = lambda k: f"{run}_{k}" in f  # noqa: E731
+    if has("dstate0"):
+        h0 = jnp.asarray(_fla_state(f["state0"]))
+    else:
+        h0 = jnp.zeros((batch, cell.state_width), jnp.float32)
+    ys, h, (dp, dxs, dh0) = _sequence_and_grads(
+        cell,
+        params,
+        h0,
+        _time_major(f["x"] * np.float32(scale)),
+        _time_major(f["g"].reshape(batch, steps, -1)),
+        strategy,
+        chunk_size,
+    )
+    pairs: list[Pair] = [
+        (f"{run}_y", ys, np.swapaxes(theirs("y").reshape(batch, steps, -1), 0, 1), False),
+        (f"{run}_dx", dxs, np.swapaxes(theirs("dx"), 0, 1), True),
+        *((f"{run}_grads.{k}", dp[k], theirs(f"grads.{k}"), True) for k in params),
+    ]
+    if has("last"):
+        pairs.append((f"{run}_last", h, _fla_state(theirs("last")), False))
+    if has("dstate0"):
+        pairs.append((f"{run}_dstate0", dh0, _fla_dstate(theirs("dstate0")), True))
+    return pairs
+
+
+def _gla(f):
+    """flash-linear-attention's GLA params as GLACell's (`x @ w` for fla's `Linear` weights
+    `w.T`): `wi` is `[q_proj, k_proj, v_proj]` (blocks `K, K, H`, head by head as fla's
+    `(h d)`), `w_g1` and `w_g2`, `b_g` are `gk_proj`'s two layers (its second one's bias):
+    the gate's log decay `logsigmoid(x w_g1 w_g2 + b_g) / 16` is fla's `gk` with its default
+    `gate_logit_normalizer` 16. fla scales the query by `1 / sqrt(d_k)` and GLACell the key,
+    which gives the same outputs and a state scaled by that factor: see `_fla_state` (fla's
+    layer keeps its cache transposed, `state_v_first`, `(B, heads, d_v, d_k)`)."""
+    heads, dk, dv = f["state0"].shape[1:]
+    n_in, R = f["params.w_g1"].shape
+    cell = rj.GLACell(n_in, heads * dv, num_heads=heads, key_size=heads * dk, gate_rank=R)
+    params = {k: jnp.asarray(f[f"params.{k}"]) for k in ("wi", "w_g1", "w_g2", "b_g")}
+    return cell, params
+
+
+@_MEMORY_STRATEGIES
+def test_gla_equals_flas_naive_recurrent_gla(strategy, chunk_size):
+    """fla-core's `naive_recurrent_gla`, from a zero state and from a random one, fed the
+    cell's unscaled `q, k`, `v` and per-key-channel log decays (2 heads, `d_k` = 3, `d_v` = 4).
+    It computes in float32, as the cell here, with `_FLOAT32`'s tolerances (rtol 1e-5).
+    Measured: every array within 1.6e-6 of its largest entry, at every scale and strategy."""
+    f = _load("gla_fla")
+    cell, params = _gla(f)
+    for scale in _scales(f):
+        for run in ("zero", "state"):
+            pairs = _fla_pairs(f, cell, params, run, strategy, chunk_size, scale)
+            _compare(f, pairs, scale, _FLOAT32)
+
+
+def _retention(f):
+    """fla's retention params as RetentionCell's: `wi` is `[q_proj, k_proj, v_proj]`
+    transposed (`x @ wi`), blocks `q, k, v` of `H`, head by head; its decays are fla's
+    (`1 - 2^(-5 - h)`, not params). As for GLA, fla scales the query and the cell the key:
+    the same outputs, the state as `_fla_state`. fla's layer also applies a rotary embedding
+    to `q` and `k`, which the cell leaves out (see RetentionCell)."""
+    heads, d = f["state0"].shape[1:3]
+    cell = rj.RetentionCell(f["x"].shape[-1], heads * d, num_heads=heads)
+    return cell, {"wi": jnp.asarray(f["params.wi"])}
+
+
+@_MEMORY_STRATEGIES
+def test_retention_equals_flas_naive_retention(strategy, chunk_size):
+    """fla-core's `naive_retention` (`parallel`: its parallel form, from a zero state, with
+    no final state) and, from a random state and with the final state, its
+    `naive_recurrent_simple_gla` with the decays `log(1 - 2^(-5 - h))` that its
+    `chunk_retention` gives the simple-GLA kernels (`recurrent`), fed the cell's unscaled
+    `q, k` and `v` (2 heads of 4). Float32,
+    with `_FLOAT32`'s tolerances (rtol 1e-5). Measured: every array within 2.5e-7 of its
+    largest entry, at every scale and strategy."""
+    f = _load("retention_fla")
+    cell, params = _retention(f)
+    for scale in _scales(f):
+        for run in ("parallel", "recurrent"):
+            pairs = _fla_pairs(f, cell, params, run, strategy, chunk_size, scale)
+            _compare(f, pairs, scale, _FLOAT32)
