@@ -8,16 +8,21 @@ and the evidence for `auto`'s rule for the cells linear in their state.
 
 Configs: every cell at B=32, T=128 (in = H = 256, 4 heads where a cell has heads) and at B=4,
 T=4096 (in = H = 64; not LayerNormLSTMCell, whose gradients overflow there); then the cells
-linear in their state alone at B=4 T=256, B=32 T=256 and B=32 T=4096 (H = 64); then mLSTM
-alone at B=4 T=4096 H=256 (4 heads), where its chunkwise strategy is compared with the
-sequential one. The linear
+linear in their state alone at B=4 T=256, B=32 T=256 and B=32 T=4096 (H = 64); then the
+matrix memories (mLSTM, Mamba-2 with N = 64, GLA with K = H/2, retention; 4 heads) at B=4
+T=4096, B=32 T=128 and B=32 T=16 (in = H = 256), where the chunkwise strategy is compared
+with the sequential one and, for the memories without a normaliser, with a bare `lax.scan`
+of the recurrence whose steps are projected at once outside the loop (the ratios' base
+there); then mLSTM's chunkwise strategy alone at B=4 H=256 for T from 1024 to 16384, its
+ratios per step (flat in T when near 1). The linear
 cells' jobs (all five configs) are the evidence that `auto`'s rule for them
-(`_scan/policy.py`, `hoisted_picks`) rests on; the other cells of the first two configs run
+(`_scan/policy.py`, `hoisted_picks`) rests on, the matrix memories' for `chunkwise_picks`;
+the other cells of the first two configs run
 as jobs of their own. `rj.scan` is timed on the forward pass and on the gradient of
 `sum(y**2)` w.r.t. the params, jitted, for the sequential strategy and, for the linear
 cells, the hoisted, chunked and associative ones (the last two not in the three configs of
-the rule) and `auto`, for mLSTM the chunkwise one and `auto`; the LSTM's default (fused)
-row is a yardstick. References
+the rule) and `auto`, for the matrix memories the chunkwise one and `auto`; the LSTM's
+default (fused) row is a yardstick. References
 that run here: torch's `nn.LSTM(proj_size=...)` for `ProjLSTMCell` (same weights through
 `recurjax.interop`), and with `--recurrentgemma-python` (a Python that has
 `recurrentgemma`, which pins numpy < 2.4: see `tests/fixtures/make_reference_fixtures.py`)
@@ -56,6 +61,7 @@ import numpy as np
 
 import recurjax as rj
 from recurjax import interop
+from recurjax._contracts import is_matrix_memory
 
 sys.path.insert(0, str(Path(__file__).parent))
 from rnn import (  # the main benchmark's
@@ -80,6 +86,9 @@ from rnn import (  # the main benchmark's
 )
 
 EVERY, LINEAR, OTHER, MATRIX = "every cell", "linear cells", "other cells", "matrix memories"
+LENGTHS = "mLSTM chunkwise by length"
+# The lengths of the `LENGTHS` job, each a row of its own (the first the ratios' base).
+SWEEP = (1024, 2048, 4096, 8192, 16384)
 
 
 def _job(
@@ -115,8 +124,16 @@ JOBS = [
     _job(32, 256, 64, LINEAR, grid=True),
     _job(32, 4096, 64, LINEAR, grid=True),
     _job(4, 4096, 256, MATRIX),  # the chunkwise strategy's config (4 heads of d = 64)
+    _job(32, 128, 256, MATRIX),
+    _job(32, 16, 256, MATRIX),  # auto's threshold, policy.CHUNKWISE_MIN_STEPS
+    # mLSTM's chunkwise f+b per step from T = 1024 to 16384 (B=4 H=256, 4 heads): flat in T?
+    {**_job(4, 1024, 256, LENGTHS), "name": f"B=4 in=H=256, {LENGTHS}", "sweep": SWEEP},
 ]
-QUICK = [{**_job(4, 16, 16, EVERY), "name": "quick B=4 T=16 in=H=16", "policy": True}]
+QUICK = [
+    {**_job(4, 16, 16, EVERY), "name": "quick B=4 T=16 in=H=16", "policy": True},
+    {**_job(4, 32, 16, MATRIX), "name": "quick B=4 T=32 in=H=16, matrix memories"},
+    {**_job(4, 16, 16, LENGTHS), "name": "quick B=4 in=H=16, by length", "sweep": (16, 32)},
+]
 ROUNDS, BURST = 5, 2
 
 
@@ -142,11 +159,42 @@ def other_cells(F: int, H: int) -> dict[str, Any]:
 
 
 def matrix_cells(F: int, H: int) -> dict[str, Any]:
-    return {"MLSTMCell (4 heads)": rj.MLSTMCell(F, H, num_heads=4)}
+    return {
+        "MLSTMCell (4 heads)": rj.MLSTMCell(F, H, num_heads=4),
+        "Mamba2Cell (4 heads, N = 64)": rj.Mamba2Cell(F, H, num_heads=4, state_size=64),
+        "GLACell (4 heads, K = H/2)": rj.GLACell(F, H, num_heads=4, key_size=H // 2),
+        "RetentionCell (4 heads)": rj.RetentionCell(F, H, num_heads=4),
+    }
+
+
+def bare_scan(cell: Any) -> Callable[[Any, jax.Array], Any]:
+    """A plain matrix memory as a user would write it without recurjax's strategies: every
+    step's `q, k, v` and decay computed at once (the cell's `memory_steps`), then a bare
+    `lax.scan` of `S = a S + v k^T`, `read = S q`, then the read-out: the yardstick of the
+    chunkwise strategy's speed (not the sequential strategy, which projects step by step)."""
+
+    def ys(p: Any, xs: jax.Array) -> Any:
+        steps = cell.memory_steps(p, xs)
+        S0 = jnp.zeros((*steps.v.shape[1:], steps.k.shape[-1]), xs.dtype)
+
+        def step(S: jax.Array, inp: Any) -> tuple[jax.Array, jax.Array]:
+            q, k, v, log_a = inp
+            a = (
+                jnp.exp(log_a)[..., None, :]
+                if log_a.ndim == q.ndim
+                else jnp.exp(log_a)[..., None, None]
+            )
+            S = a * S + v[..., :, None] * k[..., None, :]
+            return S, jnp.einsum("...vk,...k->...v", S, q)
+
+        _, read = jax.lax.scan(step, S0, (steps.q, steps.k, steps.v, steps.log_decay))
+        return cell.memory_readout(p, read, steps.aux)
+
+    return ys
 
 
 def strategies(cell: Any, grid: bool) -> tuple[str, ...]:
-    if isinstance(cell, rj.MLSTMCell):
+    if is_matrix_memory(cell):
         return ("sequential", "chunkwise", "auto")
     if isinstance(cell, rj.LinearCell):
         parallel = () if grid else ("chunked", "associative")
@@ -204,6 +252,8 @@ def build(job: dict[str, Any], seed: int) -> tuple[list[Impl], dict[str, Referen
     """Every row of one config (named `cell | row`), built in a random order drawn from
     `seed`, and each cell's reference (its sequential strategy)."""
     B, T, H = job["size"]
+    if job.get("sweep"):
+        return _lengths_rows(B, H, job["sweep"], seed)
     xs_np = np.random.default_rng(0).standard_normal((T, B, H)).astype(np.float32)
     xs = jnp.asarray(xs_np)
     if job.get("recurrentgemma"):
@@ -224,6 +274,17 @@ def build(job: dict[str, Any], seed: int) -> tuple[list[Impl], dict[str, Referen
             ("sequential", "auto") if job.get("recurrentgemma") else strategies(cell, job["grid"])
         )
         rows = [(s, s) for s in names]
+        if is_matrix_memory(cell) and not getattr(cell, "normalised", True):
+            # the bare scan first: the ratios' base
+            builders.append(
+                lambda cell=cell, params=params, name=name: jax_impl(
+                    f"{name} | lax.scan, steps projected at once",
+                    bare_scan(cell),
+                    params,
+                    xs,
+                    reference=name,
+                )
+            )
         if n == 0:  # the A/A row: the first row built again
             rows.append((f"A/A ({names[0]}, built again)", names[0]))
         for row, strategy in rows:
@@ -239,6 +300,40 @@ def build(job: dict[str, Any], seed: int) -> tuple[list[Impl], dict[str, Referen
     return build_shuffled(builders, seed), refs
 
 
+def _lengths_rows(
+    B: int, H: int, sweep: tuple[int, ...], seed: int
+) -> tuple[list[Impl], dict[str, Reference]]:
+    """mLSTM's chunkwise rows at each length of `sweep` (one input each), each checked
+    against the sequential strategy at its length, and an A/A row."""
+    cell = rj.MLSTMCell(H, H, num_heads=4)
+    params = cell.init(jax.random.key(0))
+    name = "MLSTMCell (4 heads) chunkwise"
+    xs = {
+        T: jnp.asarray(np.random.default_rng(T).standard_normal((T, B, H)).astype(np.float32))
+        for T in sweep
+    }
+    builders = []
+    for T in (*sweep, sweep[0]):
+        row = f"T={T}" if len(builders) < len(sweep) else f"A/A (T={T}, built again)"
+        builders.append(
+            lambda T=T, row=row: jax_impl(
+                f"{name} | {row}",
+                _recurjax(cell, "chunkwise", time_axis=0),
+                params,
+                xs[T],
+                reference=f"{name} T={T}",
+            )
+        )
+    impls = build_shuffled(builders, seed)
+
+    def sequential(p: Any, xs: jax.Array) -> Any:  # remat: the long references fit in memory
+        h0 = jax.tree.map(lambda a: jnp.broadcast_to(a, (B, *a.shape)), cell.initial_state(p))
+        return rj.scan(cell, p, h0, xs, strategy="sequential", remat=64)[1]
+
+    refs = {f"{name} T={T}": reference(sequential, params, xs[T]) for T in sweep}
+    return impls, refs
+
+
 def worker(job: dict[str, Any], seed: int) -> dict[str, Any]:
     """Medians in ms of every row's per-round medians, fwd and f+b, in this process, and
     the A/A row's ratio to the row it copies."""
@@ -252,25 +347,36 @@ def worker(job: dict[str, Any], seed: int) -> dict[str, Any]:
 
 def section(job: dict[str, Any], runs: list[dict[str, Any]]) -> list[str]:
     """The config's table: times (medians over processes) and ratios to the cell's first
-    row, its sequential one but for the LSTM's (per process, median [min-max])."""
+    row, its sequential one but for the LSTM's (per process, median [min-max]); in the
+    lengths job, ratios per step (the time over the first row's, over `T / T_first`)."""
+    per = "per step / first row" if job.get("sweep") else "/ first row"
     rows = [
         f"## {job['name']}"
         + (f" ({job['versions']})" if job.get("recurrentgemma") else "")
         + _processes(runs),
         "",
-        "| cell | strategy | fwd ms | f+b ms | / first row fwd | / first row f+b |",
+        f"| cell | strategy | fwd ms | f+b ms | {per} fwd | {per} f+b |",
         "|---|---|---|---|---|---|",
     ]
     firsts: dict[str, str] = {}
     for key in runs[0]["rows"]:
         cell, row = key.split(" | ")
         base = firsts.setdefault(cell, key)
+        steps = 1.0
+        if job.get("sweep"):
+            steps = _steps(row) / _steps(base.split(" | ")[1])
         fwd, fb = (statistics.median(r["rows"][key][w] for r in runs) for w in ("fwd", "fb"))
         ratios = [
-            _range([r["rows"][key][w] / r["rows"][base][w] for r in runs]) for w in ("fwd", "fb")
+            _range([r["rows"][key][w] / r["rows"][base][w] / steps for r in runs])
+            for w in ("fwd", "fb")
         ]
         rows.append(f"| {cell} | {row} | {fwd:.2f} | {fb:.2f} | {ratios[0]} | {ratios[1]} |")
     return rows
+
+
+def _steps(row: str) -> int:
+    """The sequence length in a lengths job's row name (`T=1024`, `A/A (T=1024, ...)`)."""
+    return int(row.split("T=")[1].split(",")[0].split(")")[0])
 
 
 _VERSIONS = (

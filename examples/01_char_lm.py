@@ -429,18 +429,23 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     steps_per_epoch = -(-len(data.train[0]) // args.seq)
     val_model = rj.Recur(model.cell, model.params).batched(data.val[0].shape[1])
     start = time.perf_counter()
-    trained_chars = 0
+    trained_chars, steady = 0, float("nan")
     for epoch in range(first, args.epochs + 1):
         trained_chars += data.train[0].size  # (T, streams) bytes per pass
         progress = Progress(epoch, steps_per_epoch, args.batch * args.seq, args.quiet)
+        epoch_start = time.perf_counter()
         # A new pass over the text: the streams start again from their beginnings (reset).
         (model, opt_state), losses = rj.tbptt(
             step, (model.reset(), opt_state), data.train, args.seq, callback=progress
         )
         progress.close()
-        bpcs = [float(v) / LN2 for v in losses]
+        bpcs = [float(v) / LN2 for v in losses]  # waits for the epoch's last step
+        epoch_seconds = time.perf_counter() - epoch_start
         val_bpc = evaluate(val_model.replace(params=model.params), data.val)
         record = {"epoch": epoch, "train_bpc": float(np.mean(bpcs)), "val_bpc": val_bpc}
+        # The training alone (no evaluation), compiled unless first in this process; kept
+        # out of the checkpoint's log, which a resumed run must reproduce exactly.
+        steady = data.train[0].size / epoch_seconds if epoch > first else float("nan")
         log["train_bpc"] += bpcs
         log["epochs"].append(record)
         print(f"epoch {epoch}: train {record['train_bpc']:.3f} bpc, held-out {val_bpc:.3f} bpc")
@@ -454,6 +459,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         "unigram_bits": data.unigram,
         "train_seconds": seconds,
         "chars_per_second": trained_chars / seconds if seconds > 0 else float("nan"),
+        # the last epoch's training alone, compiled (NaN where this process ran one epoch)
+        "steady_chars_per_second": steady,
     }
     print(
         f"done in {seconds:.1f} s ({metrics['chars_per_second']:,.0f} chars/s, evaluation "

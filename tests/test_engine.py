@@ -99,6 +99,27 @@ def test_auto_runs_the_measured_strategy_for_linear_cells(config):
     assert chosen is not None and MEASURED_LINEAR[config] == chosen.name
 
 
+# benchmarks/RESULTS_cells.md, the matrix memories' configs (B, T, in = H; 4 heads): the
+# strategy `auto` must run for each of them.
+MATRIX = {
+    "mlstm": lambda H: rj.MLSTMCell(H, H, num_heads=4),
+    "mamba2": lambda H: rj.Mamba2Cell(H, H, num_heads=4, state_size=64),
+    "gla": lambda H: rj.GLACell(H, H, num_heads=4, key_size=H // 2),
+    "retention": lambda H: rj.RetentionCell(H, H, num_heads=4),
+}
+MEASURED_MATRIX = {(4, 4096, 256): "chunkwise", (32, 128, 256): "chunkwise"}
+MEASURED_MATRIX |= {(32, 16, 256): "chunkwise", (32, 15, 256): "sequential"}
+
+
+@pytest.mark.parametrize("kind", sorted(MATRIX))
+def test_auto_runs_the_measured_strategy_for_matrix_memories(kind):
+    cell = MATRIX[kind](256)
+    for (B, T, H), expected in MEASURED_MATRIX.items():
+        xs = jax.ShapeDtypeStruct((T, B, H), jnp.float32)
+        chosen = run.choose(cell, xs, options.build(cell, REGISTRY))
+        assert chosen is not None and chosen.name == expected, (B, T, H)
+
+
 def test_sequence_parallel_scan_marks_out_of_range_lengths_like_scan():
     """Both public functions prepare their inputs with one function, so under `jit` an
     out-of-range length gives NaN for that sequence in both (it used to be clipped)."""

@@ -54,6 +54,15 @@ class _MemoryCell(_CellBase):
         """`(heads, d_v, d_k)`."""
         raise NotImplementedError
 
+    def memory_steps(self, params: Any, xs: jax.Array) -> MemorySteps:
+        """Every step's `q, k, v`, log-decay and the read-out's `aux`, for `xs: (T, *batch,
+        in)`."""
+        raise NotImplementedError
+
+    def memory_readout(self, params: Any, read: jax.Array, aux: Any) -> jax.Array:
+        """The outputs `(T, *batch, H)` from the reads `(T, *batch, heads, d_v)`."""
+        raise NotImplementedError
+
     @property
     def state_width(self) -> int:
         """The width of the flattened state, `heads * d_v * d_k`."""
@@ -85,7 +94,9 @@ class _MemoryCell(_CellBase):
             decay = jnp.exp(log_a)[..., None, None]
         S = decay * S + v[..., :, None] * k[..., None, :]
         read = jnp.einsum("...vk,...k->...v", S, q)
-        return self.cell_state(S, None, None), self.memory_readout(params, read[None], steps.aux)[0]
+        return self.cell_state(S, None, None), self.memory_readout(params, read[None], steps.aux)[
+            0
+        ]
 
 
 def _heads_of(a: jax.Array, heads: int) -> jax.Array:
@@ -392,7 +403,9 @@ class GLACell(_MemoryCell):
         heads, _, dk = self._dims()
         K = heads * dk
         pre = xs @ params["wi"]
-        q, k, v = (_heads_of(a, heads) for a in (pre[..., :K], pre[..., K : 2 * K], pre[..., 2 * K :]))
+        q, k, v = (
+            _heads_of(a, heads) for a in (pre[..., :K], pre[..., K : 2 * K], pre[..., 2 * K :])
+        )
         gate = affine(xs @ params["w_g1"], params["w_g2"], params["b_g"])
         log_a = _heads_of(jax.nn.log_sigmoid(gate) / 16.0, heads)
         return MemorySteps(q, k / math.sqrt(dk), v, log_a, None, None)

@@ -112,7 +112,7 @@ def scan(
         `"associative"` (`lax.associative_scan`, `O(log T)` depth) and `"chunked"` (the
         same within blocks of 256 steps). For a cell with a matrix memory (`MLSTMCell`,
         `RetentionCell`, `Mamba2Cell`, `GLACell`): `"chunkwise"`, matrix products within
-        chunks of 64 steps (16 for GLA's per-channel decays) and one recurrence step per
+        chunks of 64 steps (8 for GLA's per-channel decays) and one recurrence step per
         chunk. `"fused"`, `"hoisted"`, `"associative"` and `"chunked"` have a
         `jax.custom_vjp`, so they are reverse-mode only: named under forward-mode autodiff
         (`jax.jvp`, `jax.jacfwd`, `jax.hessian`) they raise a `TypeError`. A composite runs part by
@@ -129,7 +129,7 @@ def scan(
         `None` (default) stores every step. Must be a multiple of `truncate_every` when both
         are given.
       chunk_size: steps per chunk of the `"chunked"` and `"chunkwise"` strategies (256 and
-        64 by default, 16 for a matrix memory with a decay per key channel); other
+        64 by default, 8 for a matrix memory with a decay per key channel); other
         strategies ignore it.
       lengths: for right-padded batches, an integer array with the batch shape of `xs` (one
         length per sequence, any number of batch axes; a scalar for an unbatched `xs`).

@@ -30,6 +30,19 @@ HOISTED_MAX_ELEMENTS = 2**20
 HOISTED_MAX_WIDENING = 4
 
 
+# A matrix memory (mLSTM, retention, Mamba-2, GLA) runs chunkwise once its sequences have at
+# least `CHUNKWISE_MIN_STEPS` steps, sequentially below. RESULTS_cells.md, the rows
+# "sequential" and "chunkwise" of every matrix memory at B=32 T=16 in=H=256 (the threshold),
+# B=32 T=128 in=H=256 and B=4 T=4096 in=H=256.
+CHUNKWISE_MIN_STEPS = 16
+
+
+def chunkwise_picks(cell: object, xs: object, backend: str) -> bool:
+    """Whether `auto` runs a matrix memory chunkwise for these time-major inputs."""
+    leaves = jax.tree.leaves(xs)
+    return len(leaves) == 1 and leaves[0].ndim >= 2 and leaves[0].shape[0] >= CHUNKWISE_MIN_STEPS
+
+
 def hoisted_picks(cell: object, xs: object, backend: str) -> bool:
     """Whether `auto` runs a linear cell hoisted for these time-major inputs."""
     hidden = getattr(cell, "hidden_size", None)

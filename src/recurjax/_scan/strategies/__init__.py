@@ -3,7 +3,8 @@
 sequential  `lax.scan` of the cell; every cell, every transformation
 fused       a library cell's hand-written kernel and VJP (`kernels.py`)
 linear      associative, chunked and hoisted: one runner for a cell linear in its state
-chunkwise   a matrix memory (mLSTM) in chunks: matrix products within, a scan across
+chunkwise   a matrix memory (mLSTM, retention, Mamba-2, GLA) in chunks: matrix products
+            within, a scan across
 
 Adding a strategy is one `Strategy` (`_contracts.py`) and one entry in `REGISTRY` (users can
 then name it), plus one in `AUTO_ORDER` if `auto` may pick it.
@@ -22,6 +23,6 @@ REGISTRY: dict[str, Strategy] = {
 }
 # `auto` runs the first strategy here that applies and whose `auto` picks it; the
 # sequential one, last, always does.
-AUTO_ORDER: tuple[Strategy, ...] = (CHUNKED, HOISTED, FUSED, SEQUENTIAL)
+AUTO_ORDER: tuple[Strategy, ...] = (CHUNKED, HOISTED, FUSED, CHUNKWISE, SEQUENTIAL)
 
 __all__ = ["AUTO_ORDER", "REGISTRY", "SEQUENTIAL"]

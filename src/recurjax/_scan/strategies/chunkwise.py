@@ -37,6 +37,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ..._contracts import PyTree, Strategy, is_matrix_memory
+from .. import policy
 from ..blocks import StepMasks, cut_at, first_step, in_blocks
 from .sequential import SEQUENTIAL
 
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
 # over chunks `T / L` sequential steps. With a decay per key channel (GLA) every pair of a
 # chunk has its own `d_k` weights, `L^2 d_k` per chunk and head: shorter chunks.
 CHUNK = 64
-CHUNK_PER_CHANNEL = 16
+CHUNK_PER_CHANNEL = 8
 
 
 def run(
@@ -359,4 +360,6 @@ def _not_matrix_memory(cell: object, opts: object) -> str | None:
     )
 
 
-CHUNKWISE = Strategy("chunkwise", run, _not_matrix_memory, forward_mode=True)
+CHUNKWISE = Strategy(
+    "chunkwise", run, _not_matrix_memory, forward_mode=True, auto=policy.chunkwise_picks
+)
