@@ -5,6 +5,7 @@ and the evidence for `auto`'s rule for the cells linear in their state.
     python benchmarks/cells.py            # 7 or 3 processes per config, writes RESULTS_cells.md
     python benchmarks/cells.py --quick    # small sizes, one process, no file
     python benchmarks/cells.py --recurrentgemma-python /tmp/rg/bin/python
+    python benchmarks/cells.py --mlstm-kernels /tmp/mlk   # a folder with mlstm_kernels, einops
 
 Configs: every cell at B=32, T=128 (in = H = 256, 4 heads where a cell has heads) and at B=4,
 T=4096 (in = H = 64; not LayerNormLSTMCell, whose gradients overflow there); then the cells
@@ -27,7 +28,13 @@ that run here: torch's `nn.LSTM(proj_size=...)` for `ProjLSTMCell` (same weights
 `recurjax.interop`), and with `--recurrentgemma-python` (a Python that has
 `recurrentgemma`, which pins numpy < 2.4: see `tests/fixtures/make_reference_fixtures.py`)
 RecurrentGemma's JAX `RGLRU` layer with both of its scans, in extra processes of that
-Python, against `RGLRUCell` timed there too (same weights).
+Python, against `RGLRUCell` timed there too (same weights); and with `--mlstm-kernels` (a
+folder put on `sys.path` in the workers, holding `mlstm_kernels` 2.0.6 and `einops`, e.g.
+`pip install --no-deps --target /tmp/mlk mlstm-kernels==2.0.6 einops`) a row in the matrix
+memories' jobs, in the same processes and jax: mlstm_kernels' JAX native chunkwise mLSTM
+(`jax/chunkwise/native/fw.py`, their chunk 64, or T where T < 64) between `MLSTMCell`'s own
+projections and read-out, so that it runs the same model as the cell's rows
+(`mlstm_kernels_row`).
 
 Checks, processes and ranges as `benchmarks/rnn.py` (its docstring says why): before
 anything is timed (in the first process of each job), every row's outputs and gradients of
@@ -46,6 +53,9 @@ rerun's does not either.
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.metadata
+import importlib.util
 import os
 import statistics
 import subprocess
@@ -248,6 +258,55 @@ def recurrentgemma_rows(
     return [row(scan) for scan in ("LINEAR_NATIVE", "ASSOCIATIVE_NATIVE")]
 
 
+MLSTM_KERNELS_FW = ("mlstm_kernels", "jax", "chunkwise", "native", "fw.py")
+MLSTM_KERNELS_CHUNK = 64  # their default and our chunkwise strategy's
+
+
+def _mlstm_kernels_chunkwise(path: str) -> tuple[Callable[..., jax.Array], str]:
+    """mlstm_kernels' JAX native chunkwise mLSTM (`mlstm_chunkwise` of the file
+    `MLSTM_KERNELS_FW` under `path`) and the package's version, `path` first on `sys.path`
+    (for `einops`). The file is loaded on its own: the package's `jax.chunkwise` imports its
+    Triton kernels (`jax_triton`, `triton`) on the way to it, which this row does not use."""
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    spec = importlib.util.spec_from_file_location(
+        "_mlstm_kernels_native_fw", Path(path).joinpath(*MLSTM_KERNELS_FW)
+    )
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.mlstm_chunkwise, importlib.metadata.version("mlstm-kernels")
+
+
+def mlstm_kernels_row(
+    name: str, cell: rj.MLSTMCell, params: Any, xs: jax.Array, path: str
+) -> Impl:
+    """mlstm_kernels' JAX native chunkwise mLSTM between `cell`'s own projections and
+    read-out, on `cell`'s params and time-major `xs` as its rows. `cell.memory_steps` gives
+    `q, k, v` (k scaled by `d**-0.5`, so their `qk_scale=1`), `i~` and the output gate's
+    pre-activation; run with `exp_forget` its `log_decay` is the forget gate's
+    pre-activation `f~` itself, to which their kernel applies `log_sigmoid` (as the cell).
+    Their layout is batch-major per head, `(B, heads, T, d)` and `(B, heads, T)`; `eps=0`
+    (their denominator is the cell's, `max(|n.q|, exp(-m))`; their stabiliser starts at
+    `m = 0`, the cell's at the first `i~`, which changes only the rounding). Their chunk is
+    `MLSTM_KERNELS_CHUNK`, or `T` below it (T must be a multiple of it)."""
+    chunkwise, version = _mlstm_kernels_chunkwise(path)
+    assert not cell.exp_forget, "the row feeds f~ as the cell's log_decay under exp_forget"
+    raw = dataclasses.replace(cell, exp_forget=True)
+    chunk = min(MLSTM_KERNELS_CHUNK, xs.shape[0])
+
+    def ys(p: Any, xs: jax.Array) -> jax.Array:
+        steps = raw.memory_steps(p, xs)
+        q, k, v = (a.transpose(1, 2, 0, 3) for a in (steps.q, steps.k, steps.v))
+        assert steps.log_input is not None
+        i, f = (a.transpose(1, 2, 0) for a in (steps.log_input, steps.log_decay))
+        read = chunkwise(q, k, v, i, f, qk_scale=1.0, chunk_size=chunk, eps=0.0)
+        return cell.memory_readout(p, read.transpose(2, 0, 1, 3), steps.aux)
+
+    label = f"{name} | mlstm_kernels {version} JAX chunkwise (native, chunk {chunk})"
+    return jax_impl(label, ys, params, xs, reference=name)
+
+
 def build(job: dict[str, Any], seed: int) -> tuple[list[Impl], dict[str, Reference]]:
     """Every row of one config (named `cell | row`), built in a random order drawn from
     `seed`, and each cell's reference (its sequential strategy)."""
@@ -297,6 +356,12 @@ def build(job: dict[str, Any], seed: int) -> tuple[list[Impl], dict[str, Referen
             builders.append(lambda n=name, c=cell, p=params: torch_proj(n, c, p, xs_np))
         if job.get("recurrentgemma"):
             builders += recurrentgemma_rows(name, cell, params, xs)
+        if job.get("mlstm_kernels") and isinstance(cell, rj.MLSTMCell):
+            builders.append(
+                lambda n=name, c=cell, p=params: mlstm_kernels_row(
+                    n, c, p, xs, job["mlstm_kernels"]
+                )
+            )
     return build_shuffled(builders, seed), refs
 
 
@@ -402,17 +467,19 @@ def drive(jobs: list[dict[str, Any]], args: Any, out: Path | None) -> None:
         env=_source_tree_first,
     )
     v = env["versions"]
+    mlstm = f" --mlstm-kernels {args.mlstm_kernels}" if args.mlstm_kernels else ""
     lines = [
         "# The newer cells: fwd and f+b by strategy",
         "",
-        f"`{command('cells.py', args)}` on {env['date']}, commit "
+        f"`{command('cells.py', args)}{mlstm}` on {env['date']}, commit "
         f"{env['commit']}: {env['cpu']} ({env['machine']}), {env['cores']} cores, "
         f"{env['backend']}; torch threads {env['torch_threads']}; Python {env['python']}; "
         + ", ".join(f"{k} {val}" for k, val in v.items() if k in ("jax", "jaxlib", "torch"))
         + f"; XLA_FLAGS={env['xla_flags'] or '(unset)'}. {time.time() - started:.0f} s in all.",
         "",
         "Float32, time-major `(T, B, F)` (torch's and RecurrentGemma's rows in their own "
-        "layouts). Times (ms) are medians over processes of each process's median; ratios "
+        "layouts; mlstm_kernels' transposes to its own inside its timed functions). Times "
+        "(ms) are medians over processes of each process's median; ratios "
         "are the row's time over its cell's first row (the sequential strategy; for the LSTM "
         "its default, fused), per process, as median [min-max] over the processes (below 1: "
         "faster than the first row). How they are made: "
@@ -434,6 +501,12 @@ def main() -> None:
     description = (__doc__ or "").split("\n\n")[0]
     ap = driver_arguments(description, Path(__file__).with_name("RESULTS_cells.md"))
     ap.add_argument("--recurrentgemma-python", default="", help="a Python with recurrentgemma")
+    ap.add_argument(
+        "--mlstm-kernels",
+        default="",
+        help="a folder with mlstm_kernels (2.0.6) and einops, for a row of their JAX native "
+        "chunkwise mLSTM in the matrix memories' jobs (default: no row)",
+    )
     args = ap.parse_args()
     if serve_worker(args, worker):
         return
@@ -453,6 +526,14 @@ def main() -> None:
             }
             for j in jobs
             if not j["grid"] and j["cells"] != OTHER
+        ]
+    if args.mlstm_kernels:  # the workers put it on sys.path (`mlstm_kernels_row`)
+        path = str(Path(args.mlstm_kernels).resolve())
+        jobs = [
+            {**j, "mlstm_kernels": path}
+            if j["cells"] == MATRIX and not j.get("recurrentgemma")
+            else j
+            for j in jobs
         ]
     write = not (args.quick or args.only)
     drive(jobs, args, Path(args.out) if write else None)

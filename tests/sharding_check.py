@@ -37,6 +37,9 @@ from jax.sharding import PartitionSpec as P
 
 import recurjax as rj
 
+# As the test suite (conftest.py): a silent broadcast is an error here too.
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
 VOCAB, EMBED, HIDDEN = 64, 8, 32
 BATCH, SEQ, STEPS, RESET_AT = 32, 12, 5, 3  # a reset() before step RESET_AT
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # one per XLA compilation
@@ -174,15 +177,25 @@ def collectives(compiled_text: str) -> dict[str, int]:
 
 def sequence_parallel(devices: list[Any]) -> dict[str, Any]:
     """One long sequence with its time axis split over every device (`shard_map`), against
-    `rj.scan` on one device: values, final states and gradients, for minGRU and the LRU,
-    with `lengths` and `resets` (and minGRU without); and the sharding of the outputs."""
+    `rj.scan` on one device: values, final states and gradients, for minGRU and the LRU and
+    the matrix memories mLSTM, GLA and Mamba-2, with `lengths` and `resets` (and minGRU
+    without); and the sharding of the outputs."""
     mesh = Mesh(np.asarray(devices), ("time",))
     T = 16 * len(devices)
     out: dict[str, Any] = {}
-    for cell in (rj.MinGRUCell(3, 4), rj.LRUCell(3, 4, r_min=0.5)):
+    cells = (
+        rj.MinGRUCell(3, 4),
+        rj.LRUCell(3, 4, r_min=0.5),
+        rj.MLSTMCell(3, 4, num_heads=2),
+        rj.GLACell(3, 4, num_heads=2, key_size=4),
+        rj.Mamba2Cell(3, 4, num_heads=2, state_size=2),
+    )
+    for cell in cells:
         params = cell.init(jax.random.key(0))
         xs = jax.random.normal(jax.random.key(1), (T, 2, 3))
-        h0 = jnp.full((2, 4), 0.3, cell.initial_state(params).dtype)
+        h0 = jax.tree.map(
+            lambda a: jnp.full((2, *a.shape), 0.3, a.dtype), cell.initial_state(params)
+        )
         controls: dict[str, Any] = {
             "lengths+resets": {
                 "lengths": jnp.array([T, 37]),
@@ -207,7 +220,8 @@ def sequence_parallel(devices: list[Any]) -> dict[str, Any]:
                     )
                 else:
                     h, ys = rj.scan(cell, params, h0, xs, **kw)
-                return jnp.sum(ys**2) + jnp.sum(jnp.abs(h) ** 2), (h, ys)
+                state = sum(jnp.sum(jnp.abs(a) ** 2) for a in jax.tree.leaves(h))
+                return jnp.sum(ys**2) + state, (h, ys)
 
             grad = jax.jit(
                 jax.value_and_grad(loss, argnums=(0, 1), has_aux=True), static_argnums=2

@@ -28,6 +28,7 @@ import pytest
 from cases import EVERYDAY, IN, LIBRARY, LINEAR, Case, library_case, strategies_of
 
 import recurjax as rj
+from recurjax._contracts import is_matrix_memory
 
 T = 12
 SCALES = 10.0 ** np.arange(-3.0, 5.5, 0.5)  # 1e-3, 3.2e-3, 1e-2, ..., 1e5
@@ -121,3 +122,73 @@ SLOW = [(c, s) for c in CELLS for s in strategies_of(c) if s != "auto"]
 @pytest.mark.parametrize(("case", "strategy"), SLOW, ids=[f"{c.name}-{s}" for c, s in SLOW])
 def test_values_and_gradients_finite_at_every_scale_every_strategy(case: Case, strategy: str):
     check_finite(case, strategy)
+
+
+# --- the chunkwise strategy at large inputs and over long sequences --------------------------
+
+MEMORIES = [c for c in CELLS if is_matrix_memory(c.cell)]
+
+
+@functools.cache
+def _chunked_loss(case: Case, strategy: str):
+    """Values, final state and gradients (params, initial state, inputs) of `sum(ys * g) +
+    sum(h * 0.5)` under `strategy`, with lengths and resets, in chunks of 3; jitted once. The
+    state enters linearly: a cotangent that does not depend on the state's rounding."""
+
+    def loss(params, h0, xs, g, lengths, resets):
+        h, ys = rj.scan(
+            case.cell, params, h0, xs, strategy=strategy, chunk_size=3, lengths=lengths,
+            resets=resets,
+        )  # fmt: skip
+        state = sum(jnp.sum(a * 0.5) for a in jax.tree.leaves(h))
+        return jnp.sum(ys * g) + state, (h, ys)
+
+    return jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", MEMORIES, ids=[c.name for c in MEMORIES])
+def test_chunkwise_equals_sequential_in_float64_at_large_inputs(case: Case):
+    """Inputs of 100 and 1e4 times a normal draw (gate pre-activations of that order), in
+    float64: the chunkwise strategy (chunks of 3 over 20 steps, lengths and resets inside
+    chunks) equals the sequential one, values, final state and every gradient, to 1e-9 of
+    each array's largest entry."""
+    with jax.enable_x64(True):
+        params = case.params(0, jnp.float64)
+        h0 = jax.tree.map(lambda a: jnp.broadcast_to(a, (2, *a.shape)), case.state(params))
+        rng = np.random.default_rng(3)
+        g = jnp.asarray(rng.standard_normal((20, 2, case.out)))
+        lengths = jnp.array([20, 13])
+        resets = jnp.asarray(rng.random((20, 2)) < 0.15)
+        for scale in (1e2, 1e4):
+            xs = jnp.asarray(scale * rng.standard_normal((20, 2, IN)))
+            args = (params, h0, xs, g, lengths, resets)
+            want = _chunked_loss(case, "sequential")(*args)
+            got = _chunked_loss(case, "chunkwise")(*args)
+            for (path, a), b in zip(
+                jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want), strict=True
+            ):
+                a, b = np.asarray(a), np.asarray(b)
+                assert np.isfinite(a).all() and np.isfinite(b).all(), (scale, path)
+                bound = 1e-9 * max(np.abs(b).max(initial=0.0), 1e-300) + 1e-300
+                worst = np.abs(a - b).max(initial=0.0)
+                assert worst <= bound, (case.name, scale, jax.tree_util.keystr(path), worst)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", MEMORIES, ids=[c.name for c in MEMORIES])
+def test_chunkwise_is_finite_over_65536_steps(case: Case):
+    """One sequence of 65,536 steps of normal inputs through the chunkwise strategy (1,024
+    chunks of 64, or 4,096 of 16 with per-channel decays): values, final state and the
+    gradients for the params and the initial state are finite."""
+    params = case.params(0)
+    h0 = case.state(params)
+    xs = jax.random.normal(jax.random.key(7), (65536, IN))
+
+    def loss(params, h0):
+        h, ys = rj.scan(case.cell, params, h0, xs, strategy="chunkwise")
+        return jnp.sum(ys**2) / ys.size + oracle.state_terms(h), (h, ys)
+
+    grads, (h, ys) = jax.jit(jax.grad(loss, argnums=(0, 1), has_aux=True))(params, h0)
+    bad = _non_finite(jax.tree.map(lambda a: a[None], (grads, h, ys)), ["T=65536"])
+    assert not bad, f"{case.name}: non-finite in {'; '.join(bad)}"

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from .._checks import check_callable, describe
-from .._contracts import CellFn, PyTree, is_linear
+from .._contracts import CellFn, PyTree, is_linear, is_matrix_memory
 from . import options as options_
 from .inputs import (
     check_length_values,
@@ -18,7 +18,7 @@ from .inputs import (
     stack_steps,
 )
 from .options import Options
-from .parallel import run_split
+from .parallel import run_split, run_split_memory
 from .run import check_choice, run
 from .strategies import REGISTRY
 
@@ -112,7 +112,7 @@ def scan(
         `"associative"` (`lax.associative_scan`, `O(log T)` depth) and `"chunked"` (the
         same within blocks of 256 steps). For a cell with a matrix memory (`MLSTMCell`,
         `RetentionCell`, `Mamba2Cell`, `GLACell`): `"chunkwise"`, matrix products within
-        chunks of 64 steps (8 for GLA's per-channel decays) and one recurrence step per
+        chunks of 64 steps (16 for GLA's per-channel decays) and one recurrence step per
         chunk. `"fused"`, `"hoisted"`, `"associative"` and `"chunked"` have a
         `jax.custom_vjp`, so they are reverse-mode only: named under forward-mode autodiff
         (`jax.jvp`, `jax.jacfwd`, `jax.hessian`) they raise a `TypeError`. A composite runs part by
@@ -129,7 +129,7 @@ def scan(
         `None` (default) stores every step. Must be a multiple of `truncate_every` when both
         are given.
       chunk_size: steps per chunk of the `"chunked"` and `"chunkwise"` strategies (256 and
-        64 by default, 8 for a matrix memory with a decay per key channel); other
+        64 by default, 16 for a matrix memory with a decay per key channel); other
         strategies ignore it.
       lengths: for right-padded batches, an integer array with the batch shape of `xs` (one
         length per sequence, any number of batch axes; a scalar for an unbatched `xs`).
@@ -228,19 +228,27 @@ def sequence_parallel_scan(
     resets: Any = None,
     state0: PyTree = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """Run a linear cell over one long sequence whose time axis is split over devices.
+    """Run a linear cell or a matrix memory over one long sequence whose time axis is split
+    over devices.
 
     `xs` (time-major, `(T, ..., in)`) is sharded on its time axis over the mesh axis `axis`
-    (`jax.shard_map`): each of the `D` devices holds `T / D` consecutive steps. Each device
-    runs its block from a zero state with the associative scan, keeping the block's
-    composed map `h -> A h + B`; the `D` maps (one `(batch, H)` pair per device) are
-    gathered, each device folds the maps of the devices before it into its entering state,
-    and corrects its block's states with it. Only the small maps cross devices, once. The
-    result equals `scan(cell, params, h, xs, lengths=..., resets=...)` on one device (to
-    float rounding: tested on 8 host CPU devices), and it differentiates like it.
+    (`jax.shard_map`): each of the `D` devices holds `T / D` consecutive steps. For a
+    `LinearCell`, each device runs its block from a zero state with the associative scan,
+    keeping the block's composed map `h -> A h + B`; the `D` maps (one `(batch, H)` pair per
+    device) are gathered, each device folds the maps of the devices before it into its
+    entering state, and corrects its block's states with it. For a matrix memory (mLSTM,
+    Mamba-2, GLA, retention), each device runs its block chunkwise from a zero state,
+    keeping its final memory and its total decay; the pairs are gathered and folded the
+    same way (mLSTM's stabiliser kept), and each device runs its block again from its true
+    entering memory: twice the work of one block, in parallel. Only the small maps or the
+    block memories cross devices, once. The result equals `scan(cell, params, h, xs,
+    lengths=..., resets=...)` on one device (to float rounding: tested on 8 host CPU
+    devices), and it differentiates like it.
 
     Args:
-      cell: a `LinearCell` (`MinGRUCell`, `MinLSTMCell`, `LRUCell`, a subclass).
+      cell: a `LinearCell` (`MinGRUCell`, `MinLSTMCell`, `LRUCell`, a subclass) or a
+        matrix memory (`MLSTMCell`, `Mamba2Cell`, `GLACell`, `RetentionCell`, a
+        `MatrixMemory` of your own).
       params: its params (replicated).
       h: the initial state, unbatched or with the batch shape of `xs` (replicated).
       xs: `(T, ..., in)` with `T` a multiple of the size of `axis`.
@@ -268,11 +276,12 @@ def sequence_parallel_scan(
       True
     """
     name = describe(cell)
-    if not is_linear(cell):
+    if not (is_linear(cell) or is_matrix_memory(cell)):
         raise TypeError(
             f"sequence_parallel_scan({name}): needs a LinearCell (MinGRUCell, MinLSTMCell, "
-            "LRUCell or a subclass), whose steps compose as maps h -> a h + b; other cells "
-            "carry a non-linear state and cannot be split in time. Use rj.scan."
+            "LRUCell or a subclass), whose steps compose as maps h -> a h + b, or a matrix "
+            "memory (MLSTMCell, Mamba2Cell, GLACell, RetentionCell); other cells carry a "
+            "non-linear state and cannot be split in time. Use rj.scan."
         )
     if axis not in mesh.shape:
         raise ValueError(
@@ -288,7 +297,8 @@ def sequence_parallel_scan(
             f"devices on axis {axis!r}. Pad xs to a multiple of {D} (with lengths= to mark "
             "the padding)."
         )
-    h, ys = run_split(cell, params, prepared, mesh, axis)
+    split = run_split if is_linear(cell) else run_split_memory
+    h, ys = split(cell, params, prepared, mesh, axis)
     if unchecked:
         h, ys = poison_out_of_range(jnp.asarray(lengths), T, h, ys)
     return h, ys

@@ -1,5 +1,6 @@
-"""Sequence parallelism: a linear cell over one long sequence whose time axis is split
-over the devices of a mesh axis (`jax.shard_map`); see `sequence_parallel_scan`."""
+"""Sequence parallelism: a linear cell or a matrix memory over one long sequence whose time
+axis is split over the devices of a mesh axis (`jax.shard_map`); see
+`sequence_parallel_scan`."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from jax import lax
 from jax.sharding import PartitionSpec
 
 from .._contracts import PyTree
-from .blocks import zero_padding
+from .blocks import StepMasks, zero_padding
 from .inputs import Prepared
+from .options import Options
+from .strategies import chunkwise
 from .strategies.linear import coefficients, linear_scan
 
 
@@ -52,3 +55,77 @@ def run_split(cell: Any, params: PyTree, prepared: Prepared, mesh: Any, axis: st
         check_vma=False,
     )
     return fn(params, h, s0, xs, valid, reset)
+
+
+def run_split_memory(cell: Any, params: PyTree, prepared: Prepared, mesh: Any, axis: str) -> Any:
+    """A matrix memory: each device runs its block chunkwise from a zero state, keeping the
+    block's final state and its total log-decay (per head or key channel; the block's state
+    forgets the entering one after a reset); the pairs are gathered, each device folds those
+    of the devices before it into its true entering state and runs its block again from it.
+    The final state is the last block's. Only the block states cross devices, once."""
+    xs, _, h, masks = prepared
+    valid, reset, _, s0 = (None, None, None, None) if masks is None else masks
+    D = mesh.shape[axis]
+    opts = Options(strategy="chunkwise")
+
+    def local(params: PyTree, h: Any, s0: Any, xs: jax.Array, valid: Any, reset: Any) -> Any:
+        block_masks = None if masks is None else StepMasks(valid, reset, None, s0)
+        zero = jax.tree.map(jnp.zeros_like, h)
+        from_zero, _ = chunkwise.run(cell, params, zero, xs, opts, block_masks)
+        log_a = cell.memory_steps(params, xs).log_decay  # (Tb, *batch, heads[, d_k])
+        if valid is not None:  # a padded step does not decay
+            per_step = valid.reshape(*valid.shape, *(1,) * (log_a.ndim - valid.ndim))
+            log_a = jnp.where(per_step, log_a, 0)
+        batch = tuple(xs.shape[1:-1])
+        resets = jnp.zeros(batch, bool) if reset is None else reset.any(0)
+        maps = lax.all_gather((log_a.sum(0), resets, cell.memory_state(from_zero)), axis)
+        me = lax.axis_index(axis)
+
+        def step(carry: Any, m: Any) -> tuple[Any, Any]:
+            total, resets, block, d = m
+            entering = jax.tree.map(lambda a: jnp.where(d == me, a, jnp.zeros_like(a)), carry)
+            return _fold(cell, carry, total, resets, block), entering
+
+        _, entering = lax.scan(step, cell.memory_state(h), (*maps, jnp.arange(D)))
+        entering = cell.cell_state(*(None if a is None else a.sum(0) for a in entering))
+        final, ys = chunkwise.run(cell, params, entering, xs, opts, block_masks)
+        final = jax.tree.map(lambda a: lax.all_gather(a, axis)[D - 1], final)
+        return final, zero_padding(valid, ys)
+
+    spec_t = PartitionSpec(axis)
+    fn = jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(PartitionSpec(), PartitionSpec(), PartitionSpec(), spec_t, spec_t, spec_t),
+        out_specs=(PartitionSpec(), spec_t),
+        check_vma=False,
+    )
+    return fn(params, h, s0, xs, valid, reset)
+
+
+def _fold(cell: Any, carry: Any, total: jax.Array, resets: jax.Array, block: Any) -> Any:
+    """The memory after a block, `(S, n, m)` per head, from the memory `carry` entering it,
+    the block's total log-decay and its state run from zero (`block`), which is the result
+    where the block has a reset. A normalised memory stays stabilised: the result's `m` is
+    the larger of the decayed entering one and the block's, as the cell's step keeps it
+    (an empty memory adds no term)."""
+    S, n, m = carry
+    S_z, n_z, m_z = block
+    fresh = resets.reshape(*resets.shape, 1)  # (*batch, 1): over the heads
+    if not cell.normalised:
+        per_channel = total.ndim == S.ndim - 1  # (*batch, heads, d_k) scales S's columns
+        a = jnp.exp(total)[..., None, :] if per_channel else jnp.exp(total)[..., None, None]
+        return jnp.where(fresh[..., None, None], S_z, a * S + S_z), None, None
+    empty, empty_z = chunkwise._empty(S, n), chunkwise._empty(S_z, n_z)
+    decayed = m + total
+    m_new = jnp.where(empty_z, decayed, jnp.where(empty, m_z, jnp.maximum(decayed, m_z)))
+    # both factors at most 1; the minimum keeps a branch that `where` drops finite
+    f = jnp.where(empty, 0, jnp.exp(jnp.minimum(decayed - m_new, 0)))
+    f_z = jnp.where(empty_z, 0, jnp.exp(jnp.minimum(m_z - m_new, 0)))
+    S_new = f[..., None, None] * S + f_z[..., None, None] * S_z
+    n_new = f[..., None] * n + f_z[..., None] * n_z
+    return (
+        jnp.where(fresh[..., None, None], S_z, S_new),
+        jnp.where(fresh[..., None], n_z, n_new),
+        jnp.where(fresh, m_z, m_new),
+    )

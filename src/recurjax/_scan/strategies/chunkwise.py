@@ -12,12 +12,13 @@ between them) with `s` a valid step:
     read_t    = sum_s exp(Lam[t, s] + log i_s) (q_t . k_s) v_s + exp(E_t) base_t q_t
 
 `base_t` is the state entering the chunk, or `state0` after a reset; a padded step has no
-decay and writes nothing. With a decay per key channel (GLA), `Lam` and `E` are per channel
-and the weight moves inside the key product, `sum_j q_tj k_sj exp(Lam_j[t, s])`: every pair
-weighed by its own decays, never a ratio of cumulative products, so no exponent exceeds 0
-(the cost: an `L x L x d_k` weight per chunk and head, hence shorter chunks,
-`CHUNK_PER_CHANNEL`). A normalised memory (mLSTM) carries its stabiliser `m`, computed
-exactly as the cell's step computes it: `m_t = max(m_base + E_t, max_s (log i_s +
+decay and writes nothing. With a decay per key channel (GLA), the weight moves inside the
+key product, `sum_j q_tj k_sj exp(Lam_j[t, s])`: exact per channel within sub-chunks, and
+across them split at a sub-chunk boundary into two factors of at most 1 each
+(`_channelwise`), so no exponent exceeds 0 there either.
+
+A normalised memory (mLSTM) carries its stabiliser `m`, computed exactly as the cell's step
+computes it: `m_t = max(m_base + E_t, max_s (log i_s +
 Lam[t, s]))`, where an empty base (all zeros) adds no term and the first write's forget
 factor is capped as in the cell; every other exponent is taken after subtracting `m_t`, so
 none exceeds 0. The one case where the result's `m` differs from the cell's: a write of an
@@ -45,10 +46,13 @@ if TYPE_CHECKING:
     from ..options import Options
 
 # Steps per chunk: the intra-chunk products cost `L^2` per step pair of a chunk, the scan
-# over chunks `T / L` sequential steps. With a decay per key channel (GLA) every pair of a
-# chunk has its own `d_k` weights, `L^2 d_k` per chunk and head: shorter chunks.
+# over chunks `T / L` sequential steps. With a decay per key channel (GLA) the pairs within
+# a sub-chunk have their own `d_k` weights each (`_channelwise`).
 CHUNK = 64
-CHUNK_PER_CHANNEL = 8
+CHUNK_PER_CHANNEL = 16
+# Steps per sub-chunk with per-channel decays: pairs within one are weighed channel by
+# channel (`SUB^2 d_k` per sub-chunk), pairs across sub-chunks by matrix products.
+SUB = 4
 
 
 def run(
@@ -102,7 +106,9 @@ def run(
     carry = memory(h)
     s0 = None if reset is None else memory(masks.state0)  # type: ignore[union-attr]
     size = opts.chunk_size or (CHUNK_PER_CHANNEL if lam.ndim == q.ndim else chunk)
-    memory_kind = _normalised if cell.normalised else _plain
+    memory_kind = (
+        _normalised if cell.normalised else _channelwise if lam.ndim == q.ndim else _plain
+    )
 
     def run_chunks(carry: Any, data: Any) -> tuple[Any, jax.Array]:
         return memory_kind(_in_chunks(data, size), carry, s0)
@@ -148,9 +154,15 @@ class _Chunks(NamedTuple):
     start: jax.Array  # (N, C, L): the first step of each row's segment in its chunk
     place: jax.Array  # (N, C, L): each step's place in its chunk
     first_segment: jax.Array | None  # (N, 1, C, L): the row reads the entering state
-    Lam: jax.Array  # (N, heads, C, L, L): log-decay from column s to row t
-    E: jax.Array  # (N, heads, C, L): log-decay of the row's base
-    ell: jax.Array  # (N, heads, C, L, L): log weight of each write read by each row, or -inf
+    pair: jax.Array  # (N, 1, C, L, L): column s is a valid step of row t's segment, s <= t
+    E: jax.Array  # (N, heads, C, L) or (N, heads, C, L, d_k): log-decay of the row's base
+    # One decay per head: log-decay from column s to row t, and the log weight of each write
+    # read by each row, or -inf (`(N, heads, C, L, L)`); None with per-channel decays.
+    Lam: jax.Array | None
+    ell: jax.Array | None
+    # Per-channel decays: the log-decays summed from the chunk's start to each step,
+    # `(N, heads, C, L, d_k)`; None with one decay per head.
+    b: jax.Array | None
     steps: int  # the steps before the padding
 
     @property
@@ -159,8 +171,8 @@ class _Chunks(NamedTuple):
 
     @property
     def per_channel(self) -> bool:
-        """Whether the decays are per key channel (`E: (N, heads, C, d_k, L)`)."""
-        return self.E.ndim == 5
+        """Whether the decays are per key channel (`E: (N, heads, C, L, d_k)`)."""
+        return self.b is not None
 
     def qk(self) -> jax.Array:
         """`q_t . k_s` for every pair of a chunk, `(N, heads, C, L, L)`."""
@@ -187,9 +199,9 @@ def _lasts(a: jax.Array) -> jax.Array:
 
 def _in_chunks(data: Any, size: int) -> _Chunks:
     """Time-major steps `(q, k, v, log_decay, log_input, valid, reset)`, each `(Tb, N, ...)`,
-    in chunks of `size`, the last one padded with invalid steps. A log-decay per key channel
-    `(Tb, N, heads, d_k)` gives `lam`, `Lam`, `E` and `ell` a channel axis after the chunks'
-    (`(N, heads, C, d_k, L, ...)`): each pair of steps weighed by its own decays."""
+    in chunks of `size`, the last one padded with invalid steps. With one decay per head,
+    the segment sums `Lam` and the log weights `ell` of every pair; with a decay per key
+    channel `(Tb, N, heads, d_k)`, the sums from the chunk's start, `b` (`_channelwise`)."""
     q, k, v, lam, iota, valid, reset = data
     Tb, L = q.shape[0], size
     C = -(-Tb // L)
@@ -205,18 +217,13 @@ def _in_chunks(data: Any, size: int) -> _Chunks:
     def heads_first(a: jax.Array) -> jax.Array:  # (N, C, L, heads, ...) -> (N, heads, C, L, ...)
         return jnp.moveaxis(a, 3, 1)
 
-    def channels(a: jax.Array) -> jax.Array:  # (N, heads, C, ...) -> (N, heads, C, 1, ...)
-        return a[:, :, :, None] if per_channel else a
-
     valid = chunked(valid, False)
     live = valid[:, None]
     q, k, v = (heads_first(chunked(a, 0)) for a in (q, k, v))
     k = jnp.where(live[..., None], k, 0)
     v = jnp.where(live[..., None], v, 0)
     lam = heads_first(chunked(lam, 0))
-    if per_channel:
-        lam = jnp.moveaxis(lam, -1, 3)  # (N, heads, C, d_k, L)
-    lam = jnp.where(channels(live), lam, 0)
+    lam = jnp.where(live[..., None] if per_channel else live, lam, 0)
     iota = heads_first(chunked(iota, 0))
     t = jnp.broadcast_to(jnp.arange(L), valid.shape)  # each step's place in its chunk
     if reset is None:
@@ -225,47 +232,95 @@ def _in_chunks(data: Any, size: int) -> _Chunks:
         reset = chunked(reset, False)
         start = lax.cummax(jnp.where(reset, t, 0), axis=valid.ndim - 1)
         first_segment = (jnp.cumsum(reset, axis=-1) == 0)[:, None]
-    sums = _segment_sums(jnp.concatenate([jnp.zeros_like(lam[..., :1]), lam], axis=-1))
-    start_h = jnp.broadcast_to(channels(start[:, None]), lam.shape)
-    E = jnp.take_along_axis(sums[..., 1:, :], start_h[..., None], axis=-1)[..., 0]
-    Lam = sums[..., 1:, 1:]
     pair = (t[:, None, :, :, None] >= t[:, None, :, None, :]) & live[..., None, :]
     if reset is not None:  # the same segment: no reset between column and row
         pair = pair & (start[:, None, :, :, None] == start[:, None, :, None, :])
-    ell = jnp.where(channels(pair), Lam + channels(iota)[..., None, :], -jnp.inf)
-    return _Chunks(q, k, v, lam, iota, valid, reset, start, t, first_segment, Lam, E, ell, Tb)
+    start_h = jnp.broadcast_to(start[:, None], lam.shape[:4])
+    if per_channel:
+        b = jnp.cumsum(lam, axis=3)
+        before = jnp.take_along_axis(b, jnp.maximum(start_h - 1, 0)[..., None], axis=3)
+        E = b - jnp.where((start_h > 0)[..., None], before, 0)
+        return _Chunks(q, k, v, lam, iota, valid, reset, start, t, first_segment, pair, E,
+                       None, None, b, Tb)  # fmt: skip
+    sums = _segment_sums(jnp.concatenate([jnp.zeros_like(lam[..., :1]), lam], axis=-1))
+    E = jnp.take_along_axis(sums[..., 1:, :], start_h[..., None], axis=-1)[..., 0]
+    Lam = sums[..., 1:, 1:]
+    ell = jnp.where(pair, Lam + iota[..., None, :], -jnp.inf)
+    return _Chunks(q, k, v, lam, iota, valid, reset, start, t, first_segment, pair, E, Lam, ell,
+                   None, Tb)  # fmt: skip
 
 
 def _plain(ch: _Chunks, carry: tuple[Any, ...], s0: Any) -> tuple[tuple[Any, ...], jax.Array]:
-    """A memory without a normaliser: `read_t = sum_s exp(ell[t, s]) (q_t . k_s) v_s +
-    exp(E_t) base_t q_t`, every weight at most 1. With per-channel decays the weight is
-    inside the key product, `sum_j q_tj k_sj exp(ell_j[t, s])`, and `exp(E_t)` scales the
-    query channel by channel."""
+    """A memory without a normaliser and one decay per head: `read_t = sum_s exp(ell[t, s])
+    (q_t . k_s) v_s + exp(E_t) base_t q_t`, every weight at most 1."""
+    assert ch.ell is not None
     P = jnp.exp(ch.ell)
-    if ch.per_channel:
-        U = jnp.einsum("nhcks,nhcsv,nhcsk->cnhvk", P[..., -1, :], ch.v, ch.k)
-        A = jnp.einsum("nhctk,nhcsk,nhckts->nhcts", ch.q, ch.k, P)
-        q = ch.q * jnp.exp(jnp.moveaxis(ch.E, 3, -1))  # the base's decay, channel by channel
-    else:
-        U = jnp.einsum("nhcs,nhcsv,nhcsk->cnhvk", P[..., -1, :], ch.v, ch.k)
-        A = P * ch.qk()
-        q = ch.q
+    U = jnp.einsum("nhcs,nhcsv,nhcsk->cnhvk", P[..., -1, :], ch.v, ch.k)
+    g = jnp.exp(_lasts(ch.E))[..., None, None]
+    read = _carried(ch, carry, s0, U, g, ch.q, jnp.exp(ch.E)[..., None])
+    intra = jnp.einsum("nhcts,nhcsv->nhctv", P * ch.qk(), ch.v)
+    return read[0], _time_major(read[1] + intra, ch.steps)
+
+
+def _channelwise(
+    ch: _Chunks, carry: tuple[Any, ...], s0: Any
+) -> tuple[tuple[Any, ...], jax.Array]:
+    """A memory without a normaliser with a decay per key channel (GLA), in sub-chunks of
+    `SUB` steps (or the largest divisor of the chunk length up to half of it). Pairs within
+    a sub-chunk are weighed exactly, `exp(b_tj - b_sj)` channel by channel; a pair across
+    sub-chunks splits at the end `r` of the sub-chunk before the row's, `q_tj exp(b_tj -
+    b_rj)` times `k_sj exp(b_rj - b_sj)`, both exponents at most 0 (`s <= r < t`), so that
+    all but the diagonal blocks are matrix products (the secondary chunking of
+    flash-linear-attention's GLA), and no weight exceeds 1. `b` sums the log-decays from
+    the chunk's start, so a pair's exponent is a difference of two sums of at most `L`
+    terms (within the chunk, never across the sequence)."""
+    assert ch.b is not None
+    N, heads, C, L, _ = ch.b.shape
+    l = max(d for d in range(1, max(min(SUB, L // 2), 1) + 1) if L % d == 0)  # noqa: E741
+    n = L // l
+    b, k = ch.b, ch.k * jnp.exp(ch.iota)[..., None]  # the input gate folded into the keys
+
+    # Every chunk of every head on one leading axis, `G = N * heads * C` (fewer axes in the
+    # reductions: XLA's CPU library fusions crash on some of the 8-axis ones).
+    G = N * heads * C
+    flat_b, flat_k = b.reshape(G, L, -1), k.reshape(G, L, -1)
+    bq, qq, kq = (a.reshape(G, n, l, -1) for a in (b, ch.q, k))
+    # within a sub-chunk: every pair's own decays (a pair with s > t is dropped by `pair`)
+    W = jnp.exp(jnp.minimum(bq[:, :, :, None, :] - bq[:, :, None, :, :], 0))
+    inner = jnp.sum(qq[:, :, :, None, :] * kq[:, :, None, :, :] * W, axis=-1)  # (G, n, l, l)
+    inner = inner[:, :, :, None, :] * jnp.eye(n, dtype=inner.dtype).reshape(1, n, 1, n, 1)
+    # across sub-chunks: through the end of the sub-chunk before the row's
+    ends = jnp.concatenate([jnp.zeros_like(bq[:, :1, 0]), bq[:, :-1, -1]], axis=1)  # (G, n, d_k)
+    q_r = qq * jnp.exp(jnp.minimum(bq - ends[:, :, None, :], 0))
+    k_r = flat_k[:, None] * jnp.exp(jnp.minimum(ends[:, :, None, :] - flat_b[:, None], 0))
+    across = jnp.einsum("gitk,gisk->gits", q_r, k_r)  # (G, n, l, L)
+    earlier = jnp.arange(L)[None, :] < (jnp.arange(n) * l)[:, None]  # (n, L): s before block i
+    A = jnp.where(earlier.reshape(1, n, 1, L), across, 0) + inner.reshape(G, n, l, L)
+    A = jnp.where(ch.pair, A.reshape(N, heads, C, L, L), 0)
+    last = jnp.where(ch.pair[..., -1, :, None], jnp.exp(jnp.minimum(b[..., -1:, :] - b, 0)), 0)
+    U = jnp.einsum("nhcsk,nhcsv->cnhvk", k * last, ch.v)
+    g = jnp.exp(jnp.moveaxis(ch.E[:, :, :, -1], 2, 0))[..., None, :]  # scales S's columns
+    read = _carried(ch, carry, s0, U, g, ch.q * jnp.exp(ch.E), None)
+    return read[0], _time_major(read[1] + jnp.einsum("nhcts,nhcsv->nhctv", A, ch.v), ch.steps)
+
+
+def _carried(
+    ch: _Chunks, carry: Any, s0: Any, U: jax.Array, g: jax.Array, q: jax.Array, scale: Any
+) -> tuple[Any, jax.Array]:
+    """The plain memories' scan over chunks, `S <- g * S_b + U` (`S_b`: `state0` where the
+    chunk has a reset), and each row's read of its base, `q . base` (times `scale`)."""
 
     def step(S: Any, inp: Any) -> tuple[Any, Any]:
         U_c, g_c, r_c = inp
         S_b = S[0] if r_c is None else jnp.where(r_c[:, None, None, None], s0[0], S[0])
-        decay = jnp.exp(g_c)[..., None, :] if ch.per_channel else jnp.exp(g_c)[..., None, None]
-        return (decay * S_b + U_c, None, None), S[0]
+        return (g_c * S_b + U_c, None, None), S[0]
 
-    carry, S_in = lax.scan(step, carry, (U, _lasts(ch.E), ch.resets_in()))
+    carry, S_in = lax.scan(step, carry, (U, g, ch.resets_in()))
     S_in = jnp.moveaxis(S_in, 0, 2)  # (N, heads, C, d_v, d_k)
     reads = jnp.einsum("nhctk,nhcvk->nhctv", q, S_in)
     if s0 is not None:
         reads = ch.base(reads, jnp.einsum("nhctk,nhvk->nhctv", q, s0[0]))
-    if not ch.per_channel:
-        reads = jnp.exp(ch.E)[..., None] * reads
-    read = jnp.einsum("nhcts,nhcsv->nhctv", A, ch.v) + reads
-    return carry, _time_major(read, ch.steps)
+    return carry, reads if scale is None else scale * reads
 
 
 def _empty(S: jax.Array, n: jax.Array) -> jax.Array:
@@ -278,6 +333,7 @@ def _normalised(ch: _Chunks, carry: tuple[Any, ...], s0: Any) -> tuple[tuple[Any
     first valid step of the row's segment (`at_first`), whose forget factor the cell caps
     where the base is empty; the row's stabiliser `m` and the factor `beta` of its base."""
     lam, Lam, E, ell = ch.lam, ch.Lam, ch.E, ch.ell
+    assert Lam is not None and ell is not None
     mu = ell.max(axis=-1)
     counts = jnp.cumsum(ch.valid, axis=-1)
     before = jnp.take_along_axis(jnp.pad(counts, [(0, 0), (0, 0), (1, 0)]), ch.start, axis=-1)
