@@ -96,7 +96,7 @@ from rnn import (  # the main benchmark's
 )
 
 EVERY, LINEAR, OTHER, MATRIX = "every cell", "linear cells", "other cells", "matrix memories"
-LENGTHS = "mLSTM chunkwise by length"
+LENGTHS = "matrix memories: mLSTM chunkwise by length"
 # The lengths of the `LENGTHS` job, each a row of its own (the first the ratios' base).
 SWEEP = (1024, 2048, 4096, 8192, 16384)
 
@@ -535,7 +535,10 @@ def main() -> None:
             else j
             for j in jobs
         ]
-    write = not (args.quick or args.only)
+    # `--only` writes a file of its own when `--out` names one (not RESULTS_cells.md, which
+    # holds every job of one run)
+    default = Path(__file__).with_name("RESULTS_cells.md")
+    write = not args.quick and (not args.only or Path(args.out).resolve() != default.resolve())
     drive(jobs, args, Path(args.out) if write else None)
 
 

@@ -426,11 +426,16 @@ def test_selective_ssm_equals_mambas_selective_scan_ref(strategy):
 
 # --- Matrix memories: Mamba-2's SSD (mamba-ssm 2.3.2.post1), GLA and retention (fla-core) --
 
-# Each runs step by step and in chunks: with the default chunk size (one chunk here) and with
-# 3 steps per chunk, so that the fixture's 7 or 8 steps span several, the last one partial.
+# Each runs step by step and in chunks: with 3 steps per chunk, so that the fixture's 7 or 8
+# steps span several, the last one partial, and (in the slow tier) with the default chunk
+# size (one chunk here).
 _MEMORY_STRATEGIES = pytest.mark.parametrize(
     ("strategy", "chunk_size"),
-    [("sequential", None), ("chunkwise", None), ("chunkwise", 3)],
+    [
+        ("sequential", None),
+        pytest.param("chunkwise", None, marks=pytest.mark.slow),
+        ("chunkwise", 3),
+    ],
     ids=["sequential", "chunkwise", "chunkwise-3"],
 )
 
