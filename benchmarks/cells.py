@@ -5,6 +5,8 @@ and the evidence for `auto`'s rule for the cells linear in their state.
     python benchmarks/cells.py            # 7 or 3 processes per config, writes RESULTS_cells.md
     python benchmarks/cells.py --quick    # small sizes, one process, no file
     python benchmarks/cells.py --recurrentgemma-python /tmp/rg/bin/python
+    python benchmarks/cells.py --only "matrix memories" --out benchmarks/RESULTS_matrix.md \
+        --mlstm-kernels /tmp/mlk                 # the matrix memories' jobs alone
     python benchmarks/cells.py --mlstm-kernels /tmp/mlk   # a folder with mlstm_kernels, einops
 
 Configs: every cell at B=32, T=128 (in = H = 256, 4 heads where a cell has heads) and at B=4,

@@ -43,3 +43,13 @@ def test_code_blocks_run(path):
         code = compile(block, f"{path.name}[block {i}]", "exec")
         with jax.numpy_dtype_promotion("standard"):
             exec(code, namespace)
+
+
+def test_every_public_name_is_on_the_api_site():
+    """Each name in `recurjax.__all__` has its `::: recurjax.NAME` entry in `docs/api/`, so
+    a cell added to the package is not missing from the API site."""
+    import recurjax as rj
+
+    text = "".join(p.read_text() for p in sorted((ROOT / "docs" / "api").glob("*.md")))
+    listed = set(re.findall(r"::: recurjax\.(\w+)", text))
+    assert set(rj.__all__) - {"__version__"} <= listed, sorted(set(rj.__all__) - listed)

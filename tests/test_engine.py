@@ -99,7 +99,7 @@ def test_auto_runs_the_measured_strategy_for_linear_cells(config):
     assert chosen is not None and MEASURED_LINEAR[config] == chosen.name
 
 
-# benchmarks/RESULTS_cells.md, the matrix memories' configs (B, T, in = H; 4 heads): the
+# benchmarks/RESULTS_matrix.md, the matrix memories' configs (B, T, in = H; 4 heads): the
 # strategy `auto` must run for each of them.
 MATRIX = {
     "mlstm": lambda H: rj.MLSTMCell(H, H, num_heads=4),

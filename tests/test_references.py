@@ -428,16 +428,21 @@ def test_selective_ssm_equals_mambas_selective_scan_ref(strategy):
 
 # Each runs step by step and in chunks: with 3 steps per chunk, so that the fixture's 7 or 8
 # steps span several, the last one partial, and (in the slow tier) with the default chunk
-# size (one chunk here).
-_MEMORY_STRATEGIES = pytest.mark.parametrize(
-    ("strategy", "chunk_size"),
-    [
-        ("sequential", None),
-        pytest.param("chunkwise", None, marks=pytest.mark.slow),
-        ("chunkwise", 3),
-    ],
-    ids=["sequential", "chunkwise", "chunkwise-3"],
-)
+# size (one chunk here). Step by step every day for GLA, in the slow tier for the others,
+# whose step is GLA's (`_MemoryCell`); their chunks, every day, read the same `memory_steps`.
+
+
+def _memory_strategies(everyday_step: bool) -> pytest.MarkDecorator:
+    slow = pytest.mark.slow
+    return pytest.mark.parametrize(
+        ("strategy", "chunk_size"),
+        [
+            pytest.param("sequential", None, marks=() if everyday_step else slow),
+            pytest.param("chunkwise", None, marks=slow),
+            ("chunkwise", 3),
+        ],
+        ids=["sequential", "chunkwise", "chunkwise-3"],
+    )
 
 
 def _mamba2(f):
@@ -485,7 +490,7 @@ def _mamba2_pairs(f, run: str, strategy: str, chunk_size, scale: float) -> list[
     return pairs
 
 
-@_MEMORY_STRATEGIES
+@_memory_strategies(everyday_step=False)
 def test_mamba2_equals_mambas_ssd_minimal_and_state_update_ref(strategy, chunk_size):
     """The fixture fed mamba-ssm's functions Mamba2Cell's projection `x @ w_in` = `[x_h, B,
     C, dt~]`, `dt = softplus(dt~ + dt_bias)` and `A = -exp(A_log)`: `ssd_minimal_discrete(x_h
@@ -568,7 +573,7 @@ def _gla(f):
     return cell, params
 
 
-@_MEMORY_STRATEGIES
+@_memory_strategies(everyday_step=True)
 def test_gla_equals_flas_naive_recurrent_gla(strategy, chunk_size):
     """fla-core's `naive_recurrent_gla`, from a zero state and from a random one, fed the
     cell's unscaled `q, k`, `v` and per-key-channel log decays (2 heads, `d_k` = 3, `d_v` = 4).
@@ -593,7 +598,7 @@ def _retention(f):
     return cell, {"wi": jnp.asarray(f["params.wi"])}
 
 
-@_MEMORY_STRATEGIES
+@_memory_strategies(everyday_step=False)
 def test_retention_equals_flas_naive_retention(strategy, chunk_size):
     """fla-core's `naive_retention` (`parallel`: its parallel form, from a zero state, with
     no final state) and, from a random state and with the final state, its
