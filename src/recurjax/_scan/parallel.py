@@ -46,15 +46,7 @@ def run_split(cell: Any, params: PyTree, prepared: Prepared, mesh: Any, axis: st
         hs = from_zero + gains * entering.sum(0)[None]
         return final, zero_padding(valid, cell.readout(params, hs, xs))
 
-    spec_t = PartitionSpec(axis)
-    fn = jax.shard_map(
-        local,
-        mesh=mesh,
-        in_specs=(PartitionSpec(), PartitionSpec(), PartitionSpec(), spec_t, spec_t, spec_t),
-        out_specs=(PartitionSpec(), spec_t),
-        check_vma=False,
-    )
-    return fn(params, h, s0, xs, valid, reset)
+    return _split_in_time(local, mesh, axis)(params, h, s0, xs, valid, reset)
 
 
 def run_split_memory(cell: Any, params: PyTree, prepared: Prepared, mesh: Any, axis: str) -> Any:
@@ -92,15 +84,7 @@ def run_split_memory(cell: Any, params: PyTree, prepared: Prepared, mesh: Any, a
         final = jax.tree.map(lambda a: lax.all_gather(a, axis)[D - 1], final)
         return final, zero_padding(valid, ys)
 
-    spec_t = PartitionSpec(axis)
-    fn = jax.shard_map(
-        local,
-        mesh=mesh,
-        in_specs=(PartitionSpec(), PartitionSpec(), PartitionSpec(), spec_t, spec_t, spec_t),
-        out_specs=(PartitionSpec(), spec_t),
-        check_vma=False,
-    )
-    return fn(params, h, s0, xs, valid, reset)
+    return _split_in_time(local, mesh, axis)(params, h, s0, xs, valid, reset)
 
 
 def _fold(cell: Any, carry: Any, total: jax.Array, resets: jax.Array, block: Any) -> Any:
@@ -128,4 +112,17 @@ def _fold(cell: Any, carry: Any, total: jax.Array, resets: jax.Array, block: Any
         jnp.where(fresh[..., None, None], S_z, S_new),
         jnp.where(fresh[..., None], n_z, n_new),
         jnp.where(fresh, m_z, m_new),
+    )
+
+
+def _split_in_time(local: Any, mesh: Any, axis: str) -> Any:
+    """`local(params, h, s0, xs, valid, reset) -> (final, ys)` under `jax.shard_map`: the
+    params and states replicated, the time-major inputs and outputs split on `axis`."""
+    spec_t = PartitionSpec(axis)
+    return jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(PartitionSpec(), PartitionSpec(), PartitionSpec(), spec_t, spec_t, spec_t),
+        out_specs=(PartitionSpec(), spec_t),
+        check_vma=False,
     )
