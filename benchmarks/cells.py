@@ -5,9 +5,7 @@ and the evidence for `auto`'s rule for the cells linear in their state.
     python benchmarks/cells.py            # 7 or 3 processes per config, writes RESULTS_cells.md
     python benchmarks/cells.py --quick    # small sizes, one process, no file
     python benchmarks/cells.py --recurrentgemma-python /tmp/rg/bin/python
-    python benchmarks/cells.py --only "matrix memories" --out benchmarks/RESULTS_matrix.md \
-        --mlstm-kernels /tmp/mlk                 # the matrix memories' jobs alone
-    python benchmarks/cells.py --mlstm-kernels /tmp/mlk   # a folder with mlstm_kernels, einops
+    python benchmarks/cells.py --matrix --mlstm-kernels /tmp/mlk   # writes RESULTS_matrix.md
 
 Configs: every cell at B=32, T=128 (in = H = 256, 4 heads where a cell has heads) and at B=4,
 T=4096 (in = H = 64; not LayerNormLSTMCell, whose gradients overflow there); then the cells
@@ -135,6 +133,9 @@ JOBS = [
     _job(4, 256, 64, LINEAR, grid=True),
     _job(32, 256, 64, LINEAR, grid=True),
     _job(32, 4096, 64, LINEAR, grid=True),
+]
+# `--matrix`: the matrix memories' jobs, a file of their own (RESULTS_matrix.md)
+MATRIX_JOBS = [
     _job(4, 4096, 256, MATRIX),  # the chunkwise strategy's config (4 heads of d = 64)
     _job(32, 128, 256, MATRIX),
     _job(32, 16, 256, MATRIX),  # auto's threshold, policy.CHUNKWISE_MIN_STEPS
@@ -501,7 +502,8 @@ def drive(jobs: list[dict[str, Any]], args: Any, out: Path | None) -> None:
 
 def main() -> None:
     description = (__doc__ or "").split("\n\n")[0]
-    ap = driver_arguments(description, Path(__file__).with_name("RESULTS_cells.md"))
+    default = Path(__file__).with_name("RESULTS_cells.md")
+    ap = driver_arguments(description, default)
     ap.add_argument("--recurrentgemma-python", default="", help="a Python with recurrentgemma")
     ap.add_argument(
         "--mlstm-kernels",
@@ -509,11 +511,19 @@ def main() -> None:
         help="a folder with mlstm_kernels (2.0.6) and einops, for a row of their JAX native "
         "chunkwise mLSTM in the matrix memories' jobs (default: no row)",
     )
+    ap.add_argument(
+        "--matrix",
+        action="store_true",
+        help="the matrix memories' jobs (default --out: benchmarks/RESULTS_matrix.md)",
+    )
     args = ap.parse_args()
+    if args.matrix and Path(args.out).resolve() == default.resolve():
+        args.out = str(Path(__file__).with_name("RESULTS_matrix.md"))
     if serve_worker(args, worker):
         return
     args = resolve(args)
-    jobs = QUICK if args.quick else [j for j in JOBS if args.only in j["name"]]
+    chosen = MATRIX_JOBS if args.matrix else JOBS
+    jobs = QUICK if args.quick else [j for j in chosen if args.only in j["name"]]
     if args.recurrentgemma_python:
         versions = subprocess.run(
             [args.recurrentgemma_python, "-c", _VERSIONS], capture_output=True, text=True
@@ -527,7 +537,7 @@ def main() -> None:
                 "versions": versions,
             }
             for j in jobs
-            if not j["grid"] and j["cells"] != OTHER
+            if not j["grid"] and j["cells"] in (EVERY, LINEAR)  # RG-LRU's configs alone
         ]
     if args.mlstm_kernels:  # the workers put it on sys.path (`mlstm_kernels_row`)
         path = str(Path(args.mlstm_kernels).resolve())
@@ -537,10 +547,10 @@ def main() -> None:
             else j
             for j in jobs
         ]
-    # `--only` writes a file of its own when `--out` names one (not RESULTS_cells.md, which
-    # holds every job of one run)
-    default = Path(__file__).with_name("RESULTS_cells.md")
-    write = not args.quick and (not args.only or Path(args.out).resolve() != default.resolve())
+    # `--only` writes a file of its own when `--out` names one (not RESULTS_cells.md or
+    # RESULTS_matrix.md, which hold every job of one run)
+    full = default.resolve(), default.with_name("RESULTS_matrix.md").resolve()
+    write = not args.quick and (not args.only or Path(args.out).resolve() not in full)
     drive(jobs, args, Path(args.out) if write else None)
 
 
