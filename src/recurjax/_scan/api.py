@@ -129,8 +129,9 @@ def scan(
         `None` (default) stores every step. Must be a multiple of `truncate_every` when both
         are given.
       chunk_size: steps per chunk of the `"chunked"` and `"chunkwise"` strategies (256 and
-        64 by default, 16 for a matrix memory with a decay per key channel); other
-        strategies ignore it.
+        64 by default, 16 for a matrix memory with a decay per key channel; `"chunkwise"`
+        runs a shorter sequence, or truncation block, as one chunk of its own length);
+        other strategies ignore it.
       lengths: for right-padded batches, an integer array with the batch shape of `xs` (one
         length per sequence, any number of batch axes; a scalar for an unbatched `xs`).
         Past its length a sequence's state is frozen and its outputs are zero, so the

@@ -93,7 +93,7 @@ def run(
         flat(steps.v),
         lam,
         iota,
-        jnp.ones((T, N), bool) if valid is None else valid.reshape(T, N),
+        None if valid is None else valid.reshape(T, N),
         None if reset is None else reset.reshape(T, N),
     )
 
@@ -111,7 +111,8 @@ def run(
     )
 
     def run_chunks(carry: Any, data: Any) -> tuple[Any, jax.Array]:
-        return memory_kind(_in_chunks(data, size), carry, s0)
+        # One chunk of the run's own length where it is shorter than `size` (no padding)
+        return memory_kind(_in_chunks(data, min(size, data[0].shape[0])), carry, s0)
 
     if opts.reverse:
         data = jax.tree.map(lambda a: jnp.flip(a, 0), data)
@@ -150,6 +151,9 @@ class _Chunks(NamedTuple):
     lam: jax.Array  # log-decays, 0 at padded steps
     iota: jax.Array  # log input gates
     valid: jax.Array  # (N, C, L)
+    # Whether the run has lengths or resets; without them every chunk's first step is
+    # valid and starts its one segment (the chunks' padding is at the end of the last).
+    masked: bool
     reset: jax.Array | None  # (N, C, L)
     start: jax.Array  # (N, C, L): the first step of each row's segment in its chunk
     place: jax.Array  # (N, C, L): each step's place in its chunk
@@ -198,8 +202,9 @@ def _lasts(a: jax.Array) -> jax.Array:
 
 
 def _in_chunks(data: Any, size: int) -> _Chunks:
-    """Time-major steps `(q, k, v, log_decay, log_input, valid, reset)`, each `(Tb, N, ...)`,
-    in chunks of `size`, the last one padded with invalid steps. With one decay per head,
+    """Time-major steps `(q, k, v, log_decay, log_input, valid, reset)`, each `(Tb, N, ...)`
+    (`valid` and `reset` may be None: no lengths, no resets), in chunks of `size`, the last
+    one padded with invalid steps. With one decay per head,
     the segment sums `Lam` and the log weights `ell` of every pair; with a decay per key
     channel `(Tb, N, heads, d_k)`, the sums from the chunk's start, `b` (`_channelwise`)."""
     q, k, v, lam, iota, valid, reset = data
@@ -207,6 +212,9 @@ def _in_chunks(data: Any, size: int) -> _Chunks:
     C = -(-Tb // L)
     pad = C * L - Tb
     per_channel = lam.ndim == q.ndim
+    masked = valid is not None or reset is not None
+    if valid is None:
+        valid = jnp.ones(q.shape[:2], bool)
 
     def chunked(a: jax.Array, fill: Any) -> jax.Array:  # (Tb, N, ...) -> (N, C, L, ...)
         if pad:
@@ -220,10 +228,11 @@ def _in_chunks(data: Any, size: int) -> _Chunks:
     valid = chunked(valid, False)
     live = valid[:, None]
     q, k, v = (heads_first(chunked(a, 0)) for a in (q, k, v))
-    k = jnp.where(live[..., None], k, 0)
-    v = jnp.where(live[..., None], v, 0)
     lam = heads_first(chunked(lam, 0))
-    lam = jnp.where(live[..., None] if per_channel else live, lam, 0)
+    if masked:  # (the padding is zero already)
+        k = jnp.where(live[..., None], k, 0)
+        v = jnp.where(live[..., None], v, 0)
+        lam = jnp.where(live[..., None] if per_channel else live, lam, 0)
     iota = heads_first(chunked(iota, 0))
     t = jnp.broadcast_to(jnp.arange(L), valid.shape)  # each step's place in its chunk
     if reset is None:
@@ -240,14 +249,17 @@ def _in_chunks(data: Any, size: int) -> _Chunks:
         b = jnp.cumsum(lam, axis=3)
         before = jnp.take_along_axis(b, jnp.maximum(start_h - 1, 0)[..., None], axis=3)
         E = b - jnp.where((start_h > 0)[..., None], before, 0)
-        return _Chunks(q, k, v, lam, iota, valid, reset, start, t, first_segment, pair, E,
-                       None, None, b, Tb)  # fmt: skip
+        return _Chunks(q, k, v, lam, iota, valid, masked, reset, start, t, first_segment, pair,
+                       E, None, None, b, Tb)  # fmt: skip
     sums = _segment_sums(jnp.concatenate([jnp.zeros_like(lam[..., :1]), lam], axis=-1))
-    E = jnp.take_along_axis(sums[..., 1:, :], start_h[..., None], axis=-1)[..., 0]
+    if reset is None:  # every row's segment starts at the chunk's start
+        E = sums[..., 1:, 0]
+    else:
+        E = jnp.take_along_axis(sums[..., 1:, :], start_h[..., None], axis=-1)[..., 0]
     Lam = sums[..., 1:, 1:]
     ell = jnp.where(pair, Lam + iota[..., None, :], -jnp.inf)
-    return _Chunks(q, k, v, lam, iota, valid, reset, start, t, first_segment, pair, E, Lam, ell,
-                   None, Tb)  # fmt: skip
+    return _Chunks(q, k, v, lam, iota, valid, masked, reset, start, t, first_segment, pair, E,
+                   Lam, ell, None, Tb)  # fmt: skip
 
 
 def _plain(ch: _Chunks, carry: tuple[Any, ...], s0: Any) -> tuple[tuple[Any, ...], jax.Array]:
@@ -335,17 +347,25 @@ def _normalised(ch: _Chunks, carry: tuple[Any, ...], s0: Any) -> tuple[tuple[Any
     lam, Lam, E, ell = ch.lam, ch.Lam, ch.E, ch.ell
     assert Lam is not None and ell is not None
     mu = ell.max(axis=-1)
-    counts = jnp.cumsum(ch.valid, axis=-1)
-    before = jnp.take_along_axis(jnp.pad(counts, [(0, 0), (0, 0), (1, 0)]), ch.start, axis=-1)
-    seen = counts - before  # valid steps of the row's segment so far
-    first = lax.cummax(jnp.where(ch.valid & (seen == 1), ch.place, 0), axis=ch.valid.ndim - 1)
-    first_h = jnp.broadcast_to(first[:, None], lam.shape)
-    at_first = (
-        jnp.take_along_axis(lam, first_h, axis=-1),
-        jnp.take_along_axis(ch.iota, first_h, axis=-1),
-        jnp.take_along_axis(Lam, first_h[..., None], axis=-1)[..., 0],
-    )
-    written = jnp.broadcast_to((seen >= 1)[:, None], lam.shape)
+    if ch.masked:
+        counts = jnp.cumsum(ch.valid, axis=-1)
+        before = jnp.take_along_axis(jnp.pad(counts, [(0, 0), (0, 0), (1, 0)]), ch.start, -1)
+        seen = counts - before  # valid steps of the row's segment so far
+        first = lax.cummax(jnp.where(ch.valid & (seen == 1), ch.place, 0), ch.valid.ndim - 1)
+        first_h = jnp.broadcast_to(first[:, None], lam.shape)
+        at_first = (
+            jnp.take_along_axis(lam, first_h, axis=-1),
+            jnp.take_along_axis(ch.iota, first_h, axis=-1),
+            jnp.take_along_axis(Lam, first_h[..., None], axis=-1)[..., 0],
+        )
+        written = jnp.broadcast_to((seen >= 1)[:, None], lam.shape)
+    else:  # every chunk's first step is valid: the first write of every row's segment
+        at_first = (
+            jnp.broadcast_to(lam[..., :1], lam.shape),
+            jnp.broadcast_to(ch.iota[..., :1], lam.shape),
+            Lam[..., 0],
+        )
+        written = jnp.ones(lam.shape, bool)
     cap = 0.5 * math.log(float(jnp.finfo(lam.dtype).max))
 
     def stabiliser(mu: Any, E: Any, m_b: Any, empty: Any, written: Any, at_first: Any) -> Any:
