@@ -317,7 +317,7 @@ def _mlstm_state(C, n, m):
     )
 
 
-def _mlstm_pairs(f, form: str, scale: float) -> list[Pair]:
+def _mlstm_pairs(f, form: str, scale: float, strategy: str, chunk_size) -> list[Pair]:
     """`form`: xlstm's recurrent step from a zero state (`zero`) or a random one (`state`), or
     its parallel function (`parallel`, from a zero state)."""
     cell, params = _mlstm(f)
@@ -326,7 +326,7 @@ def _mlstm_pairs(f, form: str, scale: float) -> list[Pair]:
     zero = _batched(cell, params, batch)
     h0 = _mlstm_state(f["mlstm_C0"], f["mlstm_n0"], f["mlstm_m0"]) if form == "state" else zero
     ys, state, (dp, dxs, dh0) = _sequence_and_grads(
-        cell, params, h0, _time_major(x), _time_major(f["g"]), "sequential"
+        cell, params, h0, _time_major(x), _time_major(f["g"]), strategy, chunk_size
     )
     ref = f"mlstm_{form}_"
     theirs = lambda k: f[_prefix(scale) + ref + k]  # noqa: E731
@@ -346,7 +346,8 @@ def _mlstm_pairs(f, form: str, scale: float) -> list[Pair]:
             _batched(cell, params, batch),
             _time_major(pre),
             _time_major(f["g"]),
-            "sequential",
+            strategy,
+            chunk_size,
         )
         return [*pairs, (ref + "dpre", dpre, np.swapaxes(theirs("dpre"), 0, 1), True)]
     last = _mlstm_state(theirs("C"), theirs("n"), theirs("m"))
@@ -362,16 +363,107 @@ def _mlstm_pairs(f, form: str, scale: float) -> list[Pair]:
     return pairs
 
 
-@pytest.mark.parametrize("form", ["zero", "state", "parallel"])
-def test_mlstm_equals_xlstm_recurrent_and_parallel_backends(form):
+def _mlstm_cases() -> list:
+    """Step by step from each start every day; in chunks of 3 (the fixture's 7 steps in
+    three, the last partial) from the random state every day, from the others and with the
+    default chunk (one chunk here) in the slow tier."""
+    slow = pytest.mark.slow
+    cases = []
+    for strategy, chunk_size, tag in (
+        ("sequential", None, "sequential"),
+        ("chunkwise", 3, "chunkwise-3"),
+        ("chunkwise", None, "chunkwise"),
+    ):
+        for form in ("zero", "state", "parallel"):
+            everyday = strategy == "sequential" or (chunk_size == 3 and form == "state")
+            marks = () if everyday else slow
+            cases.append(pytest.param(form, strategy, chunk_size, marks=marks, id=f"{form}-{tag}"))
+    return cases
+
+
+@pytest.mark.parametrize(("form", "strategy", "chunk_size"), _mlstm_cases())
+def test_mlstm_equals_xlstm_recurrent_and_parallel_backends(form, strategy, chunk_size):
     """xlstm's step and parallel functions take `q, k, v` and the gate pre-activations; the
     fixture computed them from `x @ wi + b` in MLSTMCell's layout and applied the output gate
     (in xlstm's layer it sits outside the cell, after a group norm), with `eps=0`: their
-    default adds 1e-6 to the read-out's denominator, which the paper and MLSTMCell do not."""
+    default adds 1e-6 to the read-out's denominator, which the paper and MLSTMCell do not.
+    The final states are compared entry by entry, the stabiliser `m` too: the chunkwise
+    strategy carries it as the cell's step does."""
     f = _load("xlstm_reference")
     with jax.enable_x64(True):
         for scale in _scales(f):
-            _compare(f, _mlstm_pairs(f, form, scale), scale, _FLOAT64)
+            pairs = _mlstm_pairs(f, form, scale, strategy, chunk_size)
+            _compare(f, pairs, scale, _FLOAT64)
+
+
+# --- mLSTM: mlstm_kernels 2.0.6's JAX native chunkwise form, float64 ----------------------
+
+
+def _mlstm_kernels_pairs(f, start: str, strategy: str, chunk_size, scale: float) -> list[Pair]:
+    """MLSTMCell with the fixture's `wi` and `b` against mlstm_kernels' chunkwise mLSTM from a
+    zero state (`zero`) or a random one (`state`). Their memory holds the unscaled key,
+    `C: (B, heads, d_k, d_v)` (`k v^T`) and `n`, and scales the query by `d**-0.5` as it
+    reads; MLSTMCell scales the key on its way in: its `C` is theirs transposed times
+    `d**-0.5`, its `n` theirs times `d**-0.5`, the same `m`. Their stabiliser starts at 0
+    where the cell's starts at the first write, so their final states are compared as what
+    they represent, `C e^m` and `n e^m`: theirs scaled by `e^(m_theirs - m_ours)`."""
+    heads, d = f["n0"].shape[1:]
+    cell = rj.MLSTMCell(f["x"].shape[-1], heads * d, num_heads=heads)
+    params = {"wi": jnp.asarray(f["wi"]), "b": jnp.asarray(f["b"])}
+    batch = f["x"].shape[0]
+
+    def ours(C, n, m):  # their layout to MLSTMCell's state, flattened per head
+        return (
+            (np.swapaxes(C, -1, -2) * d**-0.5).reshape(batch, -1),
+            n.reshape(batch, -1) * d**-0.5,
+            m,
+        )
+
+    h0 = _batched(cell, params, batch)
+    if start == "state":
+        h0 = rj.MLSTMState(*map(jnp.asarray, ours(f["C0"], f["n0"], f["m0"])))
+    ys, state, (dp, dxs, dh0) = _sequence_and_grads(
+        cell, params, h0, _time_major(f["x"] * scale), _time_major(f["g"]), strategy, chunk_size
+    )
+    theirs = lambda k: f[f"{_prefix(scale)}{start}_{k}"]  # noqa: E731
+    C, n, m = ours(theirs("C"), theirs("n"), theirs("m"))
+    shift = np.exp(m - np.asarray(state.m))  # (B, heads): their stabiliser over the cell's
+    per_head = lambda a: a.reshape(batch, heads, -1)  # noqa: E731
+    pairs: list[Pair] = [
+        (f"{start}_y", ys, np.swapaxes(theirs("y"), 0, 1), False),
+        (f"{start}_C", per_head(state.C), per_head(C) * shift[..., None], False),
+        (f"{start}_n", per_head(state.n), per_head(n) * shift[..., None], False),
+        (f"{start}_dx", dxs, np.swapaxes(theirs("dx"), 0, 1), True),
+        (f"{start}_dwi", dp["wi"], theirs("dwi"), True),
+        (f"{start}_db", dp["b"], theirs("db"), True),
+    ]
+    if start == "state":  # the chain rule through `ours`: `ours(dC0) = dC0_cell / d`
+        d0 = ours(theirs("dC0"), theirs("dn0"), theirs("dm0"))
+        pairs += [
+            (f"{start}_dC0", dh0.C, d0[0] * d, True),
+            (f"{start}_dn0", dh0.n, d0[1] * d, True),
+            (f"{start}_dm0", dh0.m, d0[2], True),
+        ]
+    return pairs
+
+
+@pytest.mark.parametrize("start", ["zero", "state"])
+@pytest.mark.parametrize(
+    # In their chunks (4) every day, step by step in the slow tier (checked against xlstm's
+    # step above every day).
+    ("strategy", "chunk_size"),
+    [("chunkwise", 4), pytest.param("sequential", None, marks=pytest.mark.slow)],
+    ids=["chunkwise-4", "sequential"],
+)
+def test_mlstm_equals_mlstm_kernels_chunkwise(start, strategy, chunk_size):
+    """The fixture fed mlstm_kernels' `mlstm_chunkwise` (JAX, native) the `q, k, v` and gate
+    pre-activations of `x @ wi + b` in MLSTMCell's layout with `eps=0` and times the output
+    gate, as the xlstm fixture."""
+    f = _load("mlstm_kernels")
+    with jax.enable_x64(True):
+        for scale in _scales(f):
+            pairs = _mlstm_kernels_pairs(f, start, strategy, chunk_size, scale)
+            _compare(f, pairs, scale, _FLOAT64)
 
 
 # --- S6: Mamba's selective_scan_ref (mamba-ssm 2.3.2.post1), float32 -----------------------
