@@ -9,8 +9,8 @@ and the evidence for `auto`'s rule for the cells linear in their state.
 
 Configs: every cell at B=32, T=128 (in = H = 256, 4 heads where a cell has heads) and at B=4,
 T=4096 (in = H = 64; not LayerNormLSTMCell, whose gradients overflow there); then the cells
-linear in their state alone at B=4 T=256, B=32 T=256 and B=32 T=4096 (H = 64); then the
-matrix memories (mLSTM, Mamba-2 with N = 64, GLA with K = H/2, retention; 4 heads) at B=4
+linear in their state alone at B=4 T=256, B=32 T=256 and B=32 T=4096 (H = 64). With
+`--matrix` (a run and a file of their own, RESULTS_matrix.md): the matrix memories (mLSTM, Mamba-2 with N = 64, GLA with K = H/2, retention; 4 heads) at B=4
 T=4096, B=32 T=128 and B=32 T=16 (in = H = 256), where the chunkwise strategy is compared
 with the sequential one and, for the memories without a normaliser, with a bare `lax.scan`
 of the recurrence whose steps are projected at once outside the loop (the ratios' base

@@ -6,7 +6,8 @@ The xdist workers of one run share their compiled programs through JAX's persist
 compilation cache, in a folder made for that run and removed at its end (so every run
 compiles from scratch and its time stays honest): both workers compile many of the same
 small programs (the oracle's steps, the cases' params), and this saved about 13% of the
-everyday tier's time.
+everyday tier's time. A caller that sets `RECURJAX_TEST_JAX_CACHE` itself owns that folder
+(.ci/run shares one between the two tiers of one CI run).
 
 Tests that need a library beyond the runtime ones, optax and chex carry the `extras` marker
 (pyproject.toml), so that a run without those libraries deselects them (`-m "not extras"`,
@@ -21,8 +22,24 @@ import re
 import shutil
 import tempfile
 
-import jax
-import pytest
+# XLA:CPU compiles the tests' programs at its lowest code-generation level: LLVM's
+# optimisation level 0 without its expensive passes. The tests' programs are tiny, so
+# nearly all of their time is compiling, and this cut the everyday tier from 272 s to 183 s
+# (2 cores), every test passing either way. It changes how XLA optimises the machine code
+# it generates, not the float semantics that code must keep (fast math stays off). The
+# default level still runs in the installed-wheel check (.ci/package_check: the README's
+# example and the char-LM example) and in every benchmark, which checks each row's outputs
+# and gradients before timing it. A flag that the caller set in XLA_FLAGS wins;
+# `RECURJAX_TEST_XLA_OPTIMIZE=1` leaves XLA_FLAGS alone.
+FAST_COMPILE = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true")
+if os.environ.get("RECURJAX_TEST_XLA_OPTIMIZE") != "1":
+    _caller = os.environ.get("XLA_FLAGS", "").split()
+    _named = {f.split("=")[0] for f in _caller}
+    _ours = [f for f in FAST_COMPILE if f.split("=")[0] not in _named]
+    os.environ["XLA_FLAGS"] = " ".join([*_ours, *_caller])
+
+import jax  # noqa: E402  (after XLA_FLAGS, which XLA reads when it starts)
+import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_numpy_dtype_promotion", "strict")

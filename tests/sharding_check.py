@@ -178,7 +178,7 @@ def collectives(compiled_text: str) -> dict[str, int]:
 def sequence_parallel(devices: list[Any]) -> dict[str, Any]:
     """One long sequence with its time axis split over every device (`shard_map`), against
     `rj.scan` on one device: values, final states and gradients, for minGRU and the LRU and
-    the matrix memories mLSTM and Mamba-2, with `lengths` and `resets` (and minGRU
+    the matrix memories mLSTM, GLA and Mamba-2, with `lengths` and `resets` (and minGRU
     without); and the sharding of the outputs."""
     mesh = Mesh(np.asarray(devices), ("time",))
     T = 16 * len(devices)
@@ -187,7 +187,8 @@ def sequence_parallel(devices: list[Any]) -> dict[str, Any]:
         rj.MinGRUCell(3, 4),
         rj.LRUCell(3, 4, r_min=0.5),
         rj.MLSTMCell(3, 4, num_heads=2),  # the stabilised fold
-        rj.Mamba2Cell(3, 4, num_heads=2, state_size=2),  # the plain fold (GLA's but a broadcast)
+        rj.GLACell(3, 4, num_heads=2, key_size=4),  # the plain fold, a decay per key channel
+        rj.Mamba2Cell(3, 4, num_heads=2, state_size=2),  # the plain fold, a decay per head
     )
     for cell in cells:
         params = cell.init(jax.random.key(0))
