@@ -7,34 +7,33 @@ and the evidence for `auto`'s rule for the cells linear in their state.
     python benchmarks/cells.py --recurrentgemma-python /tmp/rg/bin/python
     python benchmarks/cells.py --matrix --mlstm-kernels /tmp/mlk   # writes RESULTS_matrix.md
 
-Configs: every cell at B=32, T=128 (in = H = 256, 4 heads where a cell has heads) and at B=4,
-T=4096 (in = H = 64; not LayerNormLSTMCell, whose gradients overflow there); then the cells
-linear in their state alone at B=4 T=256, B=32 T=256 and B=32 T=4096 (H = 64). With
-`--matrix` (a run and a file of their own, RESULTS_matrix.md): the matrix memories (mLSTM, Mamba-2 with N = 64, GLA with K = H/2, retention; 4 heads) at B=4
-T=4096, B=32 T=128 and B=32 T=16 (in = H = 256), where the chunkwise strategy is compared
-with the sequential one and, for the memories without a normaliser, with a bare `lax.scan`
-of the recurrence whose steps are projected at once outside the loop (the ratios' base
-there); then mLSTM's chunkwise strategy alone at B=4 H=256 for T from 1024 to 16384, its
-ratios per step (flat in T when near 1). The linear
-cells' jobs (all five configs) are the evidence that `auto`'s rule for them
-(`_scan/policy.py`, `hoisted_picks`) rests on, the matrix memories' for `chunkwise_picks`;
-the other cells of the first two configs run
-as jobs of their own. `rj.scan` is timed on the forward pass and on the gradient of
-`sum(y**2)` w.r.t. the params, jitted, for the sequential strategy and, for the linear
-cells, the hoisted, chunked and associative ones (the last two not in the three configs of
-the rule) and `auto`, for the matrix memories the chunkwise one and `auto`; the LSTM's
-default (fused) row is a yardstick. References
-that run here: torch's `nn.LSTM(proj_size=...)` for `ProjLSTMCell` (same weights through
-`recurjax.interop`), and with `--recurrentgemma-python` (a Python that has
-`recurrentgemma`, which pins numpy < 2.4: see `tests/fixtures/make_reference_fixtures.py`)
-RecurrentGemma's JAX `RGLRU` layer with both of its scans, in extra processes of that
-Python, against `RGLRUCell` timed there too (same weights); and with `--mlstm-kernels` (a
-folder put on `sys.path` in the workers, holding `mlstm_kernels` 2.0.6 and `einops`, e.g.
-`pip install --no-deps --target /tmp/mlk mlstm-kernels==2.0.6 einops`) a row in the matrix
-memories' jobs, in the same processes and jax: mlstm_kernels' JAX native chunkwise mLSTM
-(`jax/chunkwise/native/fw.py`, their chunk 64, or T where T < 64) between `MLSTMCell`'s own
-projections and read-out, so that it runs the same model as the cell's rows
-(`mlstm_kernels_row`).
+Configs: every cell at B=32, T=128 (in = H = 256, 4 heads where a cell has heads) and at
+B=4, T=4096 (in = H = 64; not LayerNormLSTMCell, whose gradients overflow there); then the
+cells linear in their state alone at B=4 T=256, B=32 T=256 and B=32 T=4096 (H = 64). With
+`--matrix` (a run and a file of their own, RESULTS_matrix.md): the matrix memories (mLSTM,
+Mamba-2 with N = 64, GLA with K = H/2, retention; 4 heads) at B=4 T=4096, B=32 T=128 and
+B=32 T=16 (in = H = 256), where the chunkwise strategy is compared with the sequential one
+and, for the memories without a normaliser, with a bare `lax.scan` of the recurrence whose
+steps are projected at once outside the loop (the ratios' base there); then mLSTM's
+chunkwise strategy alone at B=4 H=256 for T from 1024 to 16384, its ratios per step (flat
+in T when near 1). The linear cells' jobs (all five configs) are the evidence that `auto`'s
+rule for them (`_scan/policy.py`, `hoisted_picks`) rests on, the matrix memories' for
+`chunkwise_picks`; the other cells of the first two configs run as jobs of their own.
+`rj.scan` is timed on the forward pass and on the gradient of `sum(y**2)` w.r.t. the
+params, jitted, for the sequential strategy and, for the linear cells, the hoisted, chunked
+and associative ones (the last two not in the three configs of the rule) and `auto`, for
+the matrix memories the chunkwise one and `auto`; the LSTM's default (fused) row is a
+yardstick. References that run here: torch's `nn.LSTM(proj_size=...)` for `ProjLSTMCell`
+(same weights through `recurjax.interop`), and with `--recurrentgemma-python` (a Python
+that has `recurrentgemma`, which pins numpy < 2.4: see
+`tests/fixtures/make_reference_fixtures.py`) RecurrentGemma's JAX `RGLRU` layer with both
+of its scans, in extra processes of that Python, against `RGLRUCell` timed there too (same
+weights); and with `--mlstm-kernels` (a folder put on `sys.path` in the workers, holding
+`mlstm_kernels` 2.0.6 and `einops`, e.g. `pip install --no-deps --target /tmp/mlk mlstm-
+kernels==2.0.6 einops`) a row in the matrix memories' jobs, in the same processes and jax:
+mlstm_kernels' JAX native chunkwise mLSTM (`jax/chunkwise/native/fw.py`, their chunk 64, or
+T where T < 64) between `MLSTMCell`'s own projections and read-out, so that it runs the
+same model as the cell's rows (`mlstm_kernels_row`).
 
 Checks, processes and ranges as `benchmarks/rnn.py` (its docstring says why): before
 anything is timed (in the first process of each job), every row's outputs and gradients of
