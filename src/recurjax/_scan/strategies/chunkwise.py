@@ -204,9 +204,9 @@ def _lasts(a: jax.Array) -> jax.Array:
 def _in_chunks(data: Any, size: int) -> _Chunks:
     """Time-major steps `(q, k, v, log_decay, log_input, valid, reset)`, each `(Tb, N, ...)`
     (`valid` and `reset` may be None: no lengths, no resets), in chunks of `size`, the last
-    one padded with invalid steps. With one decay per head,
-    the segment sums `Lam` and the log weights `ell` of every pair; with a decay per key
-    channel `(Tb, N, heads, d_k)`, the sums from the chunk's start, `b` (`_channelwise`)."""
+    one padded with invalid steps. With one decay per head, the segment sums `Lam` and the
+    log weights `ell` of every pair; with a decay per key channel `(Tb, N, heads, d_k)`, the
+    sums from the chunk's start, `b` (`_channelwise`)."""
     q, k, v, lam, iota, valid, reset = data
     Tb, L = q.shape[0], size
     C = -(-Tb // L)
