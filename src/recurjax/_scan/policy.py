@@ -33,10 +33,10 @@ HOISTED_MAX_WIDENING = 4
 # A matrix memory (mLSTM, retention, Mamba-2, GLA) runs chunkwise once its sequences have at
 # least `CHUNKWISE_MIN_STEPS` steps, sequentially below. RESULTS_matrix.md, the rows
 # "sequential" and "chunkwise" of every matrix memory at B=32 T=16, B=32 T=128 and B=4
-# T=4096 (in=H=256): chunkwise f+b took 0.21-0.68 of the sequential strategy's time in every
-# one (medians; training, what the rule is for). Its forward pass alone was slower in most
-# (up to 2.2x: GLA at T=4096, Mamba-2 at T=16) and faster only for mLSTM at T=4096, GLA at
-# T=16 and retention at T=4096: for inference, name strategy="sequential".
+# T=4096 (in=H=256): chunkwise f+b took 0.15-0.54 of the sequential strategy's time in every
+# one (medians; training, what the rule is for). Its forward pass alone took 0.50-0.60 of it
+# at T=16 and 0.50-0.85 for mLSTM and retention at T=4096, and was slower in the other
+# configs (up to 2.1x: GLA at T=4096).
 CHUNKWISE_MIN_STEPS = 16
 
 
