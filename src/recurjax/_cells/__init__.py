@@ -1,7 +1,7 @@
 """The library cells, one module per family:
 
 base       their shared base (checked sizes, the repr, checked params, a zero state) and
-           the maps their steps use, `affine` and `by_heads`
+           the maps their steps use, `affine`, `affine_blocks` and `by_heads`
 classic    RNN, LSTM, GRU (reset after the matmul), GRUv3 (reset before), on one base
 variants   peephole, projected and LayerNorm LSTMs, IndRNN: the classic cells' step hooks
 linear     cells linear in their state (`LinearRecurrence`): minGRU, minLSTM, LRU

@@ -1,4 +1,4 @@
-"""What the library's cells share: their base class and the two maps their steps use.
+"""What the library's cells share: their base class and the maps their steps use.
 
 `_CellBase` holds what each cell would otherwise repeat: its size fields checked when it is
 built, its repr `Name(in => out, options)`, its params checked against `param_shapes()` and
@@ -10,6 +10,8 @@ biases) belong here too.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import jax
@@ -25,6 +27,21 @@ def affine(x: jax.Array, w: jax.Array, b: jax.Array | None = None) -> jax.Array:
     if b is not None:
         y = y + jnp.broadcast_to(b, y.shape)
     return y
+
+
+def affine_blocks(
+    x: jax.Array, w: jax.Array, b: jax.Array | None, widths: Sequence[int]
+) -> list[jax.Array]:
+    """The consecutive column blocks of `x @ w + b`, `widths` wide, each its own product
+    with its block of `w` (and `b`): the same values as slicing the whole product, but the
+    gradient for `w` is the blocks' gradients side by side rather than every block's output
+    gradient padded to the full width and summed (over a whole sequence at once, the
+    difference is a pass over `(T, *batch, sum(widths))`)."""
+    ends = list(itertools.accumulate(widths))
+    return [
+        affine(x, w[:, a:e], None if b is None else b[a:e])
+        for a, e in zip([0, *ends[:-1]], ends, strict=True)
+    ]
 
 
 def by_heads(x: jax.Array, w: jax.Array) -> jax.Array:

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from .._checks import match_state
 from .._contracts import Cell, PyTree
 from .._init import glorot_uniform
-from .base import _CellBase, affine
+from .base import _CellBase, affine_blocks
 
 __all__ = ["LRUCell", "LinearCell", "MinGRUCell", "MinLSTMCell"]
 
@@ -156,7 +156,7 @@ class _MinCell(_CheckedLinearCell):
 
     def _gates(self, params: PyTree, x: jax.Array) -> list[jax.Array]:
         """The `blocks` blocks of `x W + b`, each `(..., H)`."""
-        return jnp.split(affine(x, params["wi"], params["b"]), self.blocks, axis=-1)
+        return affine_blocks(x, params["wi"], params["b"], (self.hidden_size,) * self.blocks)
 
 
 @dataclasses.dataclass(frozen=True, repr=False)

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from .._checks import check_heads, check_sizes, match_state
 from .._contracts import MemorySteps
 from .._init import glorot_uniform
-from .base import _CellBase, affine
+from .base import _CellBase, affine, affine_blocks
 
 __all__ = ["GLACell", "Mamba2Cell", "RetentionCell"]
 
@@ -169,8 +169,7 @@ class RetentionCell(_MemoryCell):
         *batch, heads)`, for `xs: (T, *batch, in)`: the chunkwise strategy's input."""
         dtype, xs = self._checked(params, xs)
         H, heads, d = self.hidden_size, self.num_heads, self.hidden_size // self.num_heads
-        pre = xs @ params["wi"]
-        q, k, v = (_heads_of(pre[..., j * H : (j + 1) * H], heads) for j in range(3))
+        q, k, v = (_heads_of(a, heads) for a in affine_blocks(xs, params["wi"], None, (H,) * 3))
         log_a = jnp.broadcast_to(self.log_decays(dtype), q.shape[:-1])
         return MemorySteps(q, k / math.sqrt(d), v, log_a, None, None)
 
@@ -287,15 +286,12 @@ class Mamba2Cell(_MemoryCell):
         heads' inputs `x_h` are `aux` (the skip), for `xs: (T, *batch, in)`."""
         _, xs = self._checked(params, xs)
         H, GN, heads = self._widths()
-        pre = xs @ params["w_in"]
-        x = _heads_of(pre[..., :H], heads)
-        per_group = heads // self.num_groups
+        x, B, C, dt_pre = affine_blocks(xs, params["w_in"], None, (H, GN, GN, heads))
+        x = _heads_of(x, heads)
         B, C = (
-            jnp.repeat(_heads_of(pre[..., H + j * GN : H + (j + 1) * GN], self.num_groups),
-                       per_group, axis=-2)
-            for j in range(2)
-        )  # fmt: skip
-        dt_pre = pre[..., H + 2 * GN :]
+            jnp.repeat(_heads_of(a, self.num_groups), heads // self.num_groups, axis=-2)
+            for a in (B, C)
+        )
         dt = jax.nn.softplus(dt_pre + jnp.broadcast_to(params["dt_bias"], dt_pre.shape))
         log_a = dt * jnp.broadcast_to(-jnp.exp(params["A_log"]), dt.shape)
         return MemorySteps(C, B, dt[..., None] * x, log_a, None, x)
@@ -402,10 +398,8 @@ class GLACell(_MemoryCell):
         _, xs = self._checked(params, xs)
         heads, _, dk = self._dims()
         K = heads * dk
-        pre = xs @ params["wi"]
-        q, k, v = (
-            _heads_of(a, heads) for a in (pre[..., :K], pre[..., K : 2 * K], pre[..., 2 * K :])
-        )
+        H = self.hidden_size
+        q, k, v = (_heads_of(a, heads) for a in affine_blocks(xs, params["wi"], None, (K, K, H)))
         gate = affine(xs @ params["w_g1"], params["w_g2"], params["b_g"])
         log_a = _heads_of(jax.nn.log_sigmoid(gate) / 16.0, heads)
         return MemorySteps(q, k / math.sqrt(dk), v, log_a, None, None)

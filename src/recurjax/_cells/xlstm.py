@@ -15,7 +15,7 @@ from .._checks import check_heads, match_state
 from .._contracts import MemorySteps
 from .._init import glorot_uniform
 from .._states import MLSTMState, SLSTMState
-from .base import _CellBase, affine, by_heads
+from .base import _CellBase, affine, affine_blocks, by_heads
 
 __all__ = ["MLSTMCell", "SLSTMCell"]
 
@@ -258,11 +258,10 @@ class MLSTMCell(_XLSTMCell):
         _, xs = self._checked(params, xs)
         H, heads, d = self._sizes()
         lead = tuple(xs.shape[:-1])
-        pre = affine(xs, params["wi"], params["b"])
-        q, k, v, o = (pre[..., j * H : (j + 1) * H].reshape(*lead, heads, d) for j in range(4))
-        f_t = pre[..., 4 * H + heads :]
+        *qkvo, i_t, f_t = affine_blocks(xs, params["wi"], params["b"], (H,) * 4 + (heads,) * 2)
+        q, k, v, o = (a.reshape(*lead, heads, d) for a in qkvo)
         log_f = f_t if self.exp_forget else jax.nn.log_sigmoid(f_t)
-        return MemorySteps(q, k / math.sqrt(d), v, log_f, pre[..., 4 * H : 4 * H + heads], o)
+        return MemorySteps(q, k / math.sqrt(d), v, log_f, i_t, o)
 
     def memory_state(self, h: MLSTMState) -> tuple[jax.Array, jax.Array, jax.Array]:
         """`(C, n, m)` per head: `(*batch, heads, d, d)`, `(*batch, heads, d)`, `(*batch,

@@ -135,11 +135,15 @@ def run(
 
 def _segment_sums(x: jax.Array) -> jax.Array:
     """`out[..., a, b] = sum_{b < u <= a} x[..., u]` for `b < a` (0 elsewhere), each entry a
-    sum of its own terms (no difference of cumulative sums)."""
+    sum of its own terms (no difference of cumulative sums): one matrix product with the
+    0/1 mask `M[u, (a, b)] = b < u <= a`, at full precision (a cumulative sum on the CPU is
+    a windowed reduction, `n` times the work, and so is its transpose)."""
     n = x.shape[-1]
-    xx = jnp.broadcast_to(x[..., :, None], (*x.shape, n))
-    below = jnp.broadcast_to(jnp.tri(n, k=-1, dtype=bool), xx.shape)
-    return jnp.cumsum(jnp.where(below, xx, 0), axis=-2)
+    x = jnp.maximum(x, jnp.finfo(x.dtype).min)  # a log-decay of -inf: 0 * -inf would be NaN
+    u, a, b = jnp.meshgrid(jnp.arange(n), jnp.arange(n), jnp.arange(n), indexing="ij")
+    M = ((b < u) & (u <= a)).astype(x.dtype).reshape(n, n * n)
+    out = jnp.matmul(x, M, precision=lax.Precision.HIGHEST)
+    return out.reshape(*x.shape, n)
 
 
 class _Chunks(NamedTuple):
