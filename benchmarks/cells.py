@@ -11,14 +11,17 @@ Configs: every cell at B=32, T=128 (in = H = 256, 4 heads where a cell has heads
 B=4, T=4096 (in = H = 64; not LayerNormLSTMCell, whose gradients overflow there); then the
 cells linear in their state alone at B=4 T=256, B=32 T=256 and B=32 T=4096 (H = 64). With
 `--matrix` (a run and a file of their own, RESULTS_matrix.md): the matrix memories (mLSTM,
-Mamba-2 with N = 64, GLA with K = H/2, retention; 4 heads) at B=4 T=4096, B=32 T=128 and
-B=32 T=16 (in = H = 256), where the chunkwise strategy is compared with the sequential one
-and, for the memories without a normaliser, with a bare `lax.scan` of the recurrence whose
-steps are projected at once outside the loop (the ratios' base there); then mLSTM's
-chunkwise strategy alone at B=4 H=256 for T from 1024 to 16384, its ratios per step (flat
-in T when near 1). The linear cells' jobs (all five configs) are the evidence that `auto`'s
-rule for them (`_scan/policy.py`, `hoisted_picks`) rests on, the matrix memories' for
-`chunkwise_picks`; the other cells of the first two configs run as jobs of their own.
+Mamba-2 with N = 64, GLA with K = H/2, retention, DeltaNet and Gated DeltaNet; 4 heads) at
+B=4 T=4096, B=32 T=128 and B=32 T=16 (in = H = 256), where the chunkwise strategy is
+compared with the sequential one and, for the memories that only add (no normaliser, no
+delta rule), with a bare `lax.scan` of the recurrence whose steps are projected at once
+outside the loop (the ratios' base there); Gated DeltaNet also with one head of 64 beside
+memax's Gated DeltaNet layer of that size (`memax_gdn_row`: timed, not checked, as it is
+another function); then mLSTM's and Gated DeltaNet's chunkwise strategy alone at B=4 H=256
+for T from 1024 to 16384, their ratios per step (flat in T when near 1). The linear
+cells' jobs (all five configs) are the evidence that `auto`'s rule for them
+(`_scan/policy.py`, `hoisted_picks`) rests on, the matrix memories' for `chunkwise_picks`;
+the other cells of the first two configs run as jobs of their own.
 `rj.scan` is timed on the forward pass and on the gradient of `sum(y**2)` w.r.t. the
 params, jitted, for the sequential strategy and, for the linear cells, the hoisted, chunked
 and associative ones (the last two not in the three configs of the rule) and `auto`, for
@@ -95,7 +98,7 @@ from rnn import (  # the main benchmark's
 )
 
 EVERY, LINEAR, OTHER, MATRIX = "every cell", "linear cells", "other cells", "matrix memories"
-LENGTHS = "matrix memories: mLSTM chunkwise by length"
+LENGTHS = "matrix memories: mLSTM and Gated DeltaNet chunkwise by length"
 # The lengths of the `LENGTHS` job, each a row of its own (the first the ratios' base).
 SWEEP = (1024, 2048, 4096, 8192, 16384)
 
@@ -176,6 +179,10 @@ def matrix_cells(F: int, H: int) -> dict[str, Any]:
         "Mamba2Cell (4 heads, N = 64)": rj.Mamba2Cell(F, H, num_heads=4, state_size=64),
         "GLACell (4 heads, K = H/2)": rj.GLACell(F, H, num_heads=4, key_size=H // 2),
         "RetentionCell (4 heads)": rj.RetentionCell(F, H, num_heads=4),
+        "DeltaNetCell (4 heads)": rj.DeltaNetCell(F, H, num_heads=4),
+        "GatedDeltaNetCell (4 heads)": rj.GatedDeltaNetCell(F, H, num_heads=4),
+        # memax's Gated DeltaNet layer's size: one head of 64 (its row: `memax_gdn_row`)
+        "GatedDeltaNetCell (1 head, d = 64)": rj.GatedDeltaNetCell(F, 64, key_size=64),
     }
 
 
@@ -309,6 +316,32 @@ def mlstm_kernels_row(
     return jax_impl(label, ys, params, xs, reference=name)
 
 
+def memax_gdn_row(name: str, cell: rj.GatedDeltaNetCell, xs: jax.Array) -> Impl:
+    """memax's Gated DeltaNet layer (`memax.equinox.semigroups.gdn.GDN`, its associative
+    scan over `(M, X)` pairs of `d x d` matrices, one head) with `recurrent_size` the cell's
+    `d_k = d_v` and `hidden_size` the input's, vmapped over the batch: the same sizes, not
+    the same function. Its step is `X' = M X + beta v k^T` with `M = alpha (I - beta k
+    k^T)`, which erases along the value axis where the delta rule erases along the key
+    axis (`S (I - beta k k^T)`), with SiLU on `q, k`, `beta = 2 sigmoid` and an output
+    projection; no weights map between the two, so the row is timed, not checked."""
+    import equinox as eqx
+    from memax.equinox.semigroups.gdn import GDN  # pyright: ignore[reportMissingImports]
+
+    assert cell.num_heads == 1 and cell.key_size == cell.hidden_size
+    layer = GDN(xs.shape[-1], cell.hidden_size, key=jax.random.key(0))
+    arrays, static = eqx.partition(layer, eqx.is_array)
+
+    def ys(arrays: Any, xs: jax.Array) -> jax.Array:
+        layer = eqx.combine(arrays, static)
+        start = jnp.zeros(xs.shape[0], bool)
+        run = lambda x: layer(layer.initialize_carry(), (x, start))[1]  # noqa: E731
+        return jax.vmap(run, in_axes=1, out_axes=1)(xs)
+
+    version = importlib.metadata.version("memax")
+    label = f"{name} | memax {version} GDN layer (associative scan; timed, not checked)"
+    return jax_impl(label, ys, arrays, xs, reference="")
+
+
 def build(job: dict[str, Any], seed: int) -> tuple[list[Impl], dict[str, Reference]]:
     """Every row of one config (named `cell | row`), built in a random order drawn from
     `seed`, and each cell's reference (its sequential strategy)."""
@@ -335,7 +368,8 @@ def build(job: dict[str, Any], seed: int) -> tuple[list[Impl], dict[str, Referen
             ("sequential", "auto") if job.get("recurrentgemma") else strategies(cell, job["grid"])
         )
         rows = [(s, s) for s in names]
-        if is_matrix_memory(cell) and not getattr(cell, "normalised", True):
+        delta = isinstance(cell, rj.DeltaNetCell)
+        if is_matrix_memory(cell) and not getattr(cell, "normalised", True) and not delta:
             # the bare scan first: the ratios' base
             builders.append(
                 lambda cell=cell, params=params, name=name: jax_impl(
@@ -358,6 +392,8 @@ def build(job: dict[str, Any], seed: int) -> tuple[list[Impl], dict[str, Referen
             builders.append(lambda n=name, c=cell, p=params: torch_proj(n, c, p, xs_np))
         if job.get("recurrentgemma"):
             builders += recurrentgemma_rows(name, cell, params, xs)
+        if isinstance(cell, rj.GatedDeltaNetCell) and cell.num_heads == 1:
+            builders.append(lambda n=name, c=cell: memax_gdn_row(n, c, xs))
         if job.get("mlstm_kernels") and isinstance(cell, rj.MLSTMCell):
             builders.append(
                 lambda n=name, c=cell, p=params: mlstm_kernels_row(
@@ -370,35 +406,40 @@ def build(job: dict[str, Any], seed: int) -> tuple[list[Impl], dict[str, Referen
 def _lengths_rows(
     B: int, H: int, sweep: tuple[int, ...], seed: int
 ) -> tuple[list[Impl], dict[str, Reference]]:
-    """mLSTM's chunkwise rows at each length of `sweep` (one input each), each checked
-    against the sequential strategy at its length, and an A/A row."""
-    cell = rj.MLSTMCell(H, H, num_heads=4)
-    params = cell.init(jax.random.key(0))
-    name = "MLSTMCell (4 heads) chunkwise"
+    """mLSTM's and Gated DeltaNet's chunkwise rows at each length of `sweep` (one input
+    each), each checked against the sequential strategy at its length, and an A/A row."""
+    cells = {
+        "MLSTMCell (4 heads) chunkwise": rj.MLSTMCell(H, H, num_heads=4),
+        "GatedDeltaNetCell (4 heads) chunkwise": rj.GatedDeltaNetCell(H, H, num_heads=4),
+    }
     xs = {
         T: jnp.asarray(np.random.default_rng(T).standard_normal((T, B, H)).astype(np.float32))
         for T in sweep
     }
-    builders = []
-    for T in (*sweep, sweep[0]):
-        row = f"T={T}" if len(builders) < len(sweep) else f"A/A (T={T}, built again)"
-        builders.append(
-            lambda T=T, row=row: jax_impl(
-                f"{name} | {row}",
-                _recurjax(cell, "chunkwise", time_axis=0),
-                params,
-                xs[T],
-                reference=f"{name} T={T}",
+    builders, refs = [], {}
+    for n, (name, cell) in enumerate(cells.items()):
+        params = cell.init(jax.random.key(0))
+        lengths = [(T, f"T={T}") for T in sweep]
+        if n == 0:
+            lengths.append((sweep[0], f"A/A (T={sweep[0]}, built again)"))
+        for T, row in lengths:
+            builders.append(
+                lambda T=T, row=row, name=name, cell=cell, params=params: jax_impl(
+                    f"{name} | {row}",
+                    _recurjax(cell, "chunkwise", time_axis=0),
+                    params,
+                    xs[T],
+                    reference=f"{name} T={T}",
+                )
             )
-        )
-    impls = build_shuffled(builders, seed)
 
-    def sequential(p: Any, xs: jax.Array) -> Any:  # remat: the long references fit in memory
-        h0 = jax.tree.map(lambda a: jnp.broadcast_to(a, (B, *a.shape)), cell.initial_state(p))
-        return rj.scan(cell, p, h0, xs, strategy="sequential", remat=64)[1]
+        def sequential(p: Any, xs: jax.Array, cell: Any = cell) -> Any:
+            # remat: the long references fit in memory
+            h0 = jax.tree.map(lambda a: jnp.broadcast_to(a, (B, *a.shape)), cell.initial_state(p))
+            return rj.scan(cell, p, h0, xs, strategy="sequential", remat=64)[1]
 
-    refs = {f"{name} T={T}": reference(sequential, params, xs[T]) for T in sweep}
-    return impls, refs
+        refs |= {f"{name} T={T}": reference(sequential, params, xs[T]) for T in sweep}
+    return build_shuffled(builders, seed), refs
 
 
 def worker(job: dict[str, Any], seed: int) -> dict[str, Any]:

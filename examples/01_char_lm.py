@@ -39,7 +39,8 @@ Run it (about 3 minutes on a 2-core CPU)::
     python examples/01_char_lm.py --cell mingru            # minGRU in place of the LSTM
     python examples/01_char_lm.py --cell slstm             # or peephole, projlstm, lnlstm,
                                                            # indrnn, mlstm, rglru, s6,
-                                                           # retention, mamba2, gla
+                                                           # retention, mamba2, gla,
+                                                           # deltanet, gated_deltanet
 """
 
 from __future__ import annotations
@@ -163,6 +164,8 @@ def recurrent_layer(kind: str, embed: int, hidden: int) -> tuple[Any, int]:
         "retention": lambda: rj.RetentionCell(embed, hidden, num_heads=4),
         "mamba2": lambda: rj.Mamba2Cell(embed, hidden, num_heads=4, state_size=16),
         "gla": lambda: rj.GLACell(embed, hidden, num_heads=4, key_size=hidden // 2),
+        "deltanet": lambda: rj.DeltaNetCell(embed, hidden, num_heads=4),
+        "gated_deltanet": lambda: rj.GatedDeltaNetCell(embed, hidden, num_heads=4),
     }
     width = {"projlstm": hidden // 2, "s6": embed}.get(kind, hidden)
     return layers[kind](), width
@@ -182,6 +185,8 @@ CELLS = (
     "retention",
     "mamba2",
     "gla",
+    "deltanet",
+    "gated_deltanet",
 )
 
 

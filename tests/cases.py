@@ -84,6 +84,8 @@ CASES = [
     # four heads in two groups (two heads share each B and C), P = 1, N = 2
     library_case("mamba2", rj.Mamba2Cell(IN, H, num_heads=4, state_size=2, num_groups=2)),
     library_case("gla", rj.GLACell(IN, H, num_heads=2, key_size=H, gate_rank=2)),
+    library_case("deltanet", rj.DeltaNetCell(IN, H, num_heads=2, key_size=6)),  # d_k 3, d_v 2
+    library_case("gdn", rj.GatedDeltaNetCell(IN, H, num_heads=2)),
     library_case("dense", rj.Dense(IN, H, activation=jnp.tanh)),
     library_case("chain", rj.chain(rj.LSTMCell(IN, 5), rj.Dense(5, H))),
     Case("user_fn", elman, _elman_params, lambda p: jnp.zeros((H,), p["wxh"].dtype)),
@@ -207,9 +209,10 @@ def everyday(cases: list[Case]) -> list[Any]:
 
 
 # Cells whose step and strategy paths other everyday cases run: the plain matrix memories
-# share `_MemoryCell.__call__` with GLA, and the chunkwise plain path with GatedMemory. Their
-# cell contract tests are in the slow tier.
-SLOW_CONTRACT = ("retention", "mamba2")
+# share `_MemoryCell.__call__` with GLA, and the chunkwise plain path with GatedMemory;
+# Gated DeltaNet runs DeltaNet's paths with a decay. Their cell contract tests are in the
+# slow tier.
+SLOW_CONTRACT = ("retention", "mamba2", "deltanet")
 
 
 def contract(cases: list[Case]) -> list[Any]:

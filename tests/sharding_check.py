@@ -178,8 +178,8 @@ def collectives(compiled_text: str) -> dict[str, int]:
 def sequence_parallel(devices: list[Any]) -> dict[str, Any]:
     """One long sequence with its time axis split over every device (`shard_map`), against
     `rj.scan` on one device: values, final states and gradients, for minGRU and the LRU and
-    the matrix memories mLSTM, GLA and Mamba-2, with `lengths` and `resets` (and minGRU
-    without); and the sharding of the outputs."""
+    the matrix memories mLSTM, GLA, Mamba-2 and Gated DeltaNet, with `lengths` and `resets`
+    (and minGRU without); and the sharding of the outputs."""
     mesh = Mesh(np.asarray(devices), ("time",))
     T = 16 * len(devices)
     out: dict[str, Any] = {}
@@ -189,6 +189,7 @@ def sequence_parallel(devices: list[Any]) -> dict[str, Any]:
         rj.MLSTMCell(3, 4, num_heads=2),  # the stabilised fold
         rj.GLACell(3, 4, num_heads=2, key_size=4),  # the plain fold, a decay per key channel
         rj.Mamba2Cell(3, 4, num_heads=2, state_size=2),  # the plain fold, a decay per head
+        rj.GatedDeltaNetCell(3, 4, num_heads=2),  # the delta rule's fold, S -> S G + S_zero
     )
     for cell in cells:
         params = cell.init(jax.random.key(0))

@@ -128,8 +128,9 @@ def test_values_and_gradients_finite_at_every_scale_every_strategy(case: Case, s
 
 MEMORIES = [c for c in CELLS if is_matrix_memory(c.cell)]
 # One cell per path of the chunkwise strategy (normalised, one decay per head, one per key
-# channel): retention runs Mamba-2's path, and mLSTM's exponential forget gate its own.
-LONG = [c for c in MEMORIES if c.name in ("mlstm", "mamba2", "gla")]
+# channel, the delta rule): retention runs Mamba-2's path, and mLSTM's exponential forget
+# gate its own.
+LONG = [c for c in MEMORIES if c.name in ("mlstm", "mamba2", "gla", "gdn")]
 LARGE = [c for c in MEMORIES if c.name != "retention"]
 
 

@@ -617,16 +617,20 @@ def _fla_dstate(dstate: np.ndarray) -> np.ndarray:
     return (np.swapaxes(dstate, -1, -2) * np.sqrt(dk)).reshape(dstate.shape[0], -1)
 
 
-def _fla_pairs(f, cell, params, run: str, strategy: str, chunk_size, scale: float) -> list[Pair]:
+def _fla_pairs(
+    f, cell, params, run: str, strategy: str, chunk_size, scale: float, key_scaled: bool = True
+) -> list[Pair]:
     """The pairs of an fla fixture's `run` (its keys `{run}_y`, `{run}_dx`, `{run}_grads.*`,
     and `{run}_last` and `{run}_dstate0` where the run has them; from `state0` where it has a
     `dstate0`, else from a zero state). The outputs `(B, T, heads, d_v)` are the cell's `(B,
-    T, H)`."""
+    T, H)`. `key_scaled`: the cell scales its key by `1 / sqrt(d_k)` where fla scales the
+    query (`_fla_state`); otherwise the states are each other's transposes."""
     batch, steps, _ = f["x"].shape
     theirs = lambda k: f[f"{_prefix(scale)}{run}_{k}"]  # noqa: E731
     has = lambda k: f"{run}_{k}" in f  # noqa: E731
+    _state, _dstate = (_fla_state, _fla_dstate) if key_scaled else (_transposed, _transposed)
     if has("dstate0"):
-        h0 = jnp.asarray(_fla_state(f["state0"]))
+        h0 = jnp.asarray(_state(f["state0"]))
     else:
         h0 = jnp.zeros((batch, cell.state_width), jnp.float32)
     ys, h, (dp, dxs, dh0) = _sequence_and_grads(
@@ -644,10 +648,15 @@ def _fla_pairs(f, cell, params, run: str, strategy: str, chunk_size, scale: floa
         *((f"{run}_grads.{k}", dp[k], theirs(f"grads.{k}"), True) for k in params),
     ]
     if has("last"):
-        pairs.append((f"{run}_last", h, _fla_state(theirs("last")), False))
+        pairs.append((f"{run}_last", h, _state(theirs("last")), False))
     if has("dstate0"):
-        pairs.append((f"{run}_dstate0", dh0, _fla_dstate(theirs("dstate0")), True))
+        pairs.append((f"{run}_dstate0", dh0, _dstate(theirs("dstate0")), True))
     return pairs
+
+
+def _transposed(state: np.ndarray) -> np.ndarray:
+    """fla's state `(B, heads, d_k, d_v)` as the cell's `(B, heads * d_v * d_k)`."""
+    return np.swapaxes(state, -1, -2).reshape(state.shape[0], -1)
 
 
 def _gla(f):
@@ -676,6 +685,41 @@ def test_gla_equals_flas_naive_recurrent_gla(strategy, chunk_size):
     for scale in _scales(f):
         for run in ("zero", "state"):
             pairs = _fla_pairs(f, cell, params, run, strategy, chunk_size, scale)
+            _compare(f, pairs, scale, _FLOAT32)
+
+
+def _delta(f):
+    """fla's DeltaNet or Gated DeltaNet inputs as DeltaNetCell's or GatedDeltaNetCell's
+    params: `wi` is `[q_proj, k_proj, v_proj, b_proj]` transposed (`x @ wi`; blocks `K, K,
+    H, heads`, head by head), Gated DeltaNet's with `a_proj` last, its `A_log` and `dt_bias`
+    one per head; `q` and `k` are L2-normalised as fla's in-kernel norm, and both scale the
+    query by `1 / sqrt(d_k)`, so the states are each other's transposes (fla's Gated
+    DeltaNet layer keeps its cache as the cell does, `state_v_first`). fla's layers also
+    apply a short convolution and SiLU to `q, k, v`, and an output gate and norm: other
+    layers here."""
+    heads, dk, dv = f["state0"].shape[1:]
+    n_in = f["x"].shape[-1]
+    kind = rj.GatedDeltaNetCell if "params.A_log" in f else rj.DeltaNetCell
+    cell = kind(n_in, heads * dv, num_heads=heads, key_size=heads * dk)
+    params = {k[7:]: jnp.asarray(v) for k, v in f.items() if k.startswith("params.")}
+    return cell, params
+
+
+# Gated DeltaNet's path runs DeltaNet's and more: DeltaNet in the slow tier
+@pytest.mark.parametrize(
+    "model", [pytest.param("deltanet", marks=pytest.mark.slow), "gated_deltanet"]
+)
+@_memory_strategies(everyday_step=True)
+def test_delta_rule_equals_flas_naive_recurrences(model, strategy, chunk_size):
+    """fla-core's `delta_rule_recurrence` (DeltaNet) and `naive_recurrent_gated_delta_rule`
+    (Gated DeltaNet), from a zero state and from a random one, fed the cells' L2-normalised
+    `q, k`, `v`, `beta` and (Gated DeltaNet) log decays (2 heads, `d_k` = 3, `d_v` = 4).
+    Float32, with `_FLOAT32`'s tolerances (rtol 1e-5)."""
+    f = _load(f"{model}_fla")
+    cell, params = _delta(f)
+    for scale in _scales(f):
+        for run in ("zero", "state"):
+            pairs = _fla_pairs(f, cell, params, run, strategy, chunk_size, scale, False)
             _compare(f, pairs, scale, _FLOAT32)
 
 

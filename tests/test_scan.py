@@ -348,12 +348,12 @@ def test_scan_equals_oracle_drawn_options_many(drawn):
 
 
 def test_drawn_combinations_reach_every_cell_and_strategy():
-    """The drawn combinations can reach every cell and every strategy of each: 1,500 draws
+    """The drawn combinations can reach every cell and every strategy of each: 3,000 draws
     (without running a scan) see every pair."""
     seen = set()
 
     @seed(0)
-    @settings(max_examples=1500, **_DRAWN)
+    @settings(max_examples=3000, **_DRAWN)
     @given(_combinations())
     def draw(drawn):
         seen.add((drawn[0].name, drawn[1]))

@@ -182,10 +182,10 @@ def test_eager_scan_and_step_keep_the_sharding(result: dict[str, Any]) -> None:
 
 def test_sequence_parallel_scan_equals_one_device(result: dict[str, Any]) -> None:
     """A sequence split in time over 8 devices: values, states and gradients of minGRU, the
-    LRU, mLSTM, GLA and Mamba-2 equal the one-device scan, with lengths and resets; outputs
-    stay time-sharded."""
+    LRU, mLSTM, GLA, Mamba-2 and Gated DeltaNet equal the one-device scan, with lengths and
+    resets; outputs stay time-sharded."""
     runs = result["sequence_parallel"]
-    assert len(runs) == 6
+    assert len(runs) == 7
     for label, run in runs.items():
         assert run["rel_diff"] <= 1e-5, (label, run)
         assert run["ys_time_split"], (label, run)

@@ -7,6 +7,7 @@ walks a long sequence in chunks for truncated backpropagation through time.
 """
 
 from ._cells.classic import GRUCell, GRUv3Cell, LSTMCell, RNNCell
+from ._cells.delta import DeltaNetCell, GatedDeltaNetCell
 from ._cells.linear import LinearCell, LRUCell, MinGRUCell, MinLSTMCell
 from ._cells.memories import GLACell, Mamba2Cell, RetentionCell
 from ._cells.ssm import RGLRUCell, SelectiveSSMCell
@@ -31,12 +32,14 @@ __all__ = [
     "Bidirectional",
     "Cell",
     "Chain",
+    "DeltaNetCell",
     "Dense",
     "Dropout",
     "GLACell",
     "GRUCell",
     "GRUv3",
     "GRUv3Cell",
+    "GatedDeltaNetCell",
     "IndRNNCell",
     "LRUCell",
     "LSTMCell",

@@ -150,6 +150,9 @@ class MemorySteps(NamedTuple):
     log_decay: jax.Array
     log_input: jax.Array | None  # (T, *batch, heads): log i_t (mLSTM's i~), or None for 0
     aux: Any  # what `memory_readout` needs besides the read (mLSTM: the output gate)
+    # (T, *batch, heads): the delta rule's write strength beta_t in [0, 1] (DeltaNet), or
+    # None for a memory that only adds
+    beta: jax.Array | None = None
 
 
 @runtime_checkable
@@ -161,6 +164,11 @@ class MatrixMemory(Protocol):
 
     with `a_t` a scalar per head, or a vector per key channel scaling the columns of `S`
     (`S_t = S_{t-1} diag(a_t) + ...`),
+
+    or, with a `beta` in its steps, the delta rule (DeltaNet), which first removes what `S`
+    held at the key, with one decay per head and unit keys:
+
+        S_t = a_t S_{t-1} (I - beta_t k_t k_t^T) + beta_t v_t k_t^T
 
     and, with `normalised` (mLSTM), a normaliser `n_t = a_t n_{t-1} + i_t k_t` and a
     log-space stabiliser `m_t = max(log a_t + m_{t-1}, log i_t)` (restarting at `log i_t`

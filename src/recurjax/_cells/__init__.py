@@ -9,6 +9,7 @@ ssm        RG-LRU and Mamba's selective SSM (S6), linear cells with gated inputs
 xlstm      xLSTM's sLSTM (scalar memory) and mLSTM (matrix memory)
 memories   matrix memories without a normaliser: RetNet's retention, Mamba-2's SSD
            core, gated linear attention (GLA)
+delta      the delta rule's matrix memories: DeltaNet, Gated DeltaNet
 
 Each module imports from the contracts, checks, initialisers and state types below it, from
 `base`, and from the family it extends; nothing in the engine imports a cell class.

@@ -1,6 +1,6 @@
 """Matrix memories without a normaliser: RetNet's retention, Mamba-2's SSD core and gated
-linear attention (GLA). Per head a state `S: (d_v, d_k)` decays and takes an outer-product
-write, and a query reads it:
+linear attention (GLA), and the base they share with the delta rule's cells (`delta`). Per
+head a state `S: (d_v, d_k)` decays and takes an outer-product write, and a query reads it:
 
     S_t = a_t S_{t-1} + v_t k_t^T,    read_t = S_t q_t
 
@@ -92,7 +92,10 @@ class _MemoryCell(_CellBase):
             decay = jnp.exp(log_a)[..., None, :]
         else:
             decay = jnp.exp(log_a)[..., None, None]
-        S = decay * S + v[..., :, None] * k[..., None, :]
+        S = decay * S
+        if steps.beta is not None:  # the delta rule: write v - S k, what S held at k
+            v = steps.beta[0][..., None] * (v - jnp.einsum("...vk,...k->...v", S, k))
+        S = S + v[..., :, None] * k[..., None, :]
         read = jnp.einsum("...vk,...k->...v", S, q)
         return self.cell_state(S, None, None), self.memory_readout(params, read[None], steps.aux)[
             0

@@ -51,8 +51,9 @@ def run_split(cell: Any, params: PyTree, prepared: Prepared, mesh: Any, axis: st
 
 def run_split_memory(cell: Any, params: PyTree, prepared: Prepared, mesh: Any, axis: str) -> Any:
     """A matrix memory: each device runs its block chunkwise from a zero state, keeping the
-    block's final state and its total log-decay (per head or key channel; the block's state
-    forgets the entering one after a reset); the pairs are gathered, each device folds those
+    block's final state and its total log-decay (per head or key channel; the delta rule:
+    the product of its steps' factors; the block's state forgets the entering one after a
+    reset); the pairs are gathered, each device folds those
     of the devices before it into its true entering state and runs its block again from it.
     The final state is the last block's. Only the block states cross devices, once."""
     xs, _, h, masks = prepared
@@ -64,13 +65,19 @@ def run_split_memory(cell: Any, params: PyTree, prepared: Prepared, mesh: Any, a
         block_masks = None if masks is None else StepMasks(valid, reset, None, s0)
         zero = jax.tree.map(jnp.zeros_like, h)
         from_zero, _ = chunkwise.run(cell, params, zero, xs, opts, block_masks)
-        log_a = cell.memory_steps(params, xs).log_decay  # (Tb, *batch, heads[, d_k])
-        if valid is not None:  # a padded step does not decay
-            per_step = valid.reshape(*valid.shape, *(1,) * (log_a.ndim - valid.ndim))
-            log_a = jnp.where(per_step, log_a, 0)
+        steps = cell.memory_steps(params, xs)
         batch = tuple(xs.shape[1:-1])
+        if steps.beta is not None:  # the delta rule: S -> S G + S_zero, G: (heads, d_k, d_k)
+            gain = chunkwise.delta_gain(steps, block_masks, opts)
+            total = gain.reshape(*batch, *gain.shape[1:])
+        else:
+            log_a = steps.log_decay  # (Tb, *batch, heads[, d_k])
+            if valid is not None:  # a padded step does not decay
+                per_step = valid.reshape(*valid.shape, *(1,) * (log_a.ndim - valid.ndim))
+                log_a = jnp.where(per_step, log_a, 0)
+            total = log_a.sum(0)
         resets = jnp.zeros(batch, bool) if reset is None else reset.any(0)
-        maps = lax.all_gather((log_a.sum(0), resets, cell.memory_state(from_zero)), axis)
+        maps = lax.all_gather((total, resets, cell.memory_state(from_zero)), axis)
         me = lax.axis_index(axis)
 
         def step(carry: Any, m: Any) -> tuple[Any, Any]:
@@ -89,13 +96,15 @@ def run_split_memory(cell: Any, params: PyTree, prepared: Prepared, mesh: Any, a
 
 def _fold(cell: Any, carry: Any, total: jax.Array, resets: jax.Array, block: Any) -> Any:
     """The memory after a block, `(S, n, m)` per head, from the memory `carry` entering it,
-    the block's total log-decay and its state run from zero (`block`), which is the result
-    where the block has a reset. A normalised memory stays stabilised: the result's `m` is
-    the larger of the decayed entering one and the block's, as the cell's step keeps it
-    (an empty memory adds no term)."""
+    the block's total log-decay (the delta rule: its gain `G`, `S -> S G`) and its state run
+    from zero (`block`), which is the result where the block has a reset. A normalised
+    memory stays stabilised: the result's `m` is the larger of the decayed entering one and
+    the block's, as the cell's step keeps it (an empty memory adds no term)."""
     S, n, m = carry
     S_z, n_z, m_z = block
     fresh = resets.reshape(*resets.shape, 1)  # (*batch, 1): over the heads
+    if total.ndim == S.ndim:  # the delta rule's gain, (*batch, heads, d_k, d_k)
+        return jnp.where(fresh[..., None, None], S_z, S @ total + S_z), None, None
     if not cell.normalised:
         per_channel = total.ndim == S.ndim - 1  # (*batch, heads, d_k) scales S's columns
         a = jnp.exp(total)[..., None, :] if per_channel else jnp.exp(total)[..., None, None]

@@ -70,45 +70,82 @@ def run(
     if T == 0:
         return SEQUENTIAL.run(cell, params, h, xs, opts, masks)
     steps = cell.memory_steps(params, xs)
+    _check_steps(cell, steps)
     batch = tuple(xs.shape[1:-1])
-    N = math.prod(batch)
 
-    def flat(a: jax.Array) -> jax.Array:  # (T, *batch, ...) -> (T, N, ...)
-        return a.reshape(T, N, *a.shape[1 + len(batch) :])
+    def memory(state: PyTree) -> tuple[Any, ...]:  # (*batch, ...) -> (N, ...)
+        return tuple(None if a is None else _flat(a, len(batch)) for a in cell.memory_state(state))
 
-    q = flat(steps.q)
-    lam = flat(steps.log_decay)
-    if cell.normalised and lam.ndim == q.ndim:
+    s0 = None if masks is None or masks.reset is None else memory(masks.state0)
+    carry, read = run_steps(steps, memory(h), s0, masks, opts, cell.normalised, chunk)
+    read = read.reshape(T, *batch, *read.shape[2:])
+    state = (None if a is None else a.reshape(*batch, *a.shape[1:]) for a in carry)
+    return cell.cell_state(*state), cell.memory_readout(params, read, steps.aux)
+
+
+def _flat(a: jax.Array, axes: int, lead: int = 0) -> jax.Array:
+    """`a` with its `axes` batch axes after the first `lead` axes merged into one."""
+    return a.reshape(*a.shape[:lead], -1, *a.shape[lead + axes :])
+
+
+def _check_steps(cell: Any, steps: Any) -> None:
+    """The combinations of `memory_steps` the chunkwise forms cover."""
+    per_channel = steps.log_decay.ndim == steps.q.ndim
+    if cell.normalised and per_channel:
         raise ValueError(
             f"{cell!r}: a normalised matrix memory takes one decay per head, log_decay of "
             f"shape (T, *batch, heads); its memory_steps gave {steps.log_decay.shape}, one per "
             "key channel. Return a decay per head, or set normalised = False."
         )
-    iota = jnp.zeros(q.shape[:-1], lam.dtype) if steps.log_input is None else flat(steps.log_input)
+    if steps.beta is not None and (cell.normalised or per_channel or steps.log_input is not None):
+        raise ValueError(
+            f"{cell!r}: the delta rule (memory_steps with a beta) takes one decay per head, "
+            "no input gate and no normaliser; its memory_steps gave log_decay of shape "
+            f"{steps.log_decay.shape}, log_input "
+            f"{None if steps.log_input is None else steps.log_input.shape} and normalised = "
+            f"{cell.normalised}. Fold an input gate into beta or v, and return one decay per "
+            "head."
+        )
+
+
+def run_steps(
+    steps: Any,
+    carry: tuple[Any, ...],
+    s0: tuple[Any, ...] | None,
+    masks: StepMasks | None,
+    opts: Options,
+    normalised: bool,
+    chunk: int = CHUNK,
+) -> tuple[tuple[Any, ...], jax.Array]:
+    """A matrix memory's `steps` (`MemorySteps`, time-major `(T, *batch, ...)`) from the
+    memory `carry` (`(S, n, m)` with the batch flattened, `(N, heads, ...)`; `s0` the same
+    for `state0` where there are resets): the final memory and the reads `(T, N, heads,
+    d_v)`."""
+    T, axes = steps.q.shape[0], steps.q.ndim - 3
+    q = _flat(steps.q, axes, 1)
+    lam = _flat(steps.log_decay, axes, 1)
+    log_input = steps.log_input
+    iota = jnp.zeros(q.shape[:-1], lam.dtype) if log_input is None else _flat(log_input, axes, 1)
     valid = None if masks is None else masks.valid
     reset = None if masks is None else masks.reset
     data = (
         q,
-        flat(steps.k),
-        flat(steps.v),
+        _flat(steps.k, axes, 1),
+        _flat(steps.v, axes, 1),
         lam,
         iota,
-        None if valid is None else valid.reshape(T, N),
-        None if reset is None else reset.reshape(T, N),
+        None if valid is None else _flat(valid, axes, 1),
+        None if reset is None else _flat(reset, axes, 1),
+        None if steps.beta is None else _flat(steps.beta, axes, 1),
     )
-
-    def memory(state: PyTree) -> tuple[Any, ...]:  # (*batch, ...) -> (N, ...)
-        return tuple(
-            None if a is None else a.reshape(N, *a.shape[len(batch) :])
-            for a in cell.memory_state(state)
-        )
-
-    carry = memory(h)
-    s0 = None if reset is None else memory(masks.state0)  # type: ignore[union-attr]
-    size = opts.chunk_size or (CHUNK_PER_CHANNEL if lam.ndim == q.ndim else chunk)
-    memory_kind = (
-        _normalised if cell.normalised else _channelwise if lam.ndim == q.ndim else _plain
-    )
+    per_channel = lam.ndim == q.ndim
+    size = opts.chunk_size or (CHUNK_PER_CHANNEL if per_channel else chunk)
+    if steps.beta is not None:
+        memory_kind = _delta
+    elif normalised:
+        memory_kind = _normalised
+    else:
+        memory_kind = _channelwise if per_channel else _plain
 
     def run_chunks(carry: Any, data: Any) -> tuple[Any, jax.Array]:
         # One chunk of the run's own length where it is shorter than `size` (no padding)
@@ -128,9 +165,23 @@ def run(
         carry, read = in_blocks(block, carry, data, k, reverse=False)
     if opts.reverse:
         read = jnp.flip(read, 0)
-    read = read.reshape(T, *batch, *read.shape[2:])
-    state = (None if a is None else a.reshape(*batch, *a.shape[1:]) for a in carry)
-    return cell.cell_state(*state), cell.memory_readout(params, read, steps.aux)
+    return carry, read
+
+
+def delta_gain(steps: Any, masks: StepMasks | None, opts: Options) -> jax.Array:
+    """The linear part of a delta rule's map over `steps`, `S -> S G + S_zero`: `G: (N,
+    heads, d_k, d_k)` (batch flattened), the product of the steps' `a_t (I - beta_t k_t
+    k_t^T)`, zero where a reset drops the entering state. It is the memory run from the
+    identity with zero values (and zero `state0`)."""
+    k = steps.k
+    N = math.prod(k.shape[1:-2])
+    heads, dk = k.shape[-2:]
+    eye = jnp.broadcast_to(jnp.eye(dk, dtype=k.dtype), (N, heads, dk, dk))
+    zero = jnp.zeros_like(eye)
+    s0 = None if masks is None or masks.reset is None else (zero, None, None)
+    steps = steps._replace(v=jnp.zeros_like(k))
+    (gain, _, _), _ = run_steps(steps, (eye, None, None), s0, masks, opts, False)
+    return gain
 
 
 def _segment_sums(x: jax.Array) -> jax.Array:
@@ -172,6 +223,7 @@ class _Chunks(NamedTuple):
     # `(N, heads, C, L, d_k)`; None with one decay per head.
     b: jax.Array | None
     steps: int  # the steps before the padding
+    beta: jax.Array | None = None  # (N, heads, C, L): the delta rule's, 0 at padded steps
 
     @property
     def live(self) -> jax.Array:  # (N, 1, C, L): broadcast over heads
@@ -206,12 +258,12 @@ def _lasts(a: jax.Array) -> jax.Array:
 
 
 def _in_chunks(data: Any, size: int) -> _Chunks:
-    """Time-major steps `(q, k, v, log_decay, log_input, valid, reset)`, each `(Tb, N, ...)`
-    (`valid` and `reset` may be None: no lengths, no resets), in chunks of `size`, the last
-    one padded with invalid steps. With one decay per head, the segment sums `Lam` and the
-    log weights `ell` of every pair; with a decay per key channel `(Tb, N, heads, d_k)`, the
-    sums from the chunk's start, `b` (`_channelwise`)."""
-    q, k, v, lam, iota, valid, reset = data
+    """Time-major steps `(q, k, v, log_decay, log_input, valid, reset, beta)`, each `(Tb, N,
+    ...)` (`valid`, `reset` and `beta` may be None: no lengths, no resets, no delta rule), in
+    chunks of `size`, the last one padded with invalid steps. With one decay per head, the
+    segment sums `Lam` and the log weights `ell` of every pair; with a decay per key channel
+    `(Tb, N, heads, d_k)`, the sums from the chunk's start, `b` (`_channelwise`)."""
+    q, k, v, lam, iota, valid, reset, beta = data
     Tb, L = q.shape[0], size
     C = -(-Tb // L)
     pad = C * L - Tb
@@ -238,6 +290,9 @@ def _in_chunks(data: Any, size: int) -> _Chunks:
         v = jnp.where(live[..., None], v, 0)
         lam = jnp.where(live[..., None] if per_channel else live, lam, 0)
     iota = heads_first(chunked(iota, 0))
+    if beta is not None:
+        beta = heads_first(chunked(beta, 0))
+        beta = jnp.where(live, beta, 0) if masked else beta
     t = jnp.broadcast_to(jnp.arange(L), valid.shape)  # each step's place in its chunk
     if reset is None:
         start, first_segment = jnp.zeros(valid.shape, jnp.int32), None
@@ -263,7 +318,7 @@ def _in_chunks(data: Any, size: int) -> _Chunks:
     Lam = sums[..., 1:, 1:]
     ell = jnp.where(pair, Lam + iota[..., None, :], -jnp.inf)
     return _Chunks(q, k, v, lam, iota, valid, masked, reset, start, t, first_segment, pair, E,
-                   Lam, ell, None, Tb)  # fmt: skip
+                   Lam, ell, None, Tb, beta)  # fmt: skip
 
 
 def _plain(ch: _Chunks, carry: tuple[Any, ...], s0: Any) -> tuple[tuple[Any, ...], jax.Array]:
@@ -337,6 +392,86 @@ def _carried(
     if s0 is not None:
         reads = ch.base(reads, jnp.einsum("nhctk,nhvk->nhctv", q, s0[0]))
     return carry, reads if scale is None else scale * reads
+
+
+def _delta(ch: _Chunks, carry: tuple[Any, ...], s0: Any) -> tuple[tuple[Any, ...], jax.Array]:
+    """The delta rule, `S_t = a_t S_{t-1} (I - beta_t k_t k_t^T) + beta_t v_t k_t^T`, one
+    decay per head. With `u_t = beta_t (v_t - a_t S_{t-1} k_t)` the state is `S_t = a_t
+    S_{t-1} + u_t k_t^T`, a plain memory written with `u`, so within a chunk
+
+        S_t    = e^{E_t} S_b + sum_{s <= t} e^{Lam[t, s]} u_s k_s^T
+        u_t    = beta_t v_t - beta_t e^{E_t} S_b k_t - sum_{s < t} A[t, s] u_s,
+        A[t, s] = beta_t e^{Lam[t, s]} (k_t . k_s)
+
+    a unit lower-triangular system `(I + A) U = beta V - beta e^E K S_b^T` per segment (the
+    UT form of the product of the steps' `I - beta k k^T`): with `(I + A)^{-1}`
+    (`_unit_lower_inverse`), `U0 = (I + A)^{-1} beta V` and `W = (I + A)^{-1} beta e^E K`,
+    and `U = U0 - W S_b^T`. The chunk
+    maps the state entering it affinely, `S -> S_b P + B` with `P = e^{E_L} I - W^T K_w` and
+    `B = U0^T K_w` (`K_w`: the keys decayed to the chunk's last step, in its last segment),
+    so the scan over chunks is one `d_v d_k^2` product per chunk. Every exponent is a segment
+    sum, at most 0; with unit keys and `beta` in `[0, 1]` every step's factor is a
+    contraction, and so is the solve."""
+    assert ch.ell is not None and ch.beta is not None
+    N, heads, C, L, dk = ch.k.shape
+    dv = ch.v.shape[-1]
+    decay = jnp.exp(ch.ell)  # (N, heads, C, L, L): e^{Lam[t, s]} for s <= t in t's segment
+    eE = jnp.exp(ch.E)
+    A = ch.beta[..., None] * decay * jnp.einsum("nhctk,nhcsk->nhcts", ch.k, ch.k)
+    rhs = ch.beta[..., None] * jnp.concatenate([ch.v, eE[..., None] * ch.k], axis=-1)
+    G = N * heads * C  # every chunk of every head on one batch axis
+    inverse = _unit_lower_inverse(jnp.tril(A, -1).reshape(G, L, L)).reshape(A.shape)
+    X = jnp.einsum("nhcts,nhcsd->nhctd", inverse, rhs)
+    U0, W = X[..., :dv], X[..., dv:]
+    Kw = decay[..., -1, :, None] * ch.k  # (N, heads, C, L, d_k)
+    eye = jnp.eye(dk, dtype=ch.k.dtype).reshape(1, 1, 1, dk, dk)
+    P = _lasts(eE)[..., None, None] * eye - jnp.einsum("nhcsj,nhcsk->cnhjk", W, Kw)
+    B = jnp.einsum("nhcsv,nhcsk->cnhvk", U0, Kw)
+
+    def step(S: Any, inp: Any) -> tuple[Any, Any]:
+        P_c, B_c, r_c = inp
+        S_b = S[0] if r_c is None else jnp.where(r_c[:, None, None, None], s0[0], S[0])
+        return (jnp.einsum("nhvj,nhjk->nhvk", S_b, P_c) + B_c, None, None), S[0]
+
+    carry, S_in = lax.scan(step, carry, (P, B, ch.resets_in()))
+    S_in = jnp.moveaxis(S_in, 0, 2)  # (N, heads, C, d_v, d_k)
+    WS = jnp.einsum("nhcsk,nhcvk->nhcsv", W, S_in)
+    QS = jnp.einsum("nhctk,nhcvk->nhctv", ch.q, S_in)
+    if s0 is not None:
+        WS = ch.base(WS, jnp.einsum("nhcsk,nhvk->nhcsv", W, s0[0]))
+        QS = ch.base(QS, jnp.einsum("nhctk,nhvk->nhctv", ch.q, s0[0]))
+    U = U0 - WS
+    intra = jnp.einsum("nhcts,nhcsv->nhctv", decay * ch.qk(), U)
+    return carry, _time_major(eE[..., None] * QS + intra, ch.steps)
+
+
+# Rows solved one after another by substitution; larger systems split in two (`_unit_lower_
+# inverse`).
+SUBSTITUTION = 16
+
+
+def _unit_lower_inverse(A: jax.Array) -> jax.Array:
+    """`(I + A)^{-1}` for strictly lower-triangular `A: (G, n, n)`: by forward substitution
+    up to `SUBSTITUTION` rows, above it by halves, `[[X11, 0], [-X22 A21 X11, X22]]` (the
+    blocked solve of flash-linear-attention's `solve_tril`), so it is matrix products but
+    for the small diagonal blocks. XLA's CPU triangular solve (LAPACK's `trsm`, its batch
+    spread over the thread pool) is not used: two of them running at once, as in the
+    gradient, can each wait for the other's threads and never finish (jaxlib 0.10.2, 2
+    cores, a batch of 256)."""
+    n = A.shape[-1]
+    if n <= SUBSTITUTION:
+        eye = jnp.eye(n, dtype=A.dtype)
+        rows = eye[None, :1] + jnp.zeros_like(A[:, :1])  # (G, 1, n): row 0 is e_0
+        for i in range(1, n):
+            row = eye[i][None, None] - jnp.einsum("gj,gjk->gk", A[:, i, :i], rows)[:, None]
+            rows = jnp.concatenate([rows, row], axis=1)
+        return rows
+    h = n // 2
+    X11 = _unit_lower_inverse(A[:, :h, :h])
+    X22 = _unit_lower_inverse(A[:, h:, h:])
+    X21 = -jnp.einsum("gij,gjk,gkl->gil", X22, A[:, h:, :h], X11)
+    top = jnp.concatenate([X11, jnp.zeros_like(A[:, :h, h:])], axis=2)
+    return jnp.concatenate([top, jnp.concatenate([X21, X22], axis=2)], axis=1)
 
 
 def _empty(S: jax.Array, n: jax.Array) -> jax.Array:
