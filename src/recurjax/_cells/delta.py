@@ -19,11 +19,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .._checks import check_sizes
 from .._contracts import MemorySteps
 from .._init import glorot_uniform
 from .base import affine_blocks
-from .memories import _heads_of, _MemoryCell
+from .memories import _heads_of, _KeyedMemoryCell
 
 __all__ = ["DeltaNetCell", "GatedDeltaNetCell"]
 
@@ -38,7 +37,7 @@ def l2_normalised(z: jax.Array) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
-class DeltaNetCell(_MemoryCell):
+class DeltaNetCell(_KeyedMemoryCell):
     r"""DeltaNet (Schlag et al., 2021; Yang et al., 2024): per head a `(d_v, d_k)` memory
     edited with the delta rule, which replaces the value stored at a key instead of adding
     to it, read with the query.
@@ -92,24 +91,6 @@ class DeltaNetCell(_MemoryCell):
     """
 
     shown: ClassVar[tuple[str, ...]] = ("num_heads", "key_size")
-
-    key_size: int | None = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.key_size is None:
-            object.__setattr__(self, "key_size", self.hidden_size)
-        check_sizes(self, "key_size")
-        if int(self.key_size) % self.num_heads:  # type: ignore[arg-type]
-            raise ValueError(
-                f"{type(self).__name__}: num_heads={self.num_heads} must divide key_size="
-                f"{self.key_size} (each head holds key_size / num_heads key channels); use a "
-                f"multiple of {self.num_heads}, e.g. key_size={self.hidden_size}."
-            )
-
-    def _dims(self) -> tuple[int, int, int]:
-        heads = self.num_heads
-        return heads, self.hidden_size // heads, int(self.key_size or 0) // heads
 
     def _widths(self) -> tuple[int, ...]:
         """The widths of `wi`'s blocks: `q, k, v, beta` (and Gated DeltaNet's decay)."""

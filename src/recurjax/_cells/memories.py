@@ -108,6 +108,30 @@ def _heads_of(a: jax.Array, heads: int) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
+class _KeyedMemoryCell(_MemoryCell):
+    """A memory whose key width is its own size, `key_size = heads * d_k` (`hidden_size` by
+    default), checked to split evenly over the heads: GLA's and the delta rule's."""
+
+    key_size: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.key_size is None:
+            object.__setattr__(self, "key_size", self.hidden_size)
+        check_sizes(self, "key_size")
+        if int(self.key_size) % self.num_heads:  # type: ignore[arg-type]
+            raise ValueError(
+                f"{type(self).__name__}: num_heads={self.num_heads} must divide key_size="
+                f"{self.key_size} (each head holds key_size / num_heads key channels); use a "
+                f"multiple of {self.num_heads}, e.g. key_size={self.hidden_size}."
+            )
+
+    def _dims(self) -> tuple[int, int, int]:
+        heads = self.num_heads
+        return heads, self.hidden_size // heads, int(self.key_size or 0) // heads
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
 class RetentionCell(_MemoryCell):
     r"""RetNet's retention in its recurrent form (Sun et al., 2023): per head a `d x d`
     memory with a fixed decay `gamma`, written with `v k^T` and read with the query.
@@ -306,7 +330,7 @@ class Mamba2Cell(_MemoryCell):
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
-class GLACell(_MemoryCell):
+class GLACell(_KeyedMemoryCell):
     r"""Gated linear attention (Yang et al., 2024): per head a `(d_v, d_k)` memory whose
     columns decay each by its own data-dependent gate, written with `v k^T` and read with the
     query.
@@ -355,24 +379,11 @@ class GLACell(_MemoryCell):
 
     shown: ClassVar[tuple[str, ...]] = ("num_heads", "key_size", "gate_rank")
 
-    key_size: int | None = None
     gate_rank: int = 16
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.key_size is None:
-            object.__setattr__(self, "key_size", self.hidden_size)
-        check_sizes(self, "key_size", "gate_rank")
-        if int(self.key_size) % self.num_heads:  # type: ignore[arg-type]
-            raise ValueError(
-                f"GLACell: num_heads={self.num_heads} must divide key_size={self.key_size} "
-                f"(each head holds key_size / num_heads key channels); use a multiple of "
-                f"{self.num_heads}, e.g. key_size={self.hidden_size}."
-            )
-
-    def _dims(self) -> tuple[int, int, int]:
-        heads = self.num_heads
-        return heads, self.hidden_size // heads, int(self.key_size or 0) // heads
+        check_sizes(self, "gate_rank")
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """The shape of every params entry that `init` makes."""

@@ -378,20 +378,34 @@ def _channelwise(
 def _carried(
     ch: _Chunks, carry: Any, s0: Any, U: jax.Array, g: jax.Array, q: jax.Array, scale: Any
 ) -> tuple[Any, jax.Array]:
-    """The plain memories' scan over chunks, `S <- g * S_b + U` (`S_b`: `state0` where the
-    chunk has a reset), and each row's read of its base, `q . base` (times `scale`)."""
+    """The plain memories' scan over chunks, `S <- g * S_b + U`, and each row's read of its
+    base, `q . base` (times `scale`)."""
+    carry, S_in = _entering(ch, carry, s0, (U, g), lambda S_b, U_c, g_c: g_c * S_b + U_c)
+    reads = _read(ch, q, S_in, s0)
+    return carry, reads if scale is None else scale * reads
+
+
+def _entering(ch: _Chunks, carry: Any, s0: Any, per_chunk: Any, update: Any) -> Any:
+    """The scan over chunks of a memory without a normaliser, `S <- update(S_b, *per_chunk)`
+    (`S_b`: `state0` where the chunk has a reset): the final memory and the state entering
+    each chunk, `(N, heads, C, d_v, d_k)`."""
 
     def step(S: Any, inp: Any) -> tuple[Any, Any]:
-        U_c, g_c, r_c = inp
+        *inp, r_c = inp
         S_b = S[0] if r_c is None else jnp.where(r_c[:, None, None, None], s0[0], S[0])
-        return (g_c * S_b + U_c, None, None), S[0]
+        return (update(S_b, *inp), None, None), S[0]
 
-    carry, S_in = lax.scan(step, carry, (U, g, ch.resets_in()))
-    S_in = jnp.moveaxis(S_in, 0, 2)  # (N, heads, C, d_v, d_k)
-    reads = jnp.einsum("nhctk,nhcvk->nhctv", q, S_in)
-    if s0 is not None:
-        reads = ch.base(reads, jnp.einsum("nhctk,nhvk->nhctv", q, s0[0]))
-    return carry, reads if scale is None else scale * reads
+    carry, S_in = lax.scan(step, carry, (*per_chunk, ch.resets_in()))
+    return carry, jnp.moveaxis(S_in, 0, 2)
+
+
+def _read(ch: _Chunks, a: jax.Array, S_in: jax.Array, s0: Any) -> jax.Array:
+    """Each row's `S_b a_t` for rows `a: (N, heads, C, L, d_k)`: the state entering its
+    chunk in the chunk's first segment, `state0` after a reset."""
+    reads = jnp.einsum("nhctk,nhcvk->nhctv", a, S_in)
+    if s0 is None:
+        return reads
+    return ch.base(reads, jnp.einsum("nhctk,nhvk->nhctv", a, s0[0]))
 
 
 def _delta(ch: _Chunks, carry: tuple[Any, ...], s0: Any) -> tuple[tuple[Any, ...], jax.Array]:
@@ -428,21 +442,13 @@ def _delta(ch: _Chunks, carry: tuple[Any, ...], s0: Any) -> tuple[tuple[Any, ...
     P = _lasts(eE)[..., None, None] * eye - jnp.einsum("nhcsj,nhcsk->cnhjk", W, Kw)
     B = jnp.einsum("nhcsv,nhcsk->cnhvk", U0, Kw)
 
-    def step(S: Any, inp: Any) -> tuple[Any, Any]:
-        P_c, B_c, r_c = inp
-        S_b = S[0] if r_c is None else jnp.where(r_c[:, None, None, None], s0[0], S[0])
-        return (jnp.einsum("nhvj,nhjk->nhvk", S_b, P_c) + B_c, None, None), S[0]
+    def update(S_b: jax.Array, P_c: jax.Array, B_c: jax.Array) -> jax.Array:
+        return jnp.einsum("nhvj,nhjk->nhvk", S_b, P_c) + B_c
 
-    carry, S_in = lax.scan(step, carry, (P, B, ch.resets_in()))
-    S_in = jnp.moveaxis(S_in, 0, 2)  # (N, heads, C, d_v, d_k)
-    WS = jnp.einsum("nhcsk,nhcvk->nhcsv", W, S_in)
-    QS = jnp.einsum("nhctk,nhcvk->nhctv", ch.q, S_in)
-    if s0 is not None:
-        WS = ch.base(WS, jnp.einsum("nhcsk,nhvk->nhcsv", W, s0[0]))
-        QS = ch.base(QS, jnp.einsum("nhctk,nhvk->nhctv", ch.q, s0[0]))
-    U = U0 - WS
+    carry, S_in = _entering(ch, carry, s0, (P, B), update)
+    U = U0 - _read(ch, W, S_in, s0)
     intra = jnp.einsum("nhcts,nhcsv->nhctv", decay * ch.qk(), U)
-    return carry, _time_major(eE[..., None] * QS + intra, ch.steps)
+    return carry, _time_major(eE[..., None] * _read(ch, ch.q, S_in, s0) + intra, ch.steps)
 
 
 # Rows solved one after another by substitution; larger systems split in two (`_unit_lower_
