@@ -395,8 +395,17 @@ def _entering(ch: _Chunks, carry: Any, s0: Any, per_chunk: Any, update: Any) -> 
         S_b = S[0] if r_c is None else jnp.where(r_c[:, None, None, None], s0[0], S[0])
         return (update(S_b, *inp), None, None), S[0]
 
-    carry, S_in = lax.scan(step, carry, (*per_chunk, ch.resets_in()))
+    carry, S_in = _over_chunks(step, carry, (*per_chunk, ch.resets_in()))
     return carry, jnp.moveaxis(S_in, 0, 2)
+
+
+def _over_chunks(step: Any, carry: Any, per_chunk: Any) -> tuple[Any, Any]:
+    """`lax.scan(step, carry, per_chunk)` over the leading (chunk) axis; one chunk is one
+    call of `step`, without a loop."""
+    if jax.tree.leaves(per_chunk)[0].shape[0] != 1:
+        return lax.scan(step, carry, per_chunk)
+    carry, out = step(carry, jax.tree.map(lambda a: a[0], per_chunk))
+    return carry, jax.tree.map(lambda a: a[None], out)
 
 
 def _read(ch: _Chunks, a: jax.Array, S_in: jax.Array, s0: Any) -> jax.Array:
@@ -539,7 +548,7 @@ def _normalised(ch: _Chunks, carry: tuple[Any, ...], s0: Any) -> tuple[tuple[Any
         n = beta[..., None] * n_b + w[..., None] * u_c
         return (S, n, m), memory
 
-    carry, entering = lax.scan(step, carry, (*per_chunk, ch.resets_in()))
+    carry, entering = _over_chunks(step, carry, (*per_chunk, ch.resets_in()))
     S_in, n_in, m_in = (jnp.moveaxis(a, 0, 2) for a in entering)  # (N, heads, C, ...)
     read_S = jnp.einsum("nhctk,nhcvk->nhctv", ch.q, S_in)
     read_n = jnp.einsum("nhctk,nhck->nhct", ch.q, n_in)
