@@ -4,7 +4,7 @@ re-running the chunkwise form over the growing prefix.
     python benchmarks/decode.py              # 3 processes, writes RESULTS_decode.md
     python benchmarks/decode.py --quick      # small sizes, one process, no file
 
-Each cell (mLSTM, Mamba-2, GLA, retention; in = H = 256, 4 heads, one sequence) decodes
+Each cell (mLSTM, Mamba-2, GLA, retention, DeltaNet, Gated DeltaNet; in = H = 256, 4 heads, one sequence) decodes
 `TOKENS` tokens after a prompt of `PROMPT` tokens, two ways, each jitted once:
 
 - `Recur`: the prompt through `m.scan` (chunkwise, `auto`), then one `m(x)` per token, the
@@ -49,6 +49,8 @@ def cells(H: int) -> dict[str, Any]:
         "Mamba2Cell (4 heads, N = 64)": rj.Mamba2Cell(H, H, num_heads=4, state_size=64),
         "GLACell (4 heads, K = H/2)": rj.GLACell(H, H, num_heads=4, key_size=H // 2),
         "RetentionCell (4 heads)": rj.RetentionCell(H, H, num_heads=4),
+        "DeltaNetCell (4 heads)": rj.DeltaNetCell(H, H, num_heads=4),
+        "GatedDeltaNetCell (4 heads)": rj.GatedDeltaNetCell(H, H, num_heads=4),
     }
 
 
