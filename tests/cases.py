@@ -72,6 +72,7 @@ CASES = [
     library_case("lstm", rj.LSTMCell(IN, H, forget_bias=1.0)),
     library_case("gru", rj.GRUCell(IN, H)),
     library_case("gruv3", rj.GRUv3Cell(IN, H)),
+    library_case("mgu", rj.MGUCell(IN, H)),
     library_case("indrnn", rj.IndRNNCell(IN, H)),
     library_case("peephole", rj.PeepholeLSTMCell(IN, H)),
     library_case("projlstm", rj.ProjLSTMCell(IN, H + 2, proj_size=H)),  # y and h: H, c: H + 2

@@ -162,7 +162,8 @@ def parity_torch(
 
 # --- Flax ------------------------------------------------------------------------------------
 
-FLAX_KINDS = ["SimpleCell", "LSTMCell", "OptimizedLSTMCell", "GRUCell"]
+NNX_KINDS = ["SimpleCell", "LSTMCell", "OptimizedLSTMCell", "GRUCell"]
+FLAX_KINDS = [*NNX_KINDS, "MGUCell"]  # linen's; NNX has no MGU
 
 
 def randomize(tree: Any, seed: int) -> Any:
@@ -179,10 +180,10 @@ def flax_carry(kind: str, batch: tuple[int, ...], dtype: Any) -> Any:
 
 
 def parity_flax(
-    kind: str, *, seed: int = 0, batched: bool = True, dtype: Any = np.float32
+    kind: str, *, seed: int = 0, batched: bool = True, dtype: Any = np.float32, **options: Any
 ) -> dict[str, float]:
     nn = importlib.import_module("flax.linen")
-    module = getattr(nn, kind)(features=H, param_dtype=dtype)
+    module = getattr(nn, kind)(features=H, param_dtype=dtype, **options)
     xs, proj = inputs(seed, batched, dtype)
     carry = flax_carry(kind, xs.shape[1:-1], dtype)
     params = randomize(module.init(jax.random.key(seed), carry, xs[0])["params"], seed)
@@ -292,7 +293,7 @@ def parity_haiku(
 PARITY = {
     "torch": (parity_torch, TORCH_KINDS),
     "flax": (parity_flax, FLAX_KINDS),
-    "nnx": (parity_nnx, FLAX_KINDS),
+    "nnx": (parity_nnx, NNX_KINDS),
     "equinox": (parity_equinox, EQUINOX_KINDS),
     "haiku": (parity_haiku, HAIKU_KINDS),
 }

@@ -18,11 +18,13 @@ import pytest
 from interop_util import (
     EQUINOX_KINDS,
     FLAX_KINDS,
+    NNX_KINDS,
     PARITY,
     TORCH_KINDS,
     equinox_module,
     need,
     nnx_module,
+    parity_flax,
     parity_torch,
     randomize,
     torch_module,
@@ -176,7 +178,28 @@ def test_flax_round_trips(kind):
     exact(interop.from_flax(back_module, back), (cell, params))
 
 
-@pytest.mark.parametrize("kind", FLAX_KINDS)
+def test_flax_mgu_without_reset_gate():
+    """linen's `MGUCell(reset_gate=False)`: its `hn` has no bias; recurjax's `bhn`, added
+    unscaled there, goes into the `in` bias on the way back, the same function."""
+    nn = need("flax.linen")
+    check(parity_flax("MGUCell", seed=4, reset_gate=False), F32)
+    cell = rj.MGUCell(5, 6, reset_gate=False)
+    params = randomize(cell.init(jax.random.key(0)), 0)
+    module, variables = interop.to_flax(cell, params)
+    assert isinstance(module, nn.MGUCell) and not module.reset_gate
+    assert "bias" not in variables["params"]["hn"]
+    xs = jax.random.normal(jax.random.key(1), (4, 3, 5))
+    h0 = jnp.zeros((3, 6))
+    _, ys = rj.scan(cell, params, h0, xs)
+    ys_flax = jax.lax.scan(lambda c, x: module.apply(variables, c, x), h0, xs)[1]
+    np.testing.assert_allclose(ys_flax, ys, atol=1e-6)
+    back_cell, back = interop.from_flax(module, variables)
+    assert back_cell == cell and not np.any(back["bhn"])
+    with pytest.raises(TypeError, match=r"flax.nnx has no MGU cell: to_flax converts MGUCell"):
+        interop.to_nnx(cell, params)
+
+
+@pytest.mark.parametrize("kind", NNX_KINDS)
 def test_nnx_round_trips(kind):
     nnx = need("flax.nnx")
     module = nnx_module(kind, 0, np.float32)

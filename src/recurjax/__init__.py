@@ -6,7 +6,7 @@ cell over a sequence; `chain` composes cells and stateless layers into one cell;
 walks a long sequence in chunks for truncated backpropagation through time.
 """
 
-from ._cells.classic import GRUCell, GRUv3Cell, LSTMCell, RNNCell
+from ._cells.classic import GRUCell, GRUv3Cell, LSTMCell, MGUCell, RNNCell
 from ._cells.delta import DeltaNetCell, GatedDeltaNetCell
 from ._cells.linear import LinearCell, LRUCell, MinGRUCell, MinLSTMCell
 from ._cells.memories import GLACell, Mamba2Cell, RetentionCell
@@ -46,6 +46,7 @@ __all__ = [
     "LSTMState",
     "LayerNormLSTMCell",
     "LinearCell",
+    "MGUCell",
     "MLSTMCell",
     "MLSTMState",
     "Mamba2Cell",

@@ -2,7 +2,7 @@
 
 base       their shared base (checked sizes, the repr, checked params, a zero state) and
            the maps their steps use, `affine`, `affine_blocks` and `by_heads`
-classic    RNN, LSTM, GRU (reset after the matmul), GRUv3 (reset before), on one base
+classic    RNN, LSTM, GRU (reset after the matmul), GRUv3 (reset before), MGU, on one base
 variants   peephole, projected and LayerNorm LSTMs, IndRNN: the classic cells' step hooks
 linear     cells linear in their state (`LinearRecurrence`): minGRU, minLSTM, LRU
 ssm        RG-LRU and Mamba's selective SSM (S6), linear cells with gated inputs

@@ -1,4 +1,5 @@
-"""The library cells: RNN, LSTM, GRU (reset after the matmul) and GRUv3 (reset before).
+"""The library cells: RNN, LSTM, GRU (reset after the matmul), GRUv3 (reset before) and MGU
+(the GRU with one gate).
 
 Every cell follows the row-vector convention `x @ W` with gates fused into one matrix per
 input and ordered as in PyTorch/cuDNN, so converting weights is a transpose and a split.
@@ -19,7 +20,7 @@ from .._init import glorot_uniform
 from .._states import LSTMState
 from .base import _CellBase, affine
 
-__all__ = ["GRUCell", "GRUv3Cell", "LSTMCell", "RNNCell"]
+__all__ = ["GRUCell", "GRUv3Cell", "LSTMCell", "MGUCell", "RNNCell"]
 
 
 def _batch(x: jax.Array) -> tuple[int, ...]:
@@ -373,4 +374,83 @@ class GRUv3Cell(_HiddenCell):
         z = jax.nn.sigmoid(xz + hz)
         n = jnp.tanh(xn + (r * h) @ params["whn"])
         h = (1 - z) * n + z * h
+        return h, h
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class MGUCell(_HiddenCell):
+    r"""The minimal gated unit (Zhou et al., 2016, arXiv:1603.09420): a GRU whose one gate
+    `f` both resets and updates, here with the reset after the recurrent matmul as Flax
+    linen's `MGUCell` (and `GRUCell`):
+
+    $$
+    \begin{aligned}
+    f &= \sigma(x W_{if} + h W_{hf} + b_f) \\
+    n &= \tanh(x W_{in} + b_n + f \odot (h W_{hn} + b_{hn})) \\
+    h' &= (1 - f) \odot n + f \odot h, \qquad y = h'
+    \end{aligned}
+    $$
+
+    With `reset_gate=False`, `n = tanh(x W_in + b_n + h W_hn + b_hn)` (Flax's option of the
+    same name). The paper resets before the matmul, `tanh(x W_in + (f * h) W_hn + b_n)`.
+
+    Params (`init`): `{"wi": (in, 2H), "wh": (H, 2H), "b": (2H,), "bhn": (H,)}`, gate blocks
+    `f, n`; Glorot-uniform weights, zero biases (Flax starts `b_f` at 1 and its recurrent
+    kernels orthogonal; `recurjax.interop.from_flax` converts its cells). State: an array
+    `(..., H)`, zeros from `initial_state`. Input `x: (..., in)`; output `y: (..., H)`.
+
+    Args:
+      in_features: size of the last axis of `x`.
+      hidden_size: `H`.
+      reset_gate: whether `f` scales the recurrent term of `n` (`True`, the default).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, recurjax as rj
+      >>> cell = rj.MGUCell(10, 5)
+      >>> params = cell.init(jax.random.key(0))
+      >>> {k: v.shape for k, v in params.items()}
+      {'wi': (10, 10), 'wh': (5, 10), 'b': (10,), 'bhn': (5,)}
+      >>> h, y = cell(params, cell.initial_state(params), jnp.ones((3, 10)))
+      >>> y.shape
+      (3, 5)
+    """
+
+    shown: ClassVar[tuple[str, ...]] = ("reset_gate",)
+
+    in_features: int
+    hidden_size: int
+    reset_gate: bool = True
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shape of every params entry that `init` makes.
+
+        Examples:
+          >>> import recurjax as rj
+          >>> rj.MGUCell(3, 4).param_shapes()
+          {'wi': (3, 8), 'wh': (4, 8), 'b': (8,), 'bhn': (4,)}
+        """
+        i, h = self.in_features, self.hidden_size
+        return {"wi": (i, 2 * h), "wh": (h, 2 * h), "b": (2 * h,), "bhn": (h,)}
+
+    def init(self, key: jax.Array, dtype: Any = jnp.float32) -> dict[str, jax.Array]:
+        """Params `{"wi": (in, 2H), "wh": (H, 2H), "b": (2H,), "bhn": (H,)}`, gates f, n."""
+        ki, kh = jax.random.split(key)
+        i, h = self.in_features, self.hidden_size
+        return {
+            "wi": glorot_uniform(ki, (i, 2 * h), dtype),
+            "wh": glorot_uniform(kh, (h, 2 * h), dtype),
+            "b": jnp.zeros((2 * h,), dtype),
+            "bhn": jnp.zeros((h,), dtype),
+        }
+
+    def __call__(
+        self, params: dict[str, jax.Array], h: jax.Array, x: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        h, x = self._checked_step(params, h, x)
+        xf, xn = jnp.split(affine(x, params["wi"], params["b"]), 2, axis=-1)
+        hf, hn = jnp.split(h @ params["wh"], 2, axis=-1)
+        f = jax.nn.sigmoid(xf + hf)
+        hn = hn + jnp.broadcast_to(params["bhn"], hn.shape)
+        n = jnp.tanh(xn + (f * hn if self.reset_gate else hn))
+        h = (1 - f) * n + f * h
         return h, h

@@ -1,4 +1,5 @@
-"""Flax: linen's `SimpleCell`, `LSTMCell`, `OptimizedLSTMCell`, `GRUCell`, and their NNX forms."""
+"""Flax: linen's `SimpleCell`, `LSTMCell`, `OptimizedLSTMCell`, `GRUCell`, `MGUCell`, and the
+NNX forms of the first four (NNX has no MGU)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .._cells.classic import GRUCell, LSTMCell, RNNCell
+from .._cells.classic import GRUCell, LSTMCell, MGUCell, RNNCell
 from .._checks import check_params
 from ._common import as_array, expect_cell, expect_keys, expect_shape, is_zero, require
 
 _LSTM_GATES = ("i", "f", "g", "o")
 _GRU_GATES = ("r", "z", "n")
+_MGU_GATES = ("f", "n")
 # nnx.LSTMCell's per-gate layers, input side and hidden side, in gate order i, f, g, o.
 _NNX_LSTM = ("ii", "if_", "ig", "io"), ("hi", "hf", "hg", "ho")
 _NO_V3 = (
@@ -73,6 +75,23 @@ def _linen_gru(where: str, p: Mapping[str, Any]) -> tuple[GRUCell, dict[str, jax
     return cell, params
 
 
+def _linen_mgu(where: str, module: Any, p: Mapping[str, Any]) -> tuple[MGUCell, dict[str, Any]]:
+    ins, hs = ["if", "in"], ["hf", "hn"]
+    expect_keys(where, p, ins + hs, "params")
+    wi, b = _concat(p, ins, "kernel"), _concat(p, ins, "bias")
+    hidden = wi.shape[1] // 2
+    params = {
+        "wi": wi,
+        "wh": _concat(p, hs, "kernel"),
+        "b": b,
+        # without the reset gate, Flax's `hn` has no bias
+        "bhn": as_array(p["hn"]["bias"]) if module.reset_gate else jnp.zeros(hidden, b.dtype),
+    }
+    cell = MGUCell(wi.shape[0], hidden, reset_gate=module.reset_gate)
+    check_params(cell, params, cell.param_shapes())
+    return cell, params
+
+
 def from_flax(module: Any, params: Any) -> tuple[Any, dict[str, jax.Array]]:
     """Convert a Flax linen cell and its params to `(cell, params)`.
 
@@ -80,7 +99,9 @@ def from_flax(module: Any, params: Any) -> tuple[Any, dict[str, jax.Array]]:
     shape `(in, H)` without bias, `hi, hf, hg, ho` of shape `(H, H)` with bias) give an
     `LSTMCell`, kernels concatenated in gate order `i, f, g, o`; Flax's carry `(c, h)` is
     recurjax's `LSTMState(h, c)`. `nn.GRUCell` (biases on `ir, iz, in` and `hn`) gives a
-    `GRUCell` with `b = [b_ir, b_iz, b_in]` and `bhn = b_hn`. `nn.SimpleCell` gives an
+    `GRUCell` with `b = [b_ir, b_iz, b_in]` and `bhn = b_hn`. `nn.MGUCell` (biases on `if,
+    in`, and on `hn` with its `reset_gate`) gives an `MGUCell` with the same `reset_gate`,
+    `b = [b_if, b_in]` and `bhn = b_hn` (0 without the reset gate). `nn.SimpleCell` gives an
     `RNNCell` with its `activation_fn`. Every number is copied unchanged, so
     `to_flax(*from_flax(m, p))` returns `p` exactly.
 
@@ -110,6 +131,9 @@ def from_flax(module: Any, params: Any) -> tuple[Any, dict[str, jax.Array]]:
     if isinstance(module, nn.GRUCell):
         _check_fns(where, module, gated=True)
         return _linen_gru(where, p)
+    if isinstance(module, nn.MGUCell):
+        _check_fns(where, module, gated=True)
+        return _linen_mgu(where, module, p)
     if isinstance(module, nn.SimpleCell):
         if module.residual:
             raise ValueError(f"{where}: residual=True is not supported; RNNCell has no skip.")
@@ -124,8 +148,8 @@ def from_flax(module: Any, params: Any) -> tuple[Any, dict[str, jax.Array]]:
         check_params(cell, out, cell.param_shapes())
         return cell, out
     raise TypeError(
-        f"{where}: expected a flax.linen SimpleCell, LSTMCell, OptimizedLSTMCell or GRUCell "
-        "instance. For Flax NNX modules use from_nnx."
+        f"{where}: expected a flax.linen SimpleCell, LSTMCell, OptimizedLSTMCell, GRUCell or "
+        "MGUCell instance. For Flax NNX modules use from_nnx."
     )
 
 
@@ -133,7 +157,9 @@ def to_flax(cell: Any, params: Any, *, optimized: bool = False) -> tuple[Any, di
     """Convert a recurjax cell to a Flax linen cell and its variables `{"params": tree}`.
 
     `LSTMCell` gives `nn.LSTMCell` (or `nn.OptimizedLSTMCell` with `optimized=True`; the tree
-    is the same), `GRUCell` gives `nn.GRUCell`, `RNNCell` gives `nn.SimpleCell` with the same
+    is the same), `GRUCell` gives `nn.GRUCell`, `MGUCell` gives `nn.MGUCell` (its
+    `reset_gate` the same; without the reset gate Flax's `hn` has no bias, and `bhn`, added
+    unscaled there, goes into the `in` bias), `RNNCell` gives `nn.SimpleCell` with the same
     activation. `GRUv3Cell` is a `TypeError`: Flax has no reset-before GRU. The module's
     `param_dtype` is the params' dtype.
 
@@ -151,9 +177,18 @@ def to_flax(cell: Any, params: Any, *, optimized: bool = False) -> tuple[Any, di
     """
     nn = require("flax.linen", "flax")
     where = f"to_flax({cell!r})"
-    expect_cell(where, cell, (RNNCell, LSTMCell, GRUCell), _NO_V3)
+    expect_cell(where, cell, (RNNCell, LSTMCell, GRUCell, MGUCell), _NO_V3)
     dtype = check_params(cell, params, cell.param_shapes())
     hidden = cell.hidden_size
+    if isinstance(cell, MGUCell):
+        module = nn.MGUCell(features=hidden, param_dtype=dtype, reset_gate=cell.reset_gate)
+        (wif, win), (whf, whn) = (jnp.split(params[k], 2, -1) for k in ("wi", "wh"))
+        bf, bn = jnp.split(params["b"], 2)
+        hn = {"kernel": whn, "bias": params["bhn"]}
+        if not cell.reset_gate:  # no bias on Flax's hn: bhn is added to n's input unscaled
+            hn, bn = {"kernel": whn}, bn + params["bhn"]
+        tree = {"if": {"kernel": wif, "bias": bf}, "in": {"kernel": win, "bias": bn}}
+        return module, {"params": {**tree, "hf": {"kernel": whf}, "hn": hn}}
     if isinstance(cell, LSTMCell):
         kind = nn.OptimizedLSTMCell if optimized else nn.LSTMCell
         module = kind(features=hidden, param_dtype=dtype)
@@ -265,7 +300,8 @@ def to_nnx(cell: Any, params: Any, *, optimized: bool = False) -> Any:
     """
     nnx = require("flax.nnx", "flax")
     where = f"to_nnx({cell!r})"
-    expect_cell(where, cell, (RNNCell, LSTMCell, GRUCell), _NO_V3)
+    why = f"{_NO_V3} flax.nnx has no MGU cell: to_flax converts MGUCell to linen's."
+    expect_cell(where, cell, (RNNCell, LSTMCell, GRUCell), why)
     dtype = check_params(cell, params, cell.param_shapes())
     i, hidden = cell.in_features, cell.hidden_size
     rngs = nnx.Rngs(0)
