@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import oracle
 import pytest
 
 import recurjax as rj
@@ -238,3 +240,28 @@ def tree_allclose(a: Any, b: Any, rtol: float = 1e-5, atol: float = 1e-6) -> Non
         np.testing.assert_allclose(
             np.asarray(x), np.asarray(y), rtol=rtol, atol=atol, equal_nan=False
         )
+
+
+def scan_data(case: Case, batch: tuple[int, ...], steps: int, seed: int = 0) -> tuple[Any, ...]:
+    """A scan's data for `case`: params, a per-sequence initial state, a different `state0`,
+    `steps` inputs with NaN padding past each length (never read), lengths with 0 and
+    `steps`, reset flags, output weights."""
+    T = steps
+    params = case.params(seed)
+    n = math.prod(batch)
+    lengths = np.array(([5, 0, T, 3, 1, T] * 2)[:n]).reshape(batch)
+    # NumPy's generator: jax.random compiles a program per shape.
+    rng = np.random.default_rng(seed + 1)
+    xs = rng.standard_normal((T, *batch, IN), dtype=np.float32)
+    t = np.arange(T).reshape(T, *(1,) * len(batch))
+    xs = np.where((t < lengths)[..., None], xs, np.float32(np.nan))
+    resets = rng.random((T, *batch)) < 0.3
+    w_y = rng.standard_normal((T, *batch, case.out), dtype=np.float32)
+    h0 = jax.tree.map(
+        lambda a: (
+            a + 0.1 * jnp.arange(n, dtype=a.dtype).reshape(*batch, *(1,) * (a.ndim - len(batch)))
+        ),
+        oracle.batched(case.state(params), batch),
+    )
+    s0 = jax.tree.map(lambda a: 0.3 - a, h0)
+    return params, h0, s0, xs, lengths, resets, w_y

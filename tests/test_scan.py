@@ -10,7 +10,6 @@ grids that earlier commits trimmed for time.
 
 from __future__ import annotations
 
-import math
 import os
 import secrets
 
@@ -30,6 +29,7 @@ from cases import (
     SLOW_CONTRACT,
     Case,
     everyday,
+    scan_data,
     strategies_of,
     tree_allclose,
 )
@@ -47,29 +47,6 @@ GRAD_TOL = {"rtol": 1e-5, "atol": 1e-5}
 BY_NAME = {c.name: c for c in [*CASES, *LINEAR, MEMORY]}
 
 
-def _data(case: Case, batch: tuple[int, ...], seed: int = 0):
-    """Params, a per-sequence initial state, a different `state0`, inputs with NaN padding
-    past each length (never read), lengths with 0 and T, reset flags, output weights."""
-    params = case.params(seed)
-    n = math.prod(batch)
-    lengths = np.array(([5, 0, T, 3, 1, T] * 2)[:n]).reshape(batch)
-    # NumPy's generator: jax.random compiles a program per shape.
-    rng = np.random.default_rng(seed + 1)
-    xs = rng.standard_normal((T, *batch, IN), dtype=np.float32)
-    t = np.arange(T).reshape(T, *(1,) * len(batch))
-    xs = np.where((t < lengths)[..., None], xs, np.float32(np.nan))
-    resets = rng.random((T, *batch)) < 0.3
-    w_y = rng.standard_normal((T, *batch, case.out), dtype=np.float32)
-    h0 = jax.tree.map(
-        lambda a: (
-            a + 0.1 * jnp.arange(n, dtype=a.dtype).reshape(*batch, *(1,) * (a.ndim - len(batch)))
-        ),
-        oracle.batched(case.state(params), batch),
-    )
-    s0 = jax.tree.map(lambda a: 0.3 - a, h0)
-    return params, h0, s0, xs, lengths, resets, w_y
-
-
 def check_against_oracle(case: Case, strategy: str, options: dict, batch=(B,), jit=True):
     """`rj.scan` with `strategy` and `options` (scan's keywords; `lengths` and `resets` as
     booleans) equals the oracle: outputs, final states, and the gradients of
@@ -78,7 +55,7 @@ def check_against_oracle(case: Case, strategy: str, options: dict, batch=(B,), j
     use_lengths = options.pop("lengths", False)
     use_resets = options.pop("resets", False)
     time_axis = options.pop("time_axis", 0)
-    params, h0, s0, xs, lengths, resets, w_y = _data(case, batch)
+    params, h0, s0, xs, lengths, resets, w_y = scan_data(case, batch, T)
     if not use_lengths:
         xs = np.nan_to_num(xs)
     lengths_arg = lengths if use_lengths else None

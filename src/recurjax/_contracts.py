@@ -253,6 +253,9 @@ class Strategy:
       kernel ..."), or `None` when it can;
     - `forward_mode`: whether JAX can differentiate it in forward mode (`jax.jvp`); a
       strategy with a `jax.custom_vjp` cannot, and the engine never runs it there;
+    - `states`: whether it can return the state after every step (`scan(...,
+      return_states=True)`: it runs the cell wrapped to output its state beside `y`, or a
+      linear cell whose read-out returns them); the engine runs no other one there;
     - `auto(cell, xs, backend)`: whether `strategy="auto"` picks it for these time-major
       inputs on this backend (`jax.default_backend()`: "cpu", "gpu", "tpu");
     - `run(cell, params, h, xs, opts, masks) -> (h, ys)`: the work (`StrategyRun`).
@@ -279,3 +282,4 @@ class Strategy:
     forward_mode: bool = False
     auto: Callable[[Any, PyTree, str], bool] = _never
     composites: bool = False
+    states: bool = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -161,14 +162,18 @@ class Recur(Handle):
         check_state_change(repr(self), self.state, state)
         return self.replace(state=state), y
 
-    def scan(self, xs: PyTree, **options: Unpack[ScanOptions]) -> tuple[Recur, PyTree]:
+    def scan(
+        self, xs: PyTree, *, return_states: bool = False, **options: Unpack[ScanOptions]
+    ) -> tuple[Any, ...]:
         """Run every step of `xs`: `(Recur holding the final state, ys)`.
 
         `xs` is an array `(T, ..., in)` or a list (or plain tuple) of per-step arrays, which
         are stacked on a new leading time axis; `ys` is always one stacked array. Keyword
         arguments (`time_axis`, `reverse`, `truncate_every`, `unroll`, `strategy`, `remat`,
         `lengths`, `resets`, `state0`) are those of `recurjax.scan`, which this calls;
-        `resets` return the state to the handle's `state0` unless `state0=` is given.
+        `resets` return the state to the handle's `state0` unless `state0=` is given. With
+        `return_states=True` it returns `(Recur, ys, states)`, the state after every step
+        stacked on the time axis (`recurjax.scan`'s option).
 
         Examples:
           >>> import jax, jax.numpy as jnp, recurjax as rj
@@ -179,8 +184,10 @@ class Recur(Handle):
         """
         if options.get("resets") is not None:
             options.setdefault("state0", self.state0)
-        state, ys = scan(self.cell, self.params, self.state, xs, **options)
-        return self.replace(state=state), ys
+        state, *out = scan(
+            self.cell, self.params, self.state, xs, return_states=return_states, **options
+        )
+        return (self.replace(state=state), *out)
 
     def batched(self, batch: int | tuple[int, ...]) -> Recur:
         """The handle with `state` and `state0` broadcast to leading batch axes `batch`.
@@ -296,3 +303,14 @@ def GRUv3(in_features: int, hidden_size: int, *, key: jax.Array) -> Recur:
       Recur(GRUv3Cell(10 => 5))
     """
     return Recur(GRUv3Cell(in_features, hidden_size), key=key)
+
+
+def no_states(module: object, options: Mapping[str, Any]) -> None:
+    """The NNX and Equinox modules' calls return `ys` alone: `return_states` is a `TypeError`
+    there that says where the option is."""
+    if "return_states" in options:
+        raise TypeError(
+            f"{type(module).__name__}(xs, ...): return_states is an option of rj.scan and "
+            "Recur.scan, which return the states after every step; this call returns ys "
+            "alone. Use module.handle().scan(xs, return_states=True)."
+        )

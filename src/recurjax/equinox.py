@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import equinox as eqx
 
 from ._contracts import PyTree
-from ._recur import Recur
+from ._recur import Recur, no_states
 from ._scan import ScanOptions
 
 if TYPE_CHECKING:
@@ -87,6 +87,7 @@ class Recurrent(eqx.Module):
     ) -> tuple[PyTree, PyTree]:
         """Every step of `xs` from `state` (or `state0`): `(final state, ys)`, as `rj.scan`
         with its keyword options."""
+        no_states(self, options)
         handle, ys = self.handle(state).scan(xs, **options)
         return handle.state, ys
 

@@ -13,7 +13,7 @@ import jax
 from flax import nnx
 
 from ._contracts import PyTree
-from ._recur import Recur
+from ._recur import Recur, no_states
 from ._scan import ScanOptions
 
 if TYPE_CHECKING:
@@ -121,6 +121,7 @@ class Recurrent(nnx.Module):
     def __call__(self, xs: PyTree, **options: Unpack[ScanOptions]) -> PyTree:
         """Every step of `xs` from the carried state, as `rj.scan` with its keyword options;
         keeps the final state and returns the outputs `ys`."""
+        no_states(self, options)
         handle, ys = self.handle().scan(xs, **options)
         self._keep(handle)
         return ys

@@ -7,6 +7,7 @@ inputs     time-major inputs, lengths and resets as step masks, the settled stat
 run        the pipeline: reverse within lengths -> remat blocks -> composite or
            strategy -> padding mask; which strategy runs each cell (`choose`)
 blocks     step masks, reversal within lengths, blocks for truncation and remat
+history    the state after every step (`return_states`): the cell wrapped to output it
 policy     the rules of strategy="auto", each naming the benchmark rows that set it
 parallel   a linear cell's time axis split over devices
 strategies sequential, fused (+ kernels), and associative, chunked, hoisted (one runner

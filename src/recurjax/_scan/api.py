@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from .._checks import check_callable, describe
 from .._contracts import CellFn, PyTree, is_linear, is_matrix_memory
 from . import options as options_
+from .history import frozen_past_lengths, with_states
 from .inputs import (
     check_length_values,
     forward_mode,
@@ -58,7 +59,8 @@ def scan(
     lengths: Any = None,
     resets: Any = None,
     state0: PyTree = None,
-) -> tuple[PyTree, PyTree]:
+    return_states: bool = False,
+) -> tuple[PyTree, ...]:
     """Run a cell over a sequence: `lax.scan` with the state first, plus time options.
 
     Semantically, with `xs` time-major and `T` steps, `scan` is this Python loop for one
@@ -150,10 +152,18 @@ def scan(
       state0: the state `resets` return to (unbatched or batched, like `h`); defaults to
         `cell.initial_state(params)`. `Recur.scan` passes the handle's `state0`. Gradients
         reach it from every reset.
+      return_states: also return the state after every step, the whole state pytree with
+        each leaf stacked on the time axis (`(T, *batch, ...)`, time at `time_axis`), in
+        input order as `ys` (with `reverse`, `states[t]` is the state after step `t` was
+        processed). Past a sequence's length its entries hold its final state (the state is
+        frozen there); after a reset, the state the step made from `state0`. It costs `T`
+        states of memory, and its gradients flow like the final state's. The sequential
+        strategy and a linear cell's strategies give it (`auto` picks among them, and runs a
+        composite step by step); naming `"fused"` or `"chunkwise"` raises a `ValueError`.
 
     Returns:
       `(h, ys)`: the final state and the stacked outputs, `ys: (T, ..., out)` (time at
-      `time_axis`).
+      `time_axis`); `(h, ys, states)` with `return_states=True`.
 
     Examples:
       >>> import jax, jax.numpy as jnp, recurjax as rj
@@ -166,6 +176,9 @@ def scan(
       >>> h2, ys2 = rj.scan(cell, params, cell.initial_state(params), xs, truncate_every=3)
       >>> bool(jnp.allclose(ys, ys2))
       True
+      >>> h3, ys3, hs = rj.scan(cell, params, cell.initial_state(params), xs, return_states=True)
+      >>> hs.shape, bool(jnp.allclose(hs[-1], h3)), bool(jnp.allclose(hs, ys))  # GRU: y = h
+      ((7, 2, 4), True, True)
     """
     check_callable(cell, "scan(cell, ...)")
     opts = options_.build(
@@ -179,6 +192,7 @@ def scan(
         remat=remat,
         chunk_size=chunk_size,
         forward_mode=forward_mode((params, h, xs, state0)),
+        states=return_states,
     )
     check_choice(cell, opts)
     if type(xs) in (list, tuple):
@@ -203,13 +217,18 @@ def _scan(
     lengths: Any,
     resets: Any,
     state0: PyTree,
-) -> tuple[PyTree, PyTree]:
+) -> tuple[PyTree, ...]:
     prepared = prepare(cell, params, h, xs, lengths, resets, state0, opts.time_axis)
-    h, ys = run(cell, params, prepared.h, prepared.xs, opts, prepared.masks)
+    stepped = with_states(cell) if opts.states else cell
+    h, ys = run(stepped, params, prepared.h, prepared.xs, opts, prepared.masks)
+    if opts.states:  # the steps' outputs are `(y, state)`
+        ys, states = ys
+        valid = None if prepared.masks is None else prepared.masks.valid
+        ys = (ys, frozen_past_lengths(states, h, valid))
     if opts.unchecked:
         h, ys = poison_out_of_range(jnp.asarray(lengths), prepared.steps, h, ys)
     ys = jax.tree.map(lambda a: jnp.moveaxis(a, 0, opts.time_axis), ys)
-    return h, ys
+    return (h, *ys) if opts.states else (h, ys)
 
 
 # Jitted with the cell and the options static, so that eager calls with the same cell and

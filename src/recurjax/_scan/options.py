@@ -27,6 +27,8 @@ class Options:
     unchecked: bool = False
     # The inputs carry forward-mode tangents (jax.jvp, jacfwd, hessian): see `forward_mode`.
     forward_mode: bool = False
+    # Return the state after every step too (`history.py`).
+    states: bool = False
 
     def replace(self, **changes: Any) -> Options:
         return dataclasses.replace(self, **changes)
@@ -57,6 +59,7 @@ def build(
     chunk_size: object = None,
     unchecked: bool = False,
     forward_mode: bool = False,
+    states: object = False,
 ) -> Options:
     """Check every option of `scan` for `cell` and return them as `Options`; `registry`
     holds the strategies a user may name besides `"auto"` (whether the one named applies
@@ -90,6 +93,8 @@ def build(
             f"scan({name}): expected strategy to be one of {names}, got {strategy!r}."
         )
     assert isinstance(strategy, str)
+    if not isinstance(states, bool):
+        raise TypeError(f"scan({name}): expected return_states to be a bool, got {states!r}.")
     return Options(
         time_axis=axis,
         reverse=bool(reverse),
@@ -100,4 +105,5 @@ def build(
         chunk_size=chunk,
         unchecked=unchecked,
         forward_mode=forward_mode,
+        states=states,
     )

@@ -28,6 +28,7 @@ from .blocks import (
     take_steps,
     zero_padding,
 )
+from .history import with_states
 from .options import Options
 from .strategies import AUTO_ORDER, REGISTRY, SEQUENTIAL
 
@@ -63,6 +64,7 @@ def _applies(strategy: Strategy, cell: object, opts: Options) -> bool:
     return (
         strategy.composites == isinstance(cell, SequenceCell)
         and (strategy.forward_mode or not opts.forward_mode)
+        and (strategy.states or not opts.states)
         and strategy.unsupported(cell, opts) is None
     )
 
@@ -99,6 +101,18 @@ def check_choice(cell: object, opts: Options) -> None:
             "derivative (a jax.custom_vjp), which JAX cannot differentiate in forward mode "
             "(jax.jvp, jax.jacfwd, jax.hessian). Use strategy='sequential', or 'auto', which "
             "picks it under forward mode."
+        )
+    if opts.states and not _applies(strategy, with_states(cell), opts):
+        why = (
+            "a composite (a chain, bidirectional, residual) returns its states step by step, "
+            "as one cell"
+            if isinstance(cell, SequenceCell)
+            else "it does not form the state after every step"
+        )
+        raise ValueError(
+            f"scan({name}): strategy={opts.strategy!r} cannot return the state after every "
+            f"step (return_states=True): {why}. Use strategy='auto', which runs one that can "
+            "(the sequential strategy, or a linear cell's), or name 'sequential'."
         )
 
 

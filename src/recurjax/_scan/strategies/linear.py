@@ -166,13 +166,19 @@ def _not_linear(cell: object, opts: object) -> str | None:
 
 # Never picked by `auto`: where the associative scan would pay, the chunked one does too,
 # with less work.
-ASSOCIATIVE = Strategy("associative", run, _not_linear)
+# Every state is computed and read out at once, so the read-out can return them too.
+ASSOCIATIVE = Strategy("associative", run, _not_linear, states=True)
 CHUNKED = Strategy(
-    "chunked", functools.partial(run, chunk=CHUNK), _not_linear, auto=policy.chunked_picks
+    "chunked",
+    functools.partial(run, chunk=CHUNK),
+    _not_linear,
+    auto=policy.chunked_picks,
+    states=True,
 )
 HOISTED = Strategy(
     "hoisted",
     functools.partial(run, scan=stepped_linear_scan),
     _not_linear,
     auto=policy.hoisted_picks,
+    states=True,
 )

@@ -64,4 +64,4 @@ def _always(cell: object, xs: PyTree, backend: str) -> bool:
 
 
 # Every cell, every transformation (forward mode too); `auto`'s fallback, last in its order.
-SEQUENTIAL = Strategy("sequential", run, forward_mode=True, auto=_always)
+SEQUENTIAL = Strategy("sequential", run, forward_mode=True, auto=_always, states=True)
