@@ -203,9 +203,13 @@ class KernelSpec(NamedTuple):
 @runtime_checkable
 class FusedCell(Protocol):
     """A cell with a hand-written kernel: `fused_kernel()` returns its `KernelSpec`, or
-    `None` when the kernel does not compute this cell's step (e.g. a subclass)."""
+    `None` when the kernel does not compute this cell's step (e.g. a subclass);
+    `with_biases(params)` gives the kernel its params with every bias, zeros where the cell
+    has none (`use_bias=False`)."""
 
     def fused_kernel(self) -> KernelSpec | None: ...
+
+    def with_biases(self, params: Any) -> Any: ...
 
 
 def is_linear(cell: object) -> bool:

@@ -72,6 +72,9 @@ class _CellBase(Cell):
     # or a field whose default is one) by its name; any other option as `name=value` where it
     # differs from its default.
     shown: ClassVar[tuple[str, ...]] = ()
+    # Options the repr shows as `name=value` where they differ from their defaults (a
+    # function by its name), after `shown`.
+    options: ClassVar[tuple[str, ...]] = ()
 
     hidden_size: int
 
@@ -87,6 +90,10 @@ class _CellBase(Cell):
                 items.append(fn_name(value))
             elif value != default:
                 items.append(f"{name}={value}")
+        for name in self.options:
+            value = getattr(self, name)
+            if value != defaults[name]:
+                items.append(f"{name}={fn_name(value) if callable(value) else repr(value)}")
         return f"{type(self).__name__}({', '.join(items)})"
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:

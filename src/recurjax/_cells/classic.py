@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from .._checks import match_state
 from .._contracts import KernelSpec
-from .._init import glorot_uniform
+from .._init import BIAS_NAMES, NAMED, check_initializer, draw
 from .._states import LSTMState
 from .base import _CellBase, affine
 
@@ -27,13 +27,96 @@ def _batch(x: jax.Array) -> tuple[int, ...]:
     return tuple(x.shape[:-1])
 
 
+def _shifted(a: jax.Array, b: jax.Array | None) -> jax.Array:
+    """`a + b` for a bias `b` over the last axis, or `a` without one (`use_bias=False`)."""
+    return a if b is None else a + jnp.broadcast_to(b, a.shape)
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
 class _HiddenCell(_CellBase):
-    """The shared base of RNN, LSTM, GRU and GRUv3 (and of their variants): a hidden state of
-    `hidden_size`, and the fused kernel of the class that names one."""
+    """The shared base of RNN, LSTM, GRU, GRUv3 and MGU (and of their variants): a hidden
+    state of `hidden_size`, the fused kernel of the class that names one, and the
+    initialiser and bias options (keyword-only, after each cell's own fields):
+
+    - `kernel_init`, `recurrent_init`: how the input kernels (`wi`, a projection's `wr`) and
+      the recurrent ones (`wh`, `whn`) are drawn: a name, `"glorot_uniform"` (the default,
+      Flux's, on the whole fused matrix), `"glorot_normal"`, `"lecun_uniform"`,
+      `"lecun_normal"`, `"he_uniform"`, `"he_normal"`, `"orthogonal"` (each gate's block
+      orthogonal, Flax's recurrent default), `"pytorch"` (`U(-1/sqrt(H), 1/sqrt(H))`, as
+      `torch.nn.LSTM`), `"zeros"`, `"ones"`; or a function `(key, shape, dtype) -> array`
+      given the whole fused matrix (e.g. `jax.nn.initializers.orthogonal()`);
+    - `bias_init`: `"zeros"` (the default), `"ones"`, `"pytorch"` or such a function; an
+      LSTM's `forget_bias` is added to its forget block;
+    - `use_bias`: `False` for no bias at all: the params have no `b` (nor `bhn`, nor the
+      LayerNorm LSTM's `bc`), as PyTorch's `bias=False` and Flax's `use_bias=False`.
+
+    Options are names or other hashable values, so cells with equal options compare equal and
+    share `scan`'s compiled programs."""
 
     # The fused strategy's kernel that computes this class's step. It serves exactly the class
     # that names it: a subclass changes the step through its hooks, so it runs without one.
     kernel: ClassVar[str | None] = None
+    # The biases `use_bias=False` leaves out.
+    biases: ClassVar[tuple[str, ...]] = ("b", "bhn", "bc")
+    options: ClassVar[tuple[str, ...]] = ("kernel_init", "recurrent_init", "bias_init", "use_bias")
+
+    kernel_init: Any = dataclasses.field(default="glorot_uniform", kw_only=True)
+    recurrent_init: Any = dataclasses.field(default="glorot_uniform", kw_only=True)
+    bias_init: Any = dataclasses.field(default="zeros", kw_only=True)
+    use_bias: bool = dataclasses.field(default=True, kw_only=True)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        where = type(self).__name__
+        matrix = "jax.nn.initializers.orthogonal()"
+        check_initializer(where, "kernel_init", self.kernel_init, tuple(NAMED), matrix)
+        check_initializer(where, "recurrent_init", self.recurrent_init, tuple(NAMED), matrix)
+        vector = "jax.nn.initializers.constant(0.1)"
+        check_initializer(where, "bias_init", self.bias_init, BIAS_NAMES, vector)
+        if not isinstance(self.use_bias, bool):
+            raise TypeError(f"{where}: expected use_bias to be a bool, got {self.use_bias!r}.")
+
+    def _shapes(self, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+        """A cell's full `param_shapes`, less its biases without `use_bias`."""
+        if self.use_bias:
+            return shapes
+        return {k: v for k, v in shapes.items() if k not in self.biases}
+
+    def _weights(
+        self, key: jax.Array, dtype: Any, kinds: dict[str, tuple[str, int]]
+    ) -> dict[str, jax.Array]:
+        """The params named in `kinds` (`name: (kind, gate blocks)`, kind `"kernel"`,
+        `"recurrent"` or `"bias"`, or `"own"` for one the cell draws itself), drawn in that
+        order with `param_shapes()`: one key split per weight (as the cells always drew
+        them), a bias from its own fold of the key; the biases left out without
+        `use_bias`."""
+        shapes = self.param_shapes()
+        matrices = [n for n, (kind, _) in kinds.items() if kind != "bias"]
+        keys = dict(zip(matrices, jax.random.split(key, len(matrices)), strict=True))
+        spec = {"kernel": self.kernel_init, "recurrent": self.recurrent_init}
+        out = {}
+        for i, (name, (kind, blocks)) in enumerate(kinds.items()):
+            if name not in shapes or kind == "own":
+                continue
+            if kind == "bias":
+                k, init = jax.random.fold_in(key, 1000 + i), self.bias_init
+            else:
+                k, init = keys[name], spec[kind]
+            out[name] = draw(init, k, shapes[name], dtype, blocks)
+        return out
+
+    def with_biases(self, params: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        """`params` with zero biases where `use_bias=False` left them out (what a fused
+        kernel or a converter that always has them takes)."""
+        if self.use_bias:
+            return params
+        shapes = self._full_shapes()
+        dtype = params["wh"].dtype if "wh" in params else next(iter(params.values())).dtype
+        zeros = {k: jnp.zeros(shapes[k], dtype) for k in self.biases if k in shapes}
+        return {**params, **zeros}
+
+    def _full_shapes(self) -> dict[str, tuple[int, ...]]:
+        return dataclasses.replace(self, use_bias=True).param_shapes()
 
     def fused_kernel(self) -> KernelSpec | None:
         """The fused strategy's kernel for this step (its class's `kernel`, not a base's)."""
@@ -70,6 +153,8 @@ class RNNCell(_HiddenCell):
       in_features: size of the last axis of `x`.
       hidden_size: `H`, the size of the state and of the output.
       activation: the nonlinearity `act`, `jnp.tanh` by default (e.g. `jax.nn.relu`).
+      kernel_init, recurrent_init, bias_init, use_bias: keyword-only initialiser and bias
+        options (the guide's "Initialisers and biases").
 
     Examples:
       >>> import jax, jax.numpy as jnp, recurjax as rj
@@ -97,23 +182,18 @@ class RNNCell(_HiddenCell):
           {'wi': (3, 4), 'wh': (4, 4), 'b': (4,)}
         """
         i, h = self.in_features, self.hidden_size
-        return {"wi": (i, h), "wh": (h, h), "b": (h,)}
+        return self._shapes({"wi": (i, h), "wh": (h, h), "b": (h,)})
 
     def init(self, key: jax.Array, dtype: Any = jnp.float32) -> dict[str, jax.Array]:
         """Params `{"wi": (in, H), "wh": (H, H), "b": (H,)}`: Glorot-uniform, zero bias."""
-        ki, kh = jax.random.split(key)
-        i, h = self.in_features, self.hidden_size
-        return {
-            "wi": glorot_uniform(ki, (i, h), dtype),
-            "wh": glorot_uniform(kh, (h, h), dtype),
-            "b": jnp.zeros((h,), dtype),
-        }
+        kinds = {"wi": ("kernel", 1), "wh": ("recurrent", 1), "b": ("bias", 1)}
+        return self._weights(key, dtype, kinds)
 
     def __call__(
         self, params: dict[str, jax.Array], h: jax.Array, x: jax.Array
     ) -> tuple[jax.Array, jax.Array]:
         h, x = self._checked_step(params, h, x)
-        h = self.activation(affine(x, params["wi"], params["b"]) + self._recur(params, h))
+        h = self.activation(affine(x, params["wi"], params.get("b")) + self._recur(params, h))
         return h, h
 
     def _recur(self, params: dict[str, jax.Array], h: jax.Array) -> jax.Array:
@@ -148,7 +228,9 @@ class LSTMCell(_HiddenCell):
       forget_bias: initial value of the forget-gate bias block. `0.0` by default, as Flux
         since v0.15 and PyTorch's zero-centred init; Flux v0.8 to v0.14 used `1.0`, the
         common choice (Jozefowicz et al., 2015) that helps long memories early in training:
-        pass `forget_bias=1.0` for it.
+        pass `forget_bias=1.0` for it. It is added to `bias_init`'s forget block.
+      kernel_init, recurrent_init, bias_init, use_bias: keyword-only initialiser and bias
+        options (the guide's "Initialisers and biases"; `use_bias=False` drops `b`).
 
     Examples:
       >>> import jax, jax.numpy as jnp, recurjax as rj
@@ -177,18 +259,19 @@ class LSTMCell(_HiddenCell):
           {'wi': (3, 16), 'wh': (4, 16), 'b': (16,)}
         """
         i, h = self.in_features, self.hidden_size
-        return {"wi": (i, 4 * h), "wh": (h, 4 * h), "b": (4 * h,)}
+        return self._shapes({"wi": (i, 4 * h), "wh": (h, 4 * h), "b": (4 * h,)})
 
     def init(self, key: jax.Array, dtype: Any = jnp.float32) -> dict[str, jax.Array]:
         """Params `{"wi": (in, 4H), "wh": (H, 4H), "b": (4H,)}`, gates `i, f, g, o`."""
-        ki, kh = jax.random.split(key)
-        i, h = self.in_features, self.hidden_size
-        b = jnp.zeros((4 * h,), dtype).at[h : 2 * h].set(self.forget_bias)
-        return {
-            "wi": glorot_uniform(ki, (i, 4 * h), dtype),
-            "wh": glorot_uniform(kh, (h, 4 * h), dtype),
-            "b": b,
-        }
+        kinds = {"wi": ("kernel", 4), "wh": ("recurrent", 4), "b": ("bias", 4)}
+        return self._forget_bias(self._weights(key, dtype, kinds))
+
+    def _forget_bias(self, params: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        """`params` with `forget_bias` added to the forget block of `b` (where there is one)."""
+        if "b" not in params:
+            return params
+        h = self.hidden_size
+        return {**params, "b": params["b"].at[h : 2 * h].add(self.forget_bias)}
 
     def initial_state(self, params: dict[str, jax.Array]) -> LSTMState:
         """`LSTMState(h=zeros(H), c=zeros(H))` in the params' dtype."""
@@ -222,7 +305,7 @@ class LSTMCell(_HiddenCell):
         self, params: dict[str, jax.Array], h: jax.Array, c: jax.Array, x: jax.Array
     ) -> tuple[jax.Array, jax.Array]:
         """`(h', c')` from checked `h`, `c` and `x` (the peephole LSTM overrides it)."""
-        gates = affine(x, params["wi"], params["b"]) + h @ params["wh"]
+        gates = affine(x, params["wi"], params.get("b")) + h @ params["wh"]
         i, f, g, o = jnp.split(gates, 4, axis=-1)
         c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
         return jax.nn.sigmoid(o) * jnp.tanh(c), c
@@ -252,6 +335,8 @@ class GRUCell(_HiddenCell):
     Args:
       in_features: size of the last axis of `x`.
       hidden_size: `H`.
+      kernel_init, recurrent_init, bias_init, use_bias: keyword-only initialiser and bias
+        options (the guide's "Initialisers and biases"; `use_bias=False` drops the biases).
 
     Examples:
       >>> import jax, jax.numpy as jnp, recurjax as rj
@@ -278,28 +363,22 @@ class GRUCell(_HiddenCell):
           {'wi': (3, 12), 'wh': (4, 12), 'b': (12,), 'bhn': (4,)}
         """
         i, h = self.in_features, self.hidden_size
-        return {"wi": (i, 3 * h), "wh": (h, 3 * h), "b": (3 * h,), "bhn": (h,)}
+        return self._shapes({"wi": (i, 3 * h), "wh": (h, 3 * h), "b": (3 * h,), "bhn": (h,)})
 
     def init(self, key: jax.Array, dtype: Any = jnp.float32) -> dict[str, jax.Array]:
         """Params `{"wi": (in, 3H), "wh": (H, 3H), "b": (3H,), "bhn": (H,)}`, gates r, z, n."""
-        ki, kh = jax.random.split(key)
-        i, h = self.in_features, self.hidden_size
-        return {
-            "wi": glorot_uniform(ki, (i, 3 * h), dtype),
-            "wh": glorot_uniform(kh, (h, 3 * h), dtype),
-            "b": jnp.zeros((3 * h,), dtype),
-            "bhn": jnp.zeros((h,), dtype),
-        }
+        kinds = {"wi": ("kernel", 3), "wh": ("recurrent", 3), "b": ("bias", 3), "bhn": ("bias", 1)}
+        return self._weights(key, dtype, kinds)
 
     def __call__(
         self, params: dict[str, jax.Array], h: jax.Array, x: jax.Array
     ) -> tuple[jax.Array, jax.Array]:
         h, x = self._checked_step(params, h, x)
-        xr, xz, xn = jnp.split(affine(x, params["wi"], params["b"]), 3, axis=-1)
+        xr, xz, xn = jnp.split(affine(x, params["wi"], params.get("b")), 3, axis=-1)
         hr, hz, hn = jnp.split(h @ params["wh"], 3, axis=-1)
         r = jax.nn.sigmoid(xr + hr)
         z = jax.nn.sigmoid(xz + hz)
-        n = jnp.tanh(xn + r * (hn + jnp.broadcast_to(params["bhn"], hn.shape)))
+        n = jnp.tanh(xn + r * _shifted(hn, params.get("bhn")))
         h = (1 - z) * n + z * h
         return h, h
 
@@ -330,6 +409,8 @@ class GRUv3Cell(_HiddenCell):
     Args:
       in_features: size of the last axis of `x`.
       hidden_size: `H`.
+      kernel_init, recurrent_init, bias_init, use_bias: keyword-only initialiser and bias
+        options (the guide's "Initialisers and biases"; `use_bias=False` drops the biases).
 
     Examples:
       >>> import jax, jax.numpy as jnp, recurjax as rj
@@ -351,24 +432,23 @@ class GRUv3Cell(_HiddenCell):
           {'wi': (3, 12), 'wh': (4, 8), 'whn': (4, 4), 'b': (12,)}
         """
         i, h = self.in_features, self.hidden_size
-        return {"wi": (i, 3 * h), "wh": (h, 2 * h), "whn": (h, h), "b": (3 * h,)}
+        return self._shapes({"wi": (i, 3 * h), "wh": (h, 2 * h), "whn": (h, h), "b": (3 * h,)})
 
     def init(self, key: jax.Array, dtype: Any = jnp.float32) -> dict[str, jax.Array]:
         """Params `{"wi": (in, 3H), "wh": (H, 2H), "whn": (H, H), "b": (3H,)}`."""
-        ki, kh, kn = jax.random.split(key, 3)
-        i, h = self.in_features, self.hidden_size
-        return {
-            "wi": glorot_uniform(ki, (i, 3 * h), dtype),
-            "wh": glorot_uniform(kh, (h, 2 * h), dtype),
-            "whn": glorot_uniform(kn, (h, h), dtype),
-            "b": jnp.zeros((3 * h,), dtype),
+        kinds = {
+            "wi": ("kernel", 3),
+            "wh": ("recurrent", 2),
+            "whn": ("recurrent", 1),
+            "b": ("bias", 3),
         }
+        return self._weights(key, dtype, kinds)
 
     def __call__(
         self, params: dict[str, jax.Array], h: jax.Array, x: jax.Array
     ) -> tuple[jax.Array, jax.Array]:
         h, x = self._checked_step(params, h, x)
-        xr, xz, xn = jnp.split(affine(x, params["wi"], params["b"]), 3, axis=-1)
+        xr, xz, xn = jnp.split(affine(x, params["wi"], params.get("b")), 3, axis=-1)
         hr, hz = jnp.split(h @ params["wh"], 2, axis=-1)
         r = jax.nn.sigmoid(xr + hr)
         z = jax.nn.sigmoid(xz + hz)
@@ -403,6 +483,8 @@ class MGUCell(_HiddenCell):
       in_features: size of the last axis of `x`.
       hidden_size: `H`.
       reset_gate: whether `f` scales the recurrent term of `n` (`True`, the default).
+      kernel_init, recurrent_init, bias_init, use_bias: keyword-only initialiser and bias
+        options (the guide's "Initialisers and biases"; `use_bias=False` drops `b`, `bhn`).
 
     Examples:
       >>> import jax, jax.numpy as jnp, recurjax as rj
@@ -430,27 +512,21 @@ class MGUCell(_HiddenCell):
           {'wi': (3, 8), 'wh': (4, 8), 'b': (8,), 'bhn': (4,)}
         """
         i, h = self.in_features, self.hidden_size
-        return {"wi": (i, 2 * h), "wh": (h, 2 * h), "b": (2 * h,), "bhn": (h,)}
+        return self._shapes({"wi": (i, 2 * h), "wh": (h, 2 * h), "b": (2 * h,), "bhn": (h,)})
 
     def init(self, key: jax.Array, dtype: Any = jnp.float32) -> dict[str, jax.Array]:
         """Params `{"wi": (in, 2H), "wh": (H, 2H), "b": (2H,), "bhn": (H,)}`, gates f, n."""
-        ki, kh = jax.random.split(key)
-        i, h = self.in_features, self.hidden_size
-        return {
-            "wi": glorot_uniform(ki, (i, 2 * h), dtype),
-            "wh": glorot_uniform(kh, (h, 2 * h), dtype),
-            "b": jnp.zeros((2 * h,), dtype),
-            "bhn": jnp.zeros((h,), dtype),
-        }
+        kinds = {"wi": ("kernel", 2), "wh": ("recurrent", 2), "b": ("bias", 2), "bhn": ("bias", 1)}
+        return self._weights(key, dtype, kinds)
 
     def __call__(
         self, params: dict[str, jax.Array], h: jax.Array, x: jax.Array
     ) -> tuple[jax.Array, jax.Array]:
         h, x = self._checked_step(params, h, x)
-        xf, xn = jnp.split(affine(x, params["wi"], params["b"]), 2, axis=-1)
+        xf, xn = jnp.split(affine(x, params["wi"], params.get("b")), 2, axis=-1)
         hf, hn = jnp.split(h @ params["wh"], 2, axis=-1)
         f = jax.nn.sigmoid(xf + hf)
-        hn = hn + jnp.broadcast_to(params["bhn"], hn.shape)
+        hn = _shifted(hn, params.get("bhn"))
         n = jnp.tanh(xn + (f * hn if self.reset_gate else hn))
         h = (1 - f) * n + f * h
         return h, h

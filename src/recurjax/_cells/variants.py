@@ -13,10 +13,10 @@ import jax
 import jax.numpy as jnp
 
 from .._checks import positive_int
-from .._init import glorot_uniform
+from .._init import draw
 from .._states import LSTMState
 from .base import affine
-from .classic import LSTMCell, RNNCell
+from .classic import LSTMCell, RNNCell, _shifted
 
 __all__ = ["IndRNNCell", "LayerNormLSTMCell", "PeepholeLSTMCell", "ProjLSTMCell"]
 
@@ -70,18 +70,25 @@ class IndRNNCell(RNNCell):
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """The shape of every params entry that `init` makes."""
         i, h = self.in_features, self.hidden_size
-        return {"wi": (i, h), "u": (h,), "b": (h,)}
+        return self._shapes({"wi": (i, h), "u": (h,), "b": (h,)})
 
     def init(self, key: jax.Array, dtype: Any = jnp.float32) -> dict[str, jax.Array]:
         """Params `{"wi": (in, H), "u": (H,), "b": (H,)}`: Glorot-uniform, `u` uniform in
         `[0, recurrent_max)`, zero bias."""
-        ki, ku = jax.random.split(key)
-        i, h = self.in_features, self.hidden_size
-        return {
-            "wi": glorot_uniform(ki, (i, h), dtype),
-            "u": jax.random.uniform(ku, (h,), dtype, 0.0, self.recurrent_max),
-            "b": jnp.zeros((h,), dtype),
-        }
+        kinds = {"wi": ("kernel", 1), "u": ("own", 1), "b": ("bias", 1)}
+        params = self._weights(key, dtype, kinds)
+        ku = jax.random.split(key)[1]  # u's key of the split
+        u = jax.random.uniform(ku, (self.hidden_size,), dtype, 0.0, self.recurrent_max)
+        return {k: u if k == "u" else params[k] for k in self.param_shapes()}
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.recurrent_init != "glorot_uniform":
+            raise ValueError(
+                f"IndRNNCell: its recurrent weights are one per unit, u: (H,), drawn uniform in "
+                f"[0, recurrent_max); recurrent_init={self.recurrent_init!r} does not apply. "
+                "Set recurrent_max, or set u in the params after init."
+            )
 
     def _recur(self, params: dict[str, jax.Array], h: jax.Array) -> jax.Array:
         return _diag(params["u"], h)
@@ -138,7 +145,7 @@ class PeepholeLSTMCell(LSTMCell):
     def _update(
         self, params: dict[str, jax.Array], h: jax.Array, c: jax.Array, x: jax.Array
     ) -> tuple[jax.Array, jax.Array]:
-        a = affine(x, params["wi"], params["b"]) + h @ params["wh"]
+        a = affine(x, params["wi"], params.get("b")) + h @ params["wh"]
         a_i, a_f, a_g, a_o = jnp.split(a, 4, axis=-1)
         p_i, p_f, p_o = params["p"]
         i = jax.nn.sigmoid(a_i + _diag(p_i, c))
@@ -209,18 +216,18 @@ class ProjLSTMCell(LSTMCell):
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """`{"wi": (in, 4H), "wh": (P, 4H), "b": (4H,), "wr": (H, P)}`."""
         i, h, p = self.in_features, self.hidden_size, self.proj_size
-        return {"wi": (i, 4 * h), "wh": (p, 4 * h), "b": (4 * h,), "wr": (h, p)}
+        return self._shapes({"wi": (i, 4 * h), "wh": (p, 4 * h), "b": (4 * h,), "wr": (h, p)})
 
     def init(self, key: jax.Array, dtype: Any = jnp.float32) -> dict[str, jax.Array]:
-        """Params as `param_shapes()`: Glorot-uniform weights, zero bias but `forget_bias`."""
-        ki, kh, kr = jax.random.split(key, 3)
-        i, h, p = self.in_features, self.hidden_size, self.proj_size
-        return {
-            "wi": glorot_uniform(ki, (i, 4 * h), dtype),
-            "wh": glorot_uniform(kh, (p, 4 * h), dtype),
-            "b": jnp.zeros((4 * h,), dtype).at[h : 2 * h].set(self.forget_bias),
-            "wr": glorot_uniform(kr, (h, p), dtype),
+        """Params as `param_shapes()`: Glorot-uniform weights (`wr` by `kernel_init`), zero
+        bias but `forget_bias`."""
+        kinds = {
+            "wi": ("kernel", 4),
+            "wh": ("recurrent", 4),
+            "b": ("bias", 4),
+            "wr": ("kernel", 1),
         }
+        return self._forget_bias(self._weights(key, dtype, kinds))
 
     def initial_state(self, params: dict[str, jax.Array]) -> LSTMState:
         """`LSTMState(h=zeros(P), c=zeros(H))` in the params' dtype."""
@@ -301,21 +308,24 @@ class LayerNormLSTMCell(LSTMCell):
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """`LSTMCell`'s shapes, the gains `gx`, `gh` (4H,), `gc` (H,) and the shift `bc`."""
         h = self.hidden_size
-        return {**super().param_shapes(), "gx": (4 * h,), "gh": (4 * h,), "gc": (h,), "bc": (h,)}
+        norms = {"gx": (4 * h,), "gh": (4 * h,), "gc": (h,), "bc": (h,)}
+        return self._shapes({**super().param_shapes(), **norms})
 
     def init(self, key: jax.Array, dtype: Any = jnp.float32) -> dict[str, jax.Array]:
-        """`LSTMCell`'s params, gains of one and a zero shift."""
+        """`LSTMCell`'s params, gains of one and a shift by `bias_init` (zero)."""
         shapes = self.param_shapes()
         norms = {k: jnp.ones(shapes[k], dtype) for k in ("gx", "gh", "gc")}
-        return {**super().init(key, dtype), **norms, "bc": jnp.zeros(shapes["bc"], dtype)}
+        if "bc" in shapes:
+            norms["bc"] = draw(self.bias_init, jax.random.fold_in(key, 2000), shapes["bc"], dtype)
+        return {**super().init(key, dtype), **norms}
 
     def _update(
         self, params: dict[str, jax.Array], h: jax.Array, c: jax.Array, x: jax.Array
     ) -> tuple[jax.Array, jax.Array]:
         gates = _layer_norm(x @ params["wi"], params["gx"], self.eps)
         gates = gates + _layer_norm(h @ params["wh"], params["gh"], self.eps)
-        gates = gates + jnp.broadcast_to(params["b"], gates.shape)
+        gates = _shifted(gates, params.get("b"))
         i, f, g, o = jnp.split(gates, 4, axis=-1)
         c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-        c_out = _layer_norm(c, params["gc"], self.eps) + jnp.broadcast_to(params["bc"], c.shape)
+        c_out = _shifted(_layer_norm(c, params["gc"], self.eps), params.get("bc"))
         return jax.nn.sigmoid(o) * jnp.tanh(c_out), c

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
 from .._cells.classic import GRUCell, LSTMCell
 from .._checks import check_params
@@ -18,7 +17,8 @@ def from_equinox(module: Any) -> tuple[Any, dict[str, jax.Array]]:
     Equinox stores column-vector weights, `weight_ih: (G*H, in)` and `weight_hh: (G*H, H)`,
     in PyTorch's gate order, with one bias `bias: (G*H,)` (and, for the GRU, `bias_n: (H,)`
     inside the reset gate, like PyTorch's `b_hn`): `wi = weight_ih.T`, `wh = weight_hh.T`,
-    `b = bias`, `bhn = bias_n`. `use_bias=False` gives zero biases. Equinox's LSTM state
+    `b = bias`, `bhn = bias_n`. `use_bias=False` gives a cell with `use_bias=False` (no
+    biases in its params). Equinox's LSTM state
     `(h, c)` is `LSTMState(h, c)`. Values are copied unchanged (transposes only).
 
     Examples:
@@ -33,26 +33,23 @@ def from_equinox(module: Any) -> tuple[Any, dict[str, jax.Array]]:
     if not isinstance(module, (eqx.nn.LSTMCell, eqx.nn.GRUCell)):
         raise TypeError(f"{where}: expected an equinox.nn.LSTMCell or equinox.nn.GRUCell.")
     wi, wh = as_array(module.weight_ih).T, as_array(module.weight_hh).T
-    gates = wh.shape[1] // module.hidden_size
-
-    def bias(value: Any, size: int) -> jax.Array:
-        return as_array(value) if module.use_bias else jnp.zeros((size,), wi.dtype)
-
-    params = {"wi": wi, "wh": wh, "b": bias(module.bias, gates * module.hidden_size)}
-    if isinstance(module, eqx.nn.LSTMCell):
-        cell: Any = LSTMCell(module.input_size, module.hidden_size)
-    else:
-        cell = GRUCell(module.input_size, module.hidden_size)
-        params["bhn"] = bias(module.bias_n, module.hidden_size)
+    params = {"wi": wi, "wh": wh}
+    kind = LSTMCell if isinstance(module, eqx.nn.LSTMCell) else GRUCell
+    cell: Any = kind(module.input_size, module.hidden_size, use_bias=module.use_bias)
+    if module.use_bias:
+        params["b"] = as_array(module.bias)
+        if kind is GRUCell:
+            params["bhn"] = as_array(module.bias_n)
     check_params(cell, params, cell.param_shapes())
     return cell, params
 
 
-def to_equinox(cell: Any, params: Any, *, use_bias: bool = True) -> Any:
+def to_equinox(cell: Any, params: Any, *, use_bias: bool | None = None) -> Any:
     """Convert a recurjax `LSTMCell` or `GRUCell` to the Equinox cell holding the same numbers.
 
     The inverse of `from_equinox`. `use_bias=False` builds a bias-free module and requires the
-    biases to be zero. `RNNCell` (Equinox has no Elman cell) and `GRUv3Cell` are a `TypeError`.
+    biases to be zero; `None` (the default) takes the cell's `use_bias`. `RNNCell` (Equinox
+    has no Elman cell) and `GRUv3Cell` are a `TypeError`.
 
     Examples:
       >>> import jax, jax.numpy as jnp, recurjax as rj
@@ -72,6 +69,8 @@ def to_equinox(cell: Any, params: Any, *, use_bias: bool = True) -> Any:
         "Equinox has no Elman RNN cell, and its GRU applies the reset gate after the matmul.",
     )
     dtype = check_params(cell, params, cell.param_shapes())
+    params = cell.with_biases(params)
+    use_bias = cell.use_bias if use_bias is None else use_bias
     kind = eqx.nn.LSTMCell if isinstance(cell, LSTMCell) else eqx.nn.GRUCell
     module = kind(
         cell.in_features, cell.hidden_size, use_bias=use_bias, dtype=dtype, key=jax.random.key(0)

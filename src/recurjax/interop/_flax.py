@@ -179,6 +179,7 @@ def to_flax(cell: Any, params: Any, *, optimized: bool = False) -> tuple[Any, di
     where = f"to_flax({cell!r})"
     expect_cell(where, cell, (RNNCell, LSTMCell, GRUCell, MGUCell), _NO_V3)
     dtype = check_params(cell, params, cell.param_shapes())
+    params = cell.with_biases(params)  # Flax's cells always have them: zeros
     hidden = cell.hidden_size
     if isinstance(cell, MGUCell):
         module = nn.MGUCell(features=hidden, param_dtype=dtype, reset_gate=cell.reset_gate)
@@ -303,6 +304,7 @@ def to_nnx(cell: Any, params: Any, *, optimized: bool = False) -> Any:
     why = f"{_NO_V3} flax.nnx has no MGU cell: to_flax converts MGUCell to linen's."
     expect_cell(where, cell, (RNNCell, LSTMCell, GRUCell), why)
     dtype = check_params(cell, params, cell.param_shapes())
+    params = cell.with_biases(params)
     i, hidden = cell.in_features, cell.hidden_size
     rngs = nnx.Rngs(0)
     values: dict[tuple[str, ...], jax.Array] = {}

@@ -144,6 +144,7 @@ def to_haiku(cell: Any, params: Any, *, name: str | None = None) -> dict[str, di
         "Haiku's GRU applies the reset gate before the matmul: it matches GRUv3Cell, not GRUCell.",
     )
     check_params(cell, params, cell.param_shapes())
+    params = cell.with_biases(params)  # Haiku's cells always have them: zeros
     name = name or _DEFAULT_NAMES[type(cell)]
     if isinstance(cell, LSTMCell):
         w = jnp.concatenate([params["wi"], params["wh"]], 0)

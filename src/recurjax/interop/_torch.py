@@ -12,6 +12,7 @@ import numpy as np
 
 from .._cells.classic import GRUCell, LSTMCell, RNNCell
 from .._cells.variants import ProjLSTMCell
+from .._checks import check_params
 from .._compose import Bidirectional, Chain, bidirectional, chain
 from ._common import as_array, as_numpy, expect_cell, expect_shape, is_zero, rnn_activation
 
@@ -98,29 +99,26 @@ def _one_layer(mode: str, tensors: dict[str, Any], where: str) -> tuple[Any, dic
             "Is the mode right?"
         )
     expect_shape(where, "weight_ih", w_ih, (gates * hidden, in_features))
-    zeros = jnp.zeros((gates * hidden,), w_ih.dtype)
-    b_ih, b_hh = (
-        (as_array(tensors["bias_ih"]), as_array(tensors["bias_hh"]))
-        if has_bias[0]
-        else (zeros,) * 2
-    )
+    use_bias = has_bias[0]
+    params: dict[str, Any] = {"wi": w_ih.T, "wh": w_hh.T}
+    if w_hr is not None:
+        cell: Any = ProjLSTMCell(in_features, hidden, proj_size=w_hr.shape[0], use_bias=use_bias)
+        params["wr"] = w_hr.T
+    elif mode in ("GRU", "LSTM"):
+        cell = (GRUCell if mode == "GRU" else LSTMCell)(in_features, hidden, use_bias=use_bias)
+    else:
+        act = jnp.tanh if mode == "RNN_TANH" else jax.nn.relu
+        cell = RNNCell(in_features, hidden, activation=act, use_bias=use_bias)
+    if not use_bias:  # bias=False: a cell without biases
+        return cell, params
+    b_ih, b_hh = as_array(tensors["bias_ih"]), as_array(tensors["bias_hh"])
     expect_shape(where, "bias_ih", b_ih, (gates * hidden,))
     expect_shape(where, "bias_hh", b_hh, (gates * hidden,))
-    params: dict[str, Any] = {"wi": w_ih.T, "wh": w_hh.T}
     if mode == "GRU":
-        cell: Any = GRUCell(in_features, hidden)
         r_z, bhn = b_hh[: 2 * hidden], b_hh[2 * hidden :]
         params["b"] = b_ih + jnp.concatenate([r_z, jnp.zeros_like(bhn)])
         params["bhn"] = bhn
     else:
-        if w_hr is not None:
-            cell = ProjLSTMCell(in_features, hidden, proj_size=w_hr.shape[0])
-            params["wr"] = w_hr.T
-        elif mode == "LSTM":
-            cell = LSTMCell(in_features, hidden)
-        else:
-            act = jnp.tanh if mode == "RNN_TANH" else jax.nn.relu
-            cell = RNNCell(in_features, hidden, activation=act)
         params["b"] = b_ih + b_hh
     return cell, params
 
@@ -135,7 +133,8 @@ def from_torch(source: Any, *, mode: str | None = None) -> tuple[Any, Any]:
     `lengths=` it equals torch on a `pack_padded_sequence`. Weights are transposed (`wi =
     weight_ih.T: (in, G*H)`, `wh = weight_hh.T: (H, G*H)`, gate blocks in PyTorch's order), and
     the two biases are summed, `b = bias_ih + bias_hh`, except the GRU's `b_hn`, which stays
-    apart as `bhn` since it sits inside the reset gate. `bias=False` gives zero biases.
+    apart as `bhn` since it sits inside the reset gate. `bias=False` gives cells with
+    `use_bias=False` (no biases in their params).
     `batch_first` does not touch the weights (use `time_axis=1` in `rj.scan`); `dropout` acts
     only in training and is not converted.
 
@@ -214,7 +213,7 @@ def _width(cell: Any) -> int:
     return cell.proj_size if isinstance(cell, ProjLSTMCell) else cell.hidden_size
 
 
-def to_torch(cell: Any, params: Any, *, bias: bool = True) -> dict[str, np.ndarray]:
+def to_torch(cell: Any, params: Any, *, bias: bool | None = None) -> dict[str, np.ndarray]:
     """Convert a recurjax cell and its params to a PyTorch `state_dict` of NumPy arrays.
 
     An `RNNCell` (tanh or relu), `LSTMCell` or `GRUCell` gives the keys of a one-layer
@@ -233,7 +232,8 @@ def to_torch(cell: Any, params: Any, *, bias: bool = True) -> dict[str, np.ndarr
       cell: an `RNNCell`, `LSTMCell`, `GRUCell`, or a `Chain` of them.
       params: its params (a tuple of dicts for a chain).
       bias: `False` for a module built with `bias=False`: then every bias must be zero and
-        no bias keys are written.
+        no bias keys are written; `True` writes them (zeros for a cell with
+        `use_bias=False`); `None` (the default) writes them unless no part has a bias.
 
     Returns:
       `{key: np.ndarray}` in torch's layout and naming.
@@ -269,7 +269,7 @@ def to_torch(cell: Any, params: Any, *, bias: bool = True) -> dict[str, np.ndarr
 
 
 def _layers_to_torch(
-    cells: Any, plist: Any, where: str, bias: bool, fed: int
+    cells: Any, plist: Any, where: str, bias: bool | None, fed: int
 ) -> dict[str, np.ndarray]:
     """The state_dict of one direction's layers; layer k reads `fed * H` features from k-1."""
     why = "PyTorch's GRU applies the reset gate after the matmul, which is GRUCell."
@@ -293,9 +293,13 @@ def _layers_to_torch(
         names = {rnn_activation(c, where, acts) for c in cells}  # type: ignore[arg-type]
         if len(names) > 1:
             raise ValueError(f"{where}: the parts mix activations {sorted(names)}.")
+    if bias is None:
+        bias = any(c.use_bias for c in cells)
     out: dict[str, np.ndarray] = {}
     for k, (c, p) in enumerate(zip(cells, plist, strict=True)):
         hidden = c.hidden_size
+        check_params(c, p, c.param_shapes())
+        p = c.with_biases(p)
         b_ih = p["b"]
         b_hh = jnp.zeros_like(b_ih)
         if isinstance(c, GRUCell):

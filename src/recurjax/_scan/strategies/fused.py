@@ -43,6 +43,7 @@ def run(
     spec = kernel_spec(cell)
     assert spec is not None, "the engine runs the fused strategy only where it applies"
     kernel = kernel_for(spec)
+    params = cell.with_biases(params)  # zeros for a cell without biases (no gradient)
     dtype = jax.tree.leaves(h)[0].dtype
     xs = xs.astype(dtype)
     T, batch, n_in = xs.shape[0], tuple(xs.shape[1:-1]), xs.shape[-1]
