@@ -148,7 +148,7 @@ def test_torch_bias_false_converts_both_ways():
     back.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
     x = torch.randn(5, 2, IN)
     np.testing.assert_allclose(back(x)[0].detach(), module(x)[0].detach(), atol=1e-6)
-    h, ys = rj.scan(cell, params, cell.initial_state(params), jnp.asarray(x.numpy()))
+    _, ys = rj.scan(cell, params, cell.initial_state(params), jnp.asarray(x.numpy()))
     np.testing.assert_allclose(ys, module(x)[0].detach().numpy(), atol=1e-5)
     # a bias-free cell into a module with biases: zeros
     with_b = interop.to_torch(cell, params, bias=True)
