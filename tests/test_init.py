@@ -98,9 +98,9 @@ def test_options_compare_equal_and_share_compiled_scans():
     params = a.init(jax.random.key(0))
     xs = jnp.ones((3, 2, IN))
     rj.scan(a, params, a.initial_state(params), xs)
-    size = _scan_jit._cache_size()
+    size = _scan_jit._cache_size()  # pyright: ignore[reportAttributeAccessIssue]
     rj.scan(b, params, b.initial_state(params), xs)  # an equal cell: the same program
-    assert _scan_jit._cache_size() == size
+    assert _scan_jit._cache_size() == size  # pyright: ignore[reportAttributeAccessIssue]
 
 
 @pytest.mark.parametrize(
