@@ -224,13 +224,16 @@ def test_forward_mode_is_seen_under_every_forward_transformation_and_only_there(
 
 def test_scan_options_name_every_keyword_of_scan():
     """`Recur.scan` and the NNX/Equinox modules type their `**options` with `ScanOptions`:
-    it must list exactly `scan`'s keywords, with the same annotations."""
+    it must list exactly `scan`'s keywords, with the same annotations, but `return_states`,
+    which changes what is returned: `Recur.scan` takes it by name, the modules refuse it."""
     from recurjax._scan import ScanOptions
 
     params = inspect.signature(rj.scan).parameters
     keywords = {n: p.annotation for n, p in params.items() if p.kind is p.KEYWORD_ONLY}
     hints = {n: getattr(t, "__forward_arg__", t) for n, t in ScanOptions.__annotations__.items()}
+    assert keywords.pop("return_states") == "bool"
     assert hints == keywords
+    assert "return_states" in inspect.signature(rj.Recur.scan).parameters
 
 
 def test_chunkwise_errors_name_the_option_and_the_cell():
