@@ -7,6 +7,7 @@ walks a long sequence in chunks for truncated backpropagation through time.
 """
 
 from ._cells.classic import GRUCell, GRUv3Cell, LSTMCell, MGUCell, RNNCell
+from ._cells.conv import ConvGRUCell, ConvLSTMCell
 from ._cells.delta import DeltaNetCell, GatedDeltaNetCell
 from ._cells.linear import LinearCell, LRUCell, MinGRUCell, MinLSTMCell
 from ._cells.memories import GLACell, Mamba2Cell, RetentionCell
@@ -32,6 +33,8 @@ __all__ = [
     "Bidirectional",
     "Cell",
     "Chain",
+    "ConvGRUCell",
+    "ConvLSTMCell",
     "DeltaNetCell",
     "Dense",
     "Dropout",

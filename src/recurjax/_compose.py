@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from ._checks import check_callable, describe, fn_name, positive_int
-from ._contracts import Cell, Handle, PartRunner, PyTree, WrapperCell
+from ._contracts import Cell, Handle, PartRunner, PyTree, WrapperCell, input_axes
 from ._dropout import Dropout, seed_dropout, split_keys
 
 __all__ = [
@@ -51,6 +51,11 @@ class Chain(Cell):
     def in_features(self) -> int:  # type: ignore[override]
         """The first part's `in_features` (an `AttributeError` if it has none)."""
         return self.cells[0].in_features  # type: ignore[attr-defined]
+
+    @property
+    def input_axes(self) -> int:
+        """The first part's `input_axes`: the trailing axes of one input step."""
+        return input_axes(self.cells[0])
 
     def _parts(self, what: str) -> list[Any]:
         missing = [describe(c) for c in self.cells if not hasattr(c, what)]
@@ -233,6 +238,11 @@ class Bidirectional(Cell):
     def in_features(self) -> int:  # type: ignore[override]
         """The forward cell's `in_features`."""
         return self.forward.in_features  # type: ignore[attr-defined]
+
+    @property
+    def input_axes(self) -> int:
+        """The forward cell's `input_axes`."""
+        return input_axes(self.forward)
 
     def merged(self, yf: PyTree, yb: PyTree) -> PyTree:
         """The outputs of both directions at every step, merged (`merge`)."""

@@ -40,6 +40,10 @@ class Cell:
     - `initial_state(params) -> h`, an *unbatched* state pytree;
     - `__call__(params, h, x) -> (h, y)`, one time step for `x` of shape `(..., in)`.
 
+    A cell whose input step has more trailing axes than its features (a convolutional
+    cell's `(*spatial, channels)`) says how many in `input_axes`, so that the scan engine
+    takes only the axes before them as batch axes.
+
     A plain function with the signature `(params, h, x) -> (h, y)` is a cell too; this class
     only adds the conveniences and the input checks.
     """
@@ -66,6 +70,11 @@ class WrapperCell(Cell):
     def in_features(self) -> int:  # type: ignore[override]
         """The wrapped cell's `in_features`."""
         return self.cell.in_features
+
+    @property
+    def input_axes(self) -> int:
+        """The wrapped cell's `input_axes`."""
+        return input_axes(self.cell)
 
     def init(self, key: jax.Array, dtype: Any = None) -> PyTree:
         """The wrapped cell's params (`dtype=None`: its own default)."""
@@ -210,6 +219,12 @@ class FusedCell(Protocol):
     def fused_kernel(self) -> KernelSpec | None: ...
 
     def with_biases(self, params: Any) -> Any: ...
+
+
+def input_axes(cell: object) -> int:
+    """How many trailing axes one input step of `cell` has: its `input_axes` (a
+    convolutional cell's spatial axes and channels), 1 (the features) for every other."""
+    return int(getattr(cell, "input_axes", 1))
 
 
 def is_linear(cell: object) -> bool:

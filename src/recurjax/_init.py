@@ -43,7 +43,13 @@ Initializer = Callable[..., jax.Array]  # (key, shape, dtype) -> array
 
 
 def _fans(shape: tuple[int, ...]) -> tuple[int, int]:
-    return (shape[0], shape[1]) if len(shape) == 2 else (shape[0], shape[0])
+    """`(fan_in, fan_out)`: a matrix's rows and columns, a convolution kernel's `(*kernel,
+    in, out)` channels times its receptive field, a vector's length twice."""
+    if len(shape) < 2:
+        n = math.prod(shape)
+        return n, n
+    field = math.prod(shape[:-2])
+    return shape[-2] * field, shape[-1] * field
 
 
 def _scaled(kind: str, scale: float) -> Initializer:

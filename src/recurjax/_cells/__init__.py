@@ -10,6 +10,7 @@ xlstm      xLSTM's sLSTM (scalar memory) and mLSTM (matrix memory)
 memories   matrix memories without a normaliser: RetNet's retention, Mamba-2's SSD
            core, gated linear attention (GLA)
 delta      the delta rule's matrix memories: DeltaNet, Gated DeltaNet
+conv       convolutional LSTM and GRU over 1, 2 or 3 spatial axes
 
 Each module imports from the contracts, checks, initialisers and state types below it, from
 `base`, and from the family it extends; nothing in the engine imports a cell class.

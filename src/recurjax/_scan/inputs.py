@@ -12,7 +12,7 @@ import numpy as np
 from jax.core import Tracer
 
 from .._checks import check_state_change, check_time_axis, describe, time_length
-from .._contracts import CellFn, PyTree, SequenceCell
+from .._contracts import CellFn, PyTree, SequenceCell, input_axes
 from .blocks import StepMasks, select, zero_padding
 
 
@@ -190,12 +190,14 @@ def check_batch_shape(cell: object, xs: PyTree, shape: tuple[int, ...], what: st
     name = describe(cell)
     leaves = jax.tree.leaves(xs)
     if getattr(cell, "in_features", None) is not None:
-        batch = tuple(leaves[0].shape[1:-1])
+        step = input_axes(cell)  # trailing axes of one step: features (and spatial axes)
+        batch = tuple(leaves[0].shape[1 : leaves[0].ndim - step])
         if shape != batch:
+            where = "features" if step == 1 else f"the step's {step} axes (spatial, channels)"
             raise ValueError(
                 f"scan({name}): expected {what} with the batch shape of xs, {batch} (one "
                 f"entry per sequence), got {shape}. xs has shape {tuple(leaves[0].shape)} "
-                "(time-major); batch axes are those between time and features."
+                f"(time-major); batch axes are those between time and {where}."
             )
         return
     for a in leaves:

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from .._cells.classic import GRUCell, LSTMCell, MGUCell, RNNCell
+from .._cells.conv import ConvLSTMCell
 from .._checks import check_params
 from ._common import as_array, expect_cell, expect_keys, expect_shape, is_zero, require
 
@@ -92,6 +93,41 @@ def _linen_mgu(where: str, module: Any, p: Mapping[str, Any]) -> tuple[MGUCell, 
     return cell, params
 
 
+def _igfo(a: jax.Array) -> jax.Array:
+    """Flax's and Haiku's conv LSTM gate blocks `i, g, f, o` (last axis) in recurjax's
+    order `i, f, g, o` (and back: the swap is its own inverse)."""
+    i, g, f, o = jnp.split(a, 4, -1)
+    return jnp.concatenate([i, f, g, o], -1)
+
+
+def _forget_offset(b: jax.Array, offset: float) -> jax.Array:
+    """`b` (blocks `i, f, g, o`) with `offset` added to its forget block."""
+    h = b.shape[-1] // 4
+    return b.at[h : 2 * h].add(offset)
+
+
+def conv_lstm_params(
+    w_ih: jax.Array, w_hh: jax.Array, b_ih: Any, b_hh: Any
+) -> tuple[ConvLSTMCell, dict[str, jax.Array]]:
+    """Flax's or Haiku's conv LSTM (`i, g, f, o`, `+1` on `f` in the forward pass, a bias on
+    each convolution or none) as a `ConvLSTMCell`: blocks reordered, the biases summed and
+    the 1 stored in the forget block."""
+    zeros = jnp.zeros(w_ih.shape[-1], w_ih.dtype)
+    b = sum((zeros if a is None else as_array(a) for a in (b_ih, b_hh)), zeros)
+    cell = ConvLSTMCell(w_ih.shape[-2], w_ih.shape[-1] // 4, kernel_size=tuple(w_ih.shape[:-2]))
+    params = {"wi": _igfo(w_ih), "wh": _igfo(w_hh), "b": _forget_offset(_igfo(b), 1.0)}
+    check_params(cell, params, cell.param_shapes())
+    return cell, params
+
+
+def conv_lstm_weights(cell: ConvLSTMCell, params: Any) -> tuple[jax.Array, ...]:
+    """The inverse of `conv_lstm_params`: `(w_ih, w_hh, b_ih)` in Flax's and Haiku's layout,
+    the bias on the input convolution (the hidden one's zero)."""
+    params = cell.with_biases(params)
+    b = _igfo(_forget_offset(params["b"], -1.0))
+    return _igfo(params["wi"]), _igfo(params["wh"]), b
+
+
 def from_flax(module: Any, params: Any) -> tuple[Any, dict[str, jax.Array]]:
     """Convert a Flax linen cell and its params to `(cell, params)`.
 
@@ -101,7 +137,10 @@ def from_flax(module: Any, params: Any) -> tuple[Any, dict[str, jax.Array]]:
     recurjax's `LSTMState(h, c)`. `nn.GRUCell` (biases on `ir, iz, in` and `hn`) gives a
     `GRUCell` with `b = [b_ir, b_iz, b_in]` and `bhn = b_hn`. `nn.MGUCell` (biases on `if,
     in`, and on `hn` with its `reset_gate`) gives an `MGUCell` with the same `reset_gate`,
-    `b = [b_if, b_in]` and `bhn = b_hn` (0 without the reset gate). `nn.SimpleCell` gives an
+    `b = [b_if, b_in]` and `bhn = b_hn` (0 without the reset gate). `nn.ConvLSTMCell`
+    (convolutions `ih` and `hh`, gates `i, g, f, o`, `+1` on `f` in its forward pass; stride
+    1, `SAME`) gives a `ConvLSTMCell` with the blocks reordered, `b = ih.bias + hh.bias` and
+    the 1 in the forget block of `b`. `nn.SimpleCell` gives an
     `RNNCell` with its `activation_fn`. Every number is copied unchanged, so
     `to_flax(*from_flax(m, p))` returns `p` exactly.
 
@@ -134,6 +173,15 @@ def from_flax(module: Any, params: Any) -> tuple[Any, dict[str, jax.Array]]:
     if isinstance(module, nn.MGUCell):
         _check_fns(where, module, gated=True)
         return _linen_mgu(where, module, p)
+    if isinstance(module, nn.ConvLSTMCell):
+        if module.strides not in (None, 1) and set(module.strides) != {1}:
+            raise ValueError(f"{where}: strides={module.strides!r}; ConvLSTMCell has stride 1.")
+        if module.padding != "SAME":
+            raise ValueError(f"{where}: padding={module.padding!r}; ConvLSTMCell pads 'SAME'.")
+        expect_keys(where, p, ["ih", "hh"], "params")
+        ih, hh = p["ih"], p["hh"]
+        w_ih, w_hh = as_array(ih["kernel"]), as_array(hh["kernel"])
+        return conv_lstm_params(w_ih, w_hh, ih.get("bias"), hh.get("bias"))
     if isinstance(module, nn.SimpleCell):
         if module.residual:
             raise ValueError(f"{where}: residual=True is not supported; RNNCell has no skip.")
@@ -148,8 +196,8 @@ def from_flax(module: Any, params: Any) -> tuple[Any, dict[str, jax.Array]]:
         check_params(cell, out, cell.param_shapes())
         return cell, out
     raise TypeError(
-        f"{where}: expected a flax.linen SimpleCell, LSTMCell, OptimizedLSTMCell, GRUCell or "
-        "MGUCell instance. For Flax NNX modules use from_nnx."
+        f"{where}: expected a flax.linen SimpleCell, LSTMCell, OptimizedLSTMCell, GRUCell, "
+        "MGUCell or ConvLSTMCell instance. For Flax NNX modules use from_nnx."
     )
 
 
@@ -159,9 +207,10 @@ def to_flax(cell: Any, params: Any, *, optimized: bool = False) -> tuple[Any, di
     `LSTMCell` gives `nn.LSTMCell` (or `nn.OptimizedLSTMCell` with `optimized=True`; the tree
     is the same), `GRUCell` gives `nn.GRUCell`, `MGUCell` gives `nn.MGUCell` (its
     `reset_gate` the same; without the reset gate Flax's `hn` has no bias, and `bhn`, added
-    unscaled there, goes into the `in` bias), `RNNCell` gives `nn.SimpleCell` with the same
-    activation. `GRUv3Cell` is a `TypeError`: Flax has no reset-before GRU. The module's
-    `param_dtype` is the params' dtype.
+    unscaled there, goes into the `in` bias), `ConvLSTMCell` gives `nn.ConvLSTMCell` (the
+    bias on `ih`, `hh`'s zero, the forget block less 1), `RNNCell` gives `nn.SimpleCell`
+    with the same activation. `GRUv3Cell` is a `TypeError`: Flax has no reset-before GRU.
+    The module's `param_dtype` is the params' dtype.
 
     Returns:
       `(module, variables)`: call `module.apply(variables, carry, x)`.
@@ -177,8 +226,14 @@ def to_flax(cell: Any, params: Any, *, optimized: bool = False) -> tuple[Any, di
     """
     nn = require("flax.linen", "flax")
     where = f"to_flax({cell!r})"
-    expect_cell(where, cell, (RNNCell, LSTMCell, GRUCell, MGUCell), _NO_V3)
+    expect_cell(where, cell, (RNNCell, LSTMCell, GRUCell, MGUCell, ConvLSTMCell), _NO_V3)
     dtype = check_params(cell, params, cell.param_shapes())
+    if isinstance(cell, ConvLSTMCell):
+        size = cell.kernel_size
+        module = nn.ConvLSTMCell(features=cell.hidden_size, kernel_size=size, param_dtype=dtype)
+        w_ih, w_hh, b = conv_lstm_weights(cell, params)
+        tree = {"ih": {"kernel": w_ih, "bias": b}, "hh": {"kernel": w_hh, "bias": 0 * b}}
+        return module, {"params": tree}
     params = cell.with_biases(params)  # Flax's cells always have them: zeros
     hidden = cell.hidden_size
     if isinstance(cell, MGUCell):

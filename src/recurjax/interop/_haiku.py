@@ -15,8 +15,10 @@ import jax
 import jax.numpy as jnp
 
 from .._cells.classic import GRUv3Cell, LSTMCell, RNNCell
+from .._cells.conv import ConvLSTMCell
 from .._checks import check_params
 from ._common import as_array, expect_cell, expect_keys, rnn_activation
+from ._flax import conv_lstm_params, conv_lstm_weights
 
 _DEFAULT_NAMES = {LSTMCell: "lstm", GRUv3Cell: "gru", RNNCell: "vanilla_rnn"}
 
@@ -24,6 +26,8 @@ _DEFAULT_NAMES = {LSTMCell: "lstm", GRUv3Cell: "gru", RNNCell: "vanilla_rnn"}
 def _kind(params: Mapping[str, Any], name: str) -> str:
     if name in params and isinstance(params[name], Mapping) and "w_i" in params[name]:
         return "gru"
+    if f"{name}/input_to_hidden" in params:
+        return "conv_lstm"
     if f"{name}/linear" in params:
         return "vanilla_rnn" if f"{name}/linear_1" in params else "lstm"
     near = sorted(k for k in params if k.split("/")[-1] == name or name in k)
@@ -56,11 +60,16 @@ def from_haiku(
     - `hk.VanillaRNN` (`{name}/linear`: `w: (in, H)`, `b`; `{name}/linear_1`: `w: (H, H)` and,
       with `double_bias=True`, `b`) computes `relu(x w_i + b_i + h w_h + b_h)`: an `RNNCell`
       with `activation=jax.nn.relu` and `b = b_i + b_h`.
+    - `hk.Conv1DLSTM`, `Conv2DLSTM`, `Conv3DLSTM` (`{name}/input_to_hidden` and
+      `{name}/hidden_to_hidden`: `w: (*kernel, in or H, 4H)`, `b`; gates `i, g, f, o`, `+1`
+      on `f`; default names `conv1_dlstm`, `conv2_dlstm`, `conv3_dlstm`) give a
+      `ConvLSTMCell`: blocks reordered, `b = b_ih + b_hh`, the 1 in its forget block.
 
     Args:
       params: the dict from `hk.transform(f).init` (or any mapping holding the module's keys).
       name: the module's name in it: `"lstm"`, `"gru"`, `"vanilla_rnn"` by default in Haiku.
-      kind: `"lstm"`, `"gru"` or `"vanilla_rnn"`; inferred from the keys when omitted.
+      kind: `"lstm"`, `"gru"`, `"vanilla_rnn"` or `"conv_lstm"`; inferred from the keys
+        when omitted.
 
     Examples:
       >>> import jax, jax.numpy as jnp, haiku as hk
@@ -100,6 +109,12 @@ def from_haiku(
             "whn": ha,
             "b": jnp.concatenate([br, -bz, ba]),
         }
+    elif kind == "conv_lstm":
+        keys = [f"{name}/input_to_hidden", f"{name}/hidden_to_hidden"]
+        expect_keys(where, params, keys, "params")
+        ih, hh = params[keys[0]], params[keys[1]]
+        w_ih, w_hh = as_array(ih["w"]), as_array(hh["w"])
+        return conv_lstm_params(w_ih, w_hh, ih.get("b"), hh.get("b"))
     elif kind == "vanilla_rnn":
         keys = [f"{name}/linear", f"{name}/linear_1"]
         expect_keys(where, params, keys, "params")
@@ -111,7 +126,7 @@ def from_haiku(
         cell = RNNCell(wi.shape[0], wi.shape[1], activation=jax.nn.relu)
         out = {"wi": wi, "wh": wh, "b": b}
     else:
-        raise ValueError(f"{where}: kind must be 'lstm', 'gru' or 'vanilla_rnn'.")
+        raise ValueError(f"{where}: kind must be 'lstm', 'gru', 'vanilla_rnn' or 'conv_lstm'.")
     check_params(cell, out, cell.param_shapes())
     return cell, out
 
@@ -122,9 +137,11 @@ def to_haiku(cell: Any, params: Any, *, name: str | None = None) -> dict[str, di
     The inverse of `from_haiku`: `LSTMCell` to `hk.LSTM` (the forget bias stored as
     `b_f - 1`, since Haiku adds 1 back), `GRUv3Cell` to `hk.GRU` (update gate negated back),
     `RNNCell` with `activation=jax.nn.relu` to `hk.VanillaRNN` (bias in the input layer, the
-    recurrent layer's bias zero). `GRUCell` is a `TypeError`: Haiku's GRU applies the reset
-    gate before the matmul. Pass the dict as `params` to the transformed function's `apply`,
-    under the module's `name` (Haiku's default for the class when omitted).
+    recurrent layer's bias zero), `ConvLSTMCell` to `hk.ConvNDLSTM` (the bias on
+    `input_to_hidden`, the forget block less 1). `GRUCell` is a `TypeError`: Haiku's GRU
+    applies the reset gate before the matmul. Pass the dict as `params` to the transformed
+    function's `apply`, under the module's `name` (Haiku's default for the class when
+    omitted).
 
     Examples:
       >>> import jax, jax.numpy as jnp, haiku as hk, recurjax as rj
@@ -140,10 +157,17 @@ def to_haiku(cell: Any, params: Any, *, name: str | None = None) -> dict[str, di
     expect_cell(
         where,
         cell,
-        (LSTMCell, GRUv3Cell, RNNCell),
+        (LSTMCell, GRUv3Cell, RNNCell, ConvLSTMCell),
         "Haiku's GRU applies the reset gate before the matmul: it matches GRUv3Cell, not GRUCell.",
     )
     check_params(cell, params, cell.param_shapes())
+    if isinstance(cell, ConvLSTMCell):
+        name = name or f"conv{cell.spatial_dims}_dlstm"
+        w_ih, w_hh, b = conv_lstm_weights(cell, params)
+        return {
+            f"{name}/input_to_hidden": {"w": w_ih, "b": b},
+            f"{name}/hidden_to_hidden": {"w": w_hh, "b": jnp.zeros_like(b)},
+        }
     params = cell.with_biases(params)  # Haiku's cells always have them: zeros
     name = name or _DEFAULT_NAMES[type(cell)]
     if isinstance(cell, LSTMCell):
