@@ -45,10 +45,11 @@ def data(spatial, seed=0):
     ("cell", "spatial", "options"),
     [
         (rj.ConvLSTMCell(C, H, kernel_size=(3, 2)), (4, 5), {"lengths": True, "resets": True}),
-        (
+        pytest.param(  # ConvGRU's step runs every day in the kernel-1 test below
             rj.ConvGRUCell(C, H, kernel_size=3, spatial_dims=1),
             (7,),
             {"reverse": True, "truncate_every": 2, "lengths": True},
+            marks=SLOW,
         ),
         pytest.param(
             rj.ConvLSTMCell(C, H, kernel_size=2, spatial_dims=3),
@@ -101,6 +102,7 @@ def test_a_conv_gru_of_kernel_one_is_the_gru_at_every_position():
     np.testing.assert_allclose(ys, ys_gru, atol=1e-6)
 
 
+@SLOW
 def test_conv_lstm_float64_gradients():
     cell = rj.ConvLSTMCell(C, 2, kernel_size=3, spatial_dims=1)
     with jax.enable_x64(True):

@@ -35,11 +35,24 @@ SCALES = 10.0 ** np.arange(-3.0, 5.5, 0.5)  # 1e-3, 3.2e-3, 1e-2, ..., 1e5
 PATTERNS = ("ones", "normal")
 
 
+def _two_positions(params: object, x: jax.Array) -> jax.Array:
+    """A step `(..., IN)` as two positions of one spatial axis, `(..., 2, IN)`."""
+    return jnp.stack([x, -x], axis=-2)
+
+
+def _conv_case(name: str, cell: object) -> Case:
+    """A convolutional cell behind `_two_positions`: the lanes' `(T, IN)` inputs become
+    `(T, 2, IN)`, so the kernel mixes the positions and pads at both ends."""
+    return library_case(name, rj.chain(rj.stateless(_two_positions), cell))
+
+
 CELLS = [
     *LIBRARY,
     *LINEAR,
     library_case("slstm_exp", rj.SLSTMCell(IN, 4, num_heads=2, exp_forget=True)),
     library_case("mlstm_exp", rj.MLSTMCell(IN, 4, num_heads=2, exp_forget=True)),
+    _conv_case("convlstm", rj.ConvLSTMCell(IN, 4, kernel_size=3, spatial_dims=1)),
+    _conv_case("convgru", rj.ConvGRUCell(IN, 4, kernel_size=3, spatial_dims=1)),
 ]
 # Cells whose finiteness is their parts' (composites and wrappers, covered through the
 # `chain` case and their parts), bases, and Dropout (a mask times its input).
@@ -54,7 +67,8 @@ def test_every_library_cell_is_here():
         for name in rj.__all__
         if inspect.isclass(obj := getattr(rj, name)) and issubclass(obj, rj.Cell)
     }
-    covered = {type(case.cell).__name__ for case in CELLS}
+    parts = [(c.cell, *getattr(c.cell, "cells", ())) for c in CELLS]  # a chain's parts too
+    covered = {type(cell).__name__ for cells in parts for cell in cells}
     assert exported - NOT_CELLS <= covered, sorted(exported - NOT_CELLS - covered)
 
 
@@ -104,7 +118,7 @@ def check_finite(case: Case, strategy: str) -> None:
 # Under `auto`, every day: one cell per kind (cases.EVERYDAY), the xLSTM cells (whose
 # stabiliser this property caught) and the LRU (a complex state); the others in the slow
 # tier, which also runs every other strategy of every cell.
-DAILY = {*EVERYDAY, "mlstm", "slstm_exp", "mlstm_exp", "lru"}
+DAILY = {*EVERYDAY, "mlstm", "slstm_exp", "mlstm_exp", "lru", "convlstm"}
 
 
 @pytest.mark.parametrize(

@@ -44,7 +44,14 @@ def test_the_defaults_draw_as_before():
     np.testing.assert_array_equal(rj.GRUv3Cell(IN, H).init(key)["whn"], glorot_uniform(kn, (H, H)))
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
+# Every day: the fused LSTM and GRU (b, bhn), MGU and the LayerNorm LSTM (bc); the others
+# in the slow tier.
+DAILY = ("lstm", "gru", "mgu", "lnlstm")
+
+
+@pytest.mark.parametrize(
+    "kind", [k if k in DAILY else pytest.param(k, marks=pytest.mark.slow) for k in KINDS]
+)
 def test_no_bias_is_the_cell_with_zero_biases(kind):
     """`use_bias=False`: no bias in the params, and every strategy computes the cell with
     zero biases (outputs, final state, and the gradients of the weights and inputs)."""
