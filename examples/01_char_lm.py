@@ -40,7 +40,7 @@ Run it (about 3 minutes on a 2-core CPU)::
     python examples/01_char_lm.py --cell slstm             # or peephole, projlstm, lnlstm,
                                                            # indrnn, mlstm, rglru, s6,
                                                            # retention, mamba2, gla,
-                                                           # deltanet, gated_deltanet
+                                                           # deltanet, gated_deltanet, mamba
 """
 
 from __future__ import annotations
@@ -166,8 +166,10 @@ def recurrent_layer(kind: str, embed: int, hidden: int) -> tuple[Any, int]:
         "gla": lambda: rj.GLACell(embed, hidden, num_heads=4, key_size=hidden // 2),
         "deltanet": lambda: rj.DeltaNetCell(embed, hidden, num_heads=4),
         "gated_deltanet": lambda: rj.GatedDeltaNetCell(embed, hidden, num_heads=4),
+        # Mamba's block at d_model = H/2 (its inner width H), after a Dense from the embedding
+        "mamba": lambda: rj.chain(rj.Dense(embed, hidden // 2), rj.mamba_block(hidden // 2)),
     }
-    width = {"projlstm": hidden // 2, "s6": embed}.get(kind, hidden)
+    width = {"projlstm": hidden // 2, "s6": embed, "mamba": hidden // 2}.get(kind, hidden)
     return layers[kind](), width
 
 
@@ -187,6 +189,7 @@ CELLS = (
     "gla",
     "deltanet",
     "gated_deltanet",
+    "mamba",
 )
 
 

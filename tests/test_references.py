@@ -516,6 +516,56 @@ def test_selective_ssm_equals_mambas_selective_scan_ref(strategy):
         _compare(f, _s6_pairs(f, strategy, scale), scale, _FLOAT32)
 
 
+def _mamba_block_params(p: dict) -> tuple:
+    """mamba-ssm's `Mamba` weights (torch layout) as `rj.mamba_block`'s params, the mapping
+    a user porting weights needs: in chain order the input projection (no bias in Mamba),
+    the convolution (`conv1d.weight[:, 0, :]` transposed), S6 (`x_proj` split `[dt_low, B,
+    C]`, `dt_proj`, `A_log`, `D`), the gate (no params) and the output projection."""
+    R, N = p["dt_proj_weight"].shape[1], p["A_log"].shape[1]
+    x_proj = p["x_proj_weight"]
+    s6 = {"A_log": p["A_log"], "w_dt1": x_proj[:R].T, "w_dt2": p["dt_proj_weight"].T,
+          "b_dt": p["dt_proj_bias"], "w_B": x_proj[R : R + N].T, "w_C": x_proj[R + N :].T,
+          "D": p["D"]}  # fmt: skip
+    w_in, w_out = p["in_proj_weight"].T, p["out_proj_weight"].T
+    return (
+        {"w": w_in, "b": jnp.zeros(w_in.shape[1], w_in.dtype)},
+        {"w": p["conv1d_weight"][:, 0, :].T, "b": p["conv1d_bias"]},
+        s6,
+        (),
+        {"w": w_out, "b": jnp.zeros(w_out.shape[1], w_out.dtype)},
+    )
+
+
+@pytest.mark.parametrize("strategy", ["auto", pytest.param("sequential", marks=pytest.mark.slow)])
+def test_mamba_block_equals_mambas_inner_ref(strategy):
+    """`rj.mamba_block` against mamba-ssm's `mamba_inner_ref` (with `selective_scan_ref`):
+    the outputs and the gradients for the input and every Mamba weight, through the weight
+    mapping above. `auto` runs S6 with a linear strategy, `sequential` step by step."""
+    f = _load("mamba_block")
+    theirs = {k[len("params.") :]: jnp.asarray(v) for k, v in f.items() if k.startswith("params.")}
+    d_inner, N = f["params.A_log"].shape
+    d_model, K = f["x"].shape[-1], f["params.conv1d_weight"].shape[-1]
+    R = f["params.dt_proj_weight"].shape[1]
+    block = rj.mamba_block(
+        d_model, expand=d_inner // d_model, state_size=N, conv_kernel=K, dt_rank=R
+    )
+
+    def loss(p, x):
+        params = _mamba_block_params(p)
+        _, ys = rj.scan(block, params, block.initial_state(params), x, time_axis=1,
+                        strategy=strategy)  # fmt: skip
+        return jnp.sum(ys * jnp.asarray(f["g"])), ys
+
+    grad = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)
+    (_, ys), (d_theirs, dx) = grad(theirs, jnp.asarray(f["x"]))
+    rtol, atol = _FLOAT32[False]
+    _close(ys, f["y"], rtol, atol, "y")
+    rtol, atol = _FLOAT32[True]
+    _close(dx, f["dx"], rtol, atol, "dx")
+    for name, g in d_theirs.items():
+        _close(g, f[f"grads.{name}"], rtol, atol, name)
+
+
 # --- Matrix memories: Mamba-2's SSD (mamba-ssm 2.3.2.post1), GLA and retention (fla-core) --
 
 # Each runs step by step and in chunks: with 3 steps per chunk, so that the fixture's 7 or 8

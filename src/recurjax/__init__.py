@@ -14,7 +14,16 @@ from ._cells.memories import GLACell, Mamba2Cell, RetentionCell
 from ._cells.ssm import RGLRUCell, SelectiveSSMCell
 from ._cells.variants import IndRNNCell, LayerNormLSTMCell, PeepholeLSTMCell, ProjLSTMCell
 from ._cells.xlstm import MLSTMCell, SLSTMCell
-from ._compose import Bidirectional, Chain, Residual, bidirectional, chain, residual, stacked
+from ._compose import (
+    Bidirectional,
+    Chain,
+    Residual,
+    bidirectional,
+    chain,
+    mamba_block,
+    residual,
+    stacked,
+)
 from ._contracts import Cell
 from ._dropout import Dropout, VariationalDropout, seed_dropout
 from ._layers import Dense, Stateless, stateless
@@ -72,6 +81,7 @@ __all__ = [
     "bidirectional",
     "chain",
     "chunks",
+    "mamba_block",
     "reset",
     "residual",
     "scan",

@@ -8,15 +8,19 @@ part. Nothing here imports the engine, and the engine names none of these classe
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from ._cells.blocks import CausalConv, PassThrough, gate
+from ._cells.ssm import SelectiveSSMCell
 from ._checks import check_callable, describe, fn_name, positive_int
 from ._contracts import Cell, Handle, PartRunner, PyTree, WrapperCell, input_axes
 from ._dropout import Dropout, seed_dropout, split_keys
+from ._layers import Dense, stateless
 
 __all__ = [
     "Bidirectional",
@@ -474,3 +478,68 @@ residual(LSTMCell(32 => 32)))
         parts.append(Residual(cell) if residual and out == width else cell)
         width = out
     return Chain(tuple(parts))
+
+
+def mamba_block(
+    d_model: int,
+    *,
+    expand: int = 2,
+    state_size: int = 16,
+    conv_kernel: int = 4,
+    dt_rank: int | None = None,
+) -> Any:
+    r"""Mamba's block (Gu & Dao, 2023, arXiv:2312.00752; mamba-ssm's `Mamba` module) as one
+    composite cell, a `Chain` of five parts:
+
+    $$
+    \begin{aligned}
+    [u, z] &= x W_{in} + b_{in} \qquad (u, z: d_{inner} = \text{expand} \cdot d_{model}) \\
+    \tilde u_t &= \mathrm{silu}(\textstyle\sum_{j<k} w_j \odot u_{t-k+1+j} + b_{conv})
+      \qquad \text{(causal depthwise convolution, kernel } k) \\
+    y_t &= \mathrm{S6}(\tilde u)_t \qquad \text{(SelectiveSSMCell, } N \text{ state units)} \\
+    \text{out}_t &= (y_t \odot \mathrm{silu}(z_t)) W_{out} + b_{out}
+    \end{aligned}
+    $$
+
+    The convolution's last `k - 1` inputs are part of the state, so streaming a `Recur` one
+    step at a time equals the whole-sequence run; the S6 core runs with the linear cells'
+    strategies (`auto` picks them), the rest step by step or at once. Its state is the
+    chain's, `((), conv, s6, (), ())`: the convolution's past inputs `((k - 1) d_inner,)`
+    and S6's `(d_inner N,)`. Params, in chain order: `{"w": (d_model, 2 d_inner), "b"}`,
+    `{"w": (k, d_inner), "b": (d_inner,)}`, the S6 core's, `()`, `{"w": (d_inner, d_model),
+    "b"}`. Input `(..., d_model)`, output `(..., d_model)`.
+
+    Checked against mamba-ssm's pure-PyTorch path `mamba_inner_ref` with
+    `selective_scan_ref` (outputs and every gradient; `tests/test_references.py`), with
+    the weights mapped as: `in_proj.weight` transposed is the first `w` (and `b` zero, as
+    Mamba's `bias=False`), `conv1d.weight[:, 0, :]` transposed and `conv1d.bias` the
+    convolution's, `x_proj.weight` transposed and split `[w_dt1 | w_B | w_C]`,
+    `dt_proj.weight` transposed and `dt_proj.bias` as `w_dt2` and `b_dt`, `A_log` and `D`
+    as they are, `out_proj.weight` transposed (and `b` zero).
+
+    Args:
+      d_model: the width of the block's input and output.
+      expand: `d_inner = expand * d_model` (2 in Mamba).
+      state_size: `N`, S6's state units per channel (16).
+      conv_kernel: `k`, the convolution's width (4).
+      dt_rank: the rank of S6's `Δ` projection; `ceil(d_model / 16)` by default (Mamba's).
+
+    Returns:
+      A `Chain`, with `init`, `initial_state` and everything a cell has.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, recurjax as rj
+      >>> m = rj.Recur(rj.mamba_block(8, state_size=4), key=jax.random.key(0))
+      >>> m_end, ys = m.scan(jnp.ones((10, 2, 8)))
+      >>> ys.shape, m_end.state[2].shape  # the S6 state: d_inner * N
+      ((10, 2, 8), (2, 64))
+    """
+    inner = expand * d_model
+    rank = math.ceil(d_model / 16) if dt_rank is None else dt_rank
+    return chain(
+        Dense(d_model, 2 * inner),
+        CausalConv(inner, conv_kernel, passthrough=inner),
+        PassThrough(SelectiveSSMCell(inner, state_size, dt_rank=rank), passthrough=inner),
+        stateless(gate),
+        Dense(inner, d_model),
+    )

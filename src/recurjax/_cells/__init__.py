@@ -11,6 +11,8 @@ memories   matrix memories without a normaliser: RetNet's retention, Mamba-2's S
            core, gated linear attention (GLA)
 delta      the delta rule's matrix memories: DeltaNet, Gated DeltaNet
 conv       convolutional LSTM and GRU over 1, 2 or 3 spatial axes
+blocks     the parts of `rj.mamba_block`: a causal convolution with its past inputs as
+           state, a linear cell on some features passing the others, Mamba's gate
 
 Each module imports from the contracts, checks, initialisers and state types below it, from
 `base`, and from the family it extends; nothing in the engine imports a cell class.
