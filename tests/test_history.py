@@ -110,11 +110,12 @@ EVERYTHING = {"lengths": True, "resets": True, "reverse": True, "truncate_every"
 # Every day one case per path: the sequential strategy on a NamedTuple state, a linear
 # cell's read-out of its states, a composite as one cell; the rest in the slow tier.
 GRID = [
-    ("lstm", "sequential", EVERYTHING),
+    ("lstm", "sequential", {"lengths": True, "resets": True, "reverse": True}),
     ("mingru", "hoisted", EVERYTHING),  # a linear cell's strategies give it too
     ("chain", "auto", EVERYTHING),  # a composite: one cell, its state a tuple
 ]
 SLOW_GRID = [
+    ("lstm", "sequential", EVERYTHING),
     ("lstm", "auto", {"lengths": True, "resets": True}),  # auto: sequential, not fused
     ("mingru", "chunked", {"lengths": True, "resets": True, "chunk_size": 3}),
     ("mingru", "associative", {"reverse": True}),

@@ -141,6 +141,7 @@ def test_use_bias_is_a_bool_and_indrnn_has_no_recurrent_matrix():
 
 
 @pytest.mark.extras
+@pytest.mark.slow  # tests/test_interop.py checks the conversion's flags and keys every day
 def test_torch_bias_false_converts_both_ways():
     torch = pytest.importorskip("torch")
     from recurjax import interop

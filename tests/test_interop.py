@@ -119,6 +119,11 @@ def test_parity_torch_layers_and_no_bias(kind):
         torch_module(kind, cell=False, seed=0, dtype=np.float32, num_layers=3)
     )
     assert isinstance(cell, rj.Chain) and len(cell.cells) == 3 and len(params) == 3
+    # bias=False: cells without biases, and back to a bias-free state_dict
+    module = torch_module(kind, cell=False, seed=0, dtype=np.float32, bias=False)
+    cell, params = interop.from_torch(module)
+    assert not cell.use_bias and set(params) == {"wi", "wh"}
+    assert set(interop.to_torch(cell, params)) == {"weight_ih_l0", "weight_hh_l0"}
 
 
 # --- round trips ----------------------------------------------------------------------------
