@@ -4,8 +4,9 @@ re-running the chunkwise form over the growing prefix.
     python benchmarks/decode.py              # 3 processes, writes RESULTS_decode.md
     python benchmarks/decode.py --quick      # small sizes, one process, no file
 
-Each cell (mLSTM, Mamba-2, GLA, retention, DeltaNet, Gated DeltaNet; in = H = 256, 4 heads, one sequence) decodes
-`TOKENS` tokens after a prompt of `PROMPT` tokens, two ways, each jitted once:
+Each cell (mLSTM, Mamba-2, GLA, retention, DeltaNet, Gated DeltaNet; in = H = 256, 4 heads,
+one sequence) decodes `TOKENS` tokens after a prompt of `PROMPT` tokens, two ways, each
+jitted once:
 
 - `Recur`: the prompt through `m.scan` (chunkwise, `auto`), then one `m(x)` per token, the
   state carried (what streaming inference runs);
