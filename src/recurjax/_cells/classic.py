@@ -149,12 +149,13 @@ class RNNCell(_HiddenCell):
 
     Warning: PyTorch's `nn.RNN` has two biases, `b_ih + b_hh`; their sum is `b` here.
 
+    Keyword-only options `kernel_init`, `recurrent_init`, `bias_init` and `use_bias` choose
+    the initialisers and drop the biases (the guide's "Initialisers and biases").
+
     Args:
       in_features: size of the last axis of `x`.
       hidden_size: `H`, the size of the state and of the output.
       activation: the nonlinearity `act`, `jnp.tanh` by default (e.g. `jax.nn.relu`).
-      kernel_init, recurrent_init, bias_init, use_bias: keyword-only initialiser and bias
-        options (the guide's "Initialisers and biases").
 
     Examples:
       >>> import jax, jax.numpy as jnp, recurjax as rj
@@ -222,6 +223,9 @@ class LSTMCell(_HiddenCell):
     and adds 1 to the forget gate in the forward pass; Flax's carry is `(c, h)`. Here the
     forget-gate offset lives in the stored bias only.
 
+    Keyword-only options `kernel_init`, `recurrent_init`, `bias_init` and `use_bias` choose
+    the initialisers and drop the biases (the guide's "Initialisers and biases").
+
     Args:
       in_features: size of the last axis of `x`.
       hidden_size: `H`.
@@ -229,8 +233,6 @@ class LSTMCell(_HiddenCell):
         since v0.15 and PyTorch's zero-centred init; Flux v0.8 to v0.14 used `1.0`, the
         common choice (Jozefowicz et al., 2015) that helps long memories early in training:
         pass `forget_bias=1.0` for it. It is added to `bias_init`'s forget block.
-      kernel_init, recurrent_init, bias_init, use_bias: keyword-only initialiser and bias
-        options (the guide's "Initialisers and biases"; `use_bias=False` drops `b`).
 
     Examples:
       >>> import jax, jax.numpy as jnp, recurjax as rj
@@ -332,11 +334,12 @@ class GRUCell(_HiddenCell):
     Warning: this is not Haiku's or Keras's `reset_after=False` GRU, which apply `r` to `h`
     before the matmul: that is `GRUv3Cell`.
 
+    Keyword-only options `kernel_init`, `recurrent_init`, `bias_init` and `use_bias` choose
+    the initialisers and drop the biases (the guide's "Initialisers and biases").
+
     Args:
       in_features: size of the last axis of `x`.
       hidden_size: `H`.
-      kernel_init, recurrent_init, bias_init, use_bias: keyword-only initialiser and bias
-        options (the guide's "Initialisers and biases"; `use_bias=False` drops the biases).
 
     Examples:
       >>> import jax, jax.numpy as jnp, recurjax as rj
@@ -406,11 +409,12 @@ class GRUv3Cell(_HiddenCell):
     Warning: Haiku's `GRU` has this form but the update gate with the opposite role,
     `h' = (1 - z) h + z n`; map it with `z -> -z` (negate the z-blocks of its weights and bias).
 
+    Keyword-only options `kernel_init`, `recurrent_init`, `bias_init` and `use_bias` choose
+    the initialisers and drop the biases (the guide's "Initialisers and biases").
+
     Args:
       in_features: size of the last axis of `x`.
       hidden_size: `H`.
-      kernel_init, recurrent_init, bias_init, use_bias: keyword-only initialiser and bias
-        options (the guide's "Initialisers and biases"; `use_bias=False` drops the biases).
 
     Examples:
       >>> import jax, jax.numpy as jnp, recurjax as rj
@@ -479,12 +483,13 @@ class MGUCell(_HiddenCell):
     kernels orthogonal; `recurjax.interop.from_flax` converts its cells). State: an array
     `(..., H)`, zeros from `initial_state`. Input `x: (..., in)`; output `y: (..., H)`.
 
+    Keyword-only options `kernel_init`, `recurrent_init`, `bias_init` and `use_bias` choose
+    the initialisers and drop the biases (the guide's "Initialisers and biases").
+
     Args:
       in_features: size of the last axis of `x`.
       hidden_size: `H`.
       reset_gate: whether `f` scales the recurrent term of `n` (`True`, the default).
-      kernel_init, recurrent_init, bias_init, use_bias: keyword-only initialiser and bias
-        options (the guide's "Initialisers and biases"; `use_bias=False` drops `b`, `bhn`).
 
     Examples:
       >>> import jax, jax.numpy as jnp, recurjax as rj

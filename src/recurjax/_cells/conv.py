@@ -113,14 +113,15 @@ class ConvLSTMCell(_Conv, LSTMCell):
     Flax and Haiku order the gates `i, g, f, o` and add 1 to `f` in the forward pass;
     `recurjax.interop` converts theirs (here the 1 is in the stored bias).
 
+    Keyword-only options `kernel_init`, `recurrent_init`, `bias_init` and `use_bias` choose
+    the initialisers and drop the biases (the guide's "Initialisers and biases").
+
     Args:
       in_features: input channels.
       hidden_size: state channels `H`.
       forget_bias: initial value of the forget block of `b`.
       kernel_size: an int (the same size on every axis) or a tuple, one per spatial axis.
       spatial_dims: 1, 2 or 3 (default: the tuple's length, or 2 for an int).
-      kernel_init, recurrent_init, bias_init, use_bias: keyword-only initialiser and bias
-        options, as `LSTMCell`'s.
 
     Examples:
       >>> import jax, jax.numpy as jnp, recurjax as rj
@@ -187,13 +188,14 @@ class ConvGRUCell(_Conv, GRUCell):
     (H,)}`, gate blocks `r, z, n`. Input `x: (..., *spatial, in)`; state and output `(...,
     *spatial, H)` (`initial_state`: `(H,)` zeros, broadcast at the first step).
 
+    Keyword-only options `kernel_init`, `recurrent_init`, `bias_init` and `use_bias` choose
+    the initialisers and drop the biases (the guide's "Initialisers and biases").
+
     Args:
       in_features: input channels.
       hidden_size: state channels `H`.
       kernel_size: an int (the same size on every axis) or a tuple, one per spatial axis.
       spatial_dims: 1, 2 or 3 (default: the tuple's length, or 2 for an int).
-      kernel_init, recurrent_init, bias_init, use_bias: keyword-only initialiser and bias
-        options, as `GRUCell`'s.
 
     Examples:
       >>> import jax, jax.numpy as jnp, recurjax as rj
