@@ -213,9 +213,10 @@ def everyday(cases: list[Case]) -> list[Any]:
 
 # Cells whose step and strategy paths other everyday cases run: the plain matrix memories
 # share `_MemoryCell.__call__` with GLA, and the chunkwise plain path with GatedMemory;
-# Gated DeltaNet runs DeltaNet's paths with a decay. Their cell contract tests are in the
+# Gated DeltaNet runs DeltaNet's paths with a decay; MGU's step, values and gradients, runs
+# every day against Flax's (tests/test_interop.py). Their cell contract tests are in the
 # slow tier.
-SLOW_CONTRACT = ("retention", "mamba2", "deltanet")
+SLOW_CONTRACT = ("retention", "mamba2", "deltanet", "mgu")
 
 
 def contract(cases: list[Case]) -> list[Any]:

@@ -91,6 +91,7 @@ def test_conv_cells_equal_the_loop(cell, spatial, options):
     tree_allclose(grads, grads_ref, **TOL)
 
 
+@SLOW  # ConvGRU's step runs every day in its doctest
 def test_a_conv_gru_of_kernel_one_is_the_gru_at_every_position():
     conv = rj.ConvGRUCell(C, H, kernel_size=1)
     p = randomized(conv)
@@ -115,6 +116,7 @@ def test_conv_lstm_float64_gradients():
         check_grads(f, (p, xs), order=2, modes=["rev"], atol=1e-6, rtol=1e-6)
 
 
+@SLOW  # streaming and chains are the engine's, tested every day on other cells
 def test_a_chain_streams():
     """A ConvLSTM, a pointwise `Dense` (a 1x1 convolution over channels) and a ConvGRU in one
     chain: `Recur` stepping equals the whole-sequence run."""
@@ -211,7 +213,7 @@ def _randomize(tree, seed):
 
 @pytest.mark.extras
 @pytest.mark.parametrize(
-    ("kernel", "spatial"), [((3, 2), (4, 5)), pytest.param((3,), (6,), marks=SLOW)]
+    ("kernel", "spatial"), [pytest.param((3, 2), (4, 5), marks=SLOW), ((3,), (6,))]
 )
 def test_flax_conv_lstm(kernel, spatial):
     nn = need("flax.linen")
@@ -237,6 +239,7 @@ def test_flax_conv_lstm(kernel, spatial):
 
 
 @pytest.mark.extras
+@SLOW  # the shared conversion (`conv_lstm_params`) runs every day with Flax's
 def test_haiku_conv2d_lstm():
     hk = need("haiku")
     spatial = (4, 5)

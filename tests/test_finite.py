@@ -118,7 +118,7 @@ def check_finite(case: Case, strategy: str) -> None:
 # Under `auto`, every day: one cell per kind (cases.EVERYDAY), the xLSTM cells (whose
 # stabiliser this property caught) and the LRU (a complex state); the others in the slow
 # tier, which also runs every other strategy of every cell.
-DAILY = {*EVERYDAY, "mlstm", "slstm_exp", "mlstm_exp", "lru", "convlstm"}
+DAILY = {*EVERYDAY, "mlstm", "slstm_exp", "mlstm_exp", "lru"}
 
 
 @pytest.mark.parametrize(

@@ -183,6 +183,7 @@ def test_flax_round_trips(kind):
     exact(interop.from_flax(back_module, back), (cell, params))
 
 
+@SLOW
 def test_flax_mgu_without_reset_gate():
     """linen's `MGUCell(reset_gate=False)`: its `hn` has no bias; recurjax's `bhn`, added
     unscaled there, goes into the `in` bias on the way back, the same function."""
