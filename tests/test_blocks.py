@@ -17,7 +17,7 @@ from cases import tree_allclose
 import recurjax as rj
 from recurjax._cells.blocks import CausalConv
 
-T, B, D = 7, 3, 4
+T, B, D = 5, 3, 4
 
 
 @pytest.mark.slow

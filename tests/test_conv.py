@@ -149,6 +149,7 @@ def test_bidirectional():
     np.testing.assert_allclose(y2, jnp.concatenate([yf, yb], -1), atol=1e-6)
 
 
+@SLOW  # the options are the classic cells', tested every day there
 def test_options_and_bias_free_conv_cells():
     cell = rj.ConvLSTMCell(C, H, kernel_size=(3, 3), recurrent_init="orthogonal", use_bias=False)
     p = cell.init(jax.random.key(0))
@@ -213,7 +214,8 @@ def _randomize(tree, seed):
 
 @pytest.mark.extras
 @pytest.mark.parametrize(
-    ("kernel", "spatial"), [pytest.param((3, 2), (4, 5), marks=SLOW), ((3,), (6,))]
+    ("kernel", "spatial"),
+    [pytest.param((3, 2), (4, 5), marks=SLOW), pytest.param((3,), (6,), marks=SLOW)],
 )
 def test_flax_conv_lstm(kernel, spatial):
     nn = need("flax.linen")
