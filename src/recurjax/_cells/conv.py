@@ -39,6 +39,26 @@ class _Conv:
     kernel_size: Any = dataclasses.field(default=3, kw_only=True)
     spatial_dims: Any = dataclasses.field(default=None, kw_only=True)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()  # pyright: ignore[reportAttributeAccessIssue]
+        self._settle_kernel()
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shape of every params entry that `init` makes: the base cell's, with the
+        kernel's axes before each matrix's, `wi: (*kernel, in, G H)` and `wh: (*kernel, H, G
+        H)` (`G` gate blocks).
+
+        Examples:
+          >>> import recurjax as rj
+          >>> rj.ConvLSTMCell(2, 4, kernel_size=3, spatial_dims=1).param_shapes()
+          {'wi': (3, 2, 16), 'wh': (3, 4, 16), 'b': (16,)}
+          >>> rj.ConvGRUCell(2, 4, kernel_size=(3, 3)).param_shapes()
+          {'wi': (3, 3, 2, 12), 'wh': (3, 3, 4, 12), 'b': (12,), 'bhn': (4,)}
+        """
+        shapes = super().param_shapes()  # pyright: ignore[reportAttributeAccessIssue]
+        kernels = ("wi", "wh")
+        return {k: (*self.kernel_size, *v) if k in kernels else v for k, v in shapes.items()}
+
     def _settle_kernel(self) -> None:
         """`kernel_size` as a tuple of positive ints, one per spatial axis (`spatial_dims`,
         2 by default for an int size, the tuple's length otherwise)."""
@@ -65,9 +85,6 @@ class _Conv:
     def input_axes(self) -> int:
         """The trailing axes of one input step, `(*spatial, channels)`."""
         return int(self.spatial_dims) + 1
-
-    def _kernel_shape(self, fan_in: int, fan_out: int) -> tuple[int, ...]:
-        return (*self.kernel_size, fan_in, fan_out)
 
     def _check_rank(self, x: jax.Array) -> None:
         if x.ndim < self.input_axes:
@@ -137,22 +154,6 @@ class ConvLSTMCell(_Conv, LSTMCell):
 
     shown: ClassVar[tuple[str, ...]] = ("forget_bias", "kernel_size")
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self._settle_kernel()
-
-    def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        """The shape of every params entry that `init` makes.
-
-        Examples:
-          >>> import recurjax as rj
-          >>> rj.ConvLSTMCell(2, 4, kernel_size=3, spatial_dims=1).param_shapes()
-          {'wi': (3, 2, 16), 'wh': (3, 4, 16), 'b': (16,)}
-        """
-        i, h = self.in_features, self.hidden_size
-        shapes = {"wi": self._kernel_shape(i, 4 * h), "wh": self._kernel_shape(h, 4 * h)}
-        return self._shapes({**shapes, "b": (4 * h,)})
-
     def __call__(self, params: dict[str, jax.Array], state: Any, x: jax.Array) -> Any:
         self._check_rank(jnp.asarray(x))
         return super().__call__(params, state, x)
@@ -205,22 +206,6 @@ class ConvGRUCell(_Conv, GRUCell):
       >>> h.shape
       (2, 32, 4)
     """
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self._settle_kernel()
-
-    def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        """The shape of every params entry that `init` makes.
-
-        Examples:
-          >>> import recurjax as rj
-          >>> rj.ConvGRUCell(2, 4, kernel_size=(3, 3)).param_shapes()
-          {'wi': (3, 3, 2, 12), 'wh': (3, 3, 4, 12), 'b': (12,), 'bhn': (4,)}
-        """
-        i, h = self.in_features, self.hidden_size
-        shapes = {"wi": self._kernel_shape(i, 3 * h), "wh": self._kernel_shape(h, 3 * h)}
-        return self._shapes({**shapes, "b": (3 * h,), "bhn": (h,)})
 
     def __call__(
         self, params: dict[str, jax.Array], h: jax.Array, x: jax.Array
