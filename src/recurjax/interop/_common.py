@@ -1,4 +1,5 @@
-"""Helpers shared by the converters: array intake, lazy imports, checks with clear messages."""
+"""Helpers shared by the converters: array intake, lazy imports, checks with clear messages,
+and the LSTM gate order and conv LSTM layout that Flax and Haiku share."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._cells.classic import RNNCell
-from .._checks import shape_of
+from .._cells.conv import ConvLSTMCell
+from .._checks import check_params, shape_of
 
 Params = dict[str, jax.Array]
 
@@ -86,3 +88,43 @@ def expect_cell(where: str, cell: object, kinds: tuple[type, ...], why: str = ""
         raise TypeError(
             f"{where}: expected one of the cells {names}, got {cell!r}.{' ' + why if why else ''}"
         )
+
+
+def lstm_gates(a: jax.Array) -> list[jax.Array]:
+    """Haiku's and Flax's conv LSTM gate blocks `i, g, f, o` (last axis) as recurjax's `[i,
+    f, g, o]` (and back: swapping `f` and `g` is its own inverse)."""
+    i, g, f, o = jnp.split(a, 4, -1)
+    return [i, f, g, o]
+
+
+def _igfo(a: jax.Array) -> jax.Array:
+    """`lstm_gates` concatenated."""
+    return jnp.concatenate(lstm_gates(a), -1)
+
+
+def _forget_offset(b: jax.Array, offset: float) -> jax.Array:
+    """`b` (blocks `i, f, g, o`) with `offset` added to its forget block."""
+    h = b.shape[-1] // 4
+    return b.at[h : 2 * h].add(offset)
+
+
+def conv_lstm_params(
+    w_ih: jax.Array, w_hh: jax.Array, b_ih: Any, b_hh: Any
+) -> tuple[ConvLSTMCell, dict[str, jax.Array]]:
+    """Flax's or Haiku's conv LSTM (`i, g, f, o`, `+1` on `f` in the forward pass, a bias on
+    each convolution or none) as a `ConvLSTMCell`: blocks reordered, the biases summed and
+    the 1 stored in the forget block."""
+    zeros = jnp.zeros(w_ih.shape[-1], w_ih.dtype)
+    b = sum((zeros if a is None else as_array(a) for a in (b_ih, b_hh)), zeros)
+    cell = ConvLSTMCell(w_ih.shape[-2], w_ih.shape[-1] // 4, kernel_size=tuple(w_ih.shape[:-2]))
+    params = {"wi": _igfo(w_ih), "wh": _igfo(w_hh), "b": _forget_offset(_igfo(b), 1.0)}
+    check_params(cell, params, cell.param_shapes())
+    return cell, params
+
+
+def conv_lstm_weights(cell: ConvLSTMCell, params: Any) -> tuple[jax.Array, ...]:
+    """The inverse of `conv_lstm_params`: `(w_ih, w_hh, b_ih)` in Flax's and Haiku's layout,
+    the bias on the input convolution (the hidden one's zero)."""
+    params = cell.with_biases(params)
+    b = _igfo(_forget_offset(params["b"], -1.0))
+    return _igfo(params["wi"]), _igfo(params["wh"]), b

@@ -12,7 +12,16 @@ import jax.numpy as jnp
 from .._cells.classic import GRUCell, LSTMCell, MGUCell, RNNCell
 from .._cells.conv import ConvLSTMCell
 from .._checks import check_params
-from ._common import as_array, expect_cell, expect_keys, expect_shape, is_zero, require
+from ._common import (
+    as_array,
+    conv_lstm_params,
+    conv_lstm_weights,
+    expect_cell,
+    expect_keys,
+    expect_shape,
+    is_zero,
+    require,
+)
 
 _LSTM_GATES = ("i", "f", "g", "o")
 _GRU_GATES = ("r", "z", "n")
@@ -91,41 +100,6 @@ def _linen_mgu(where: str, module: Any, p: Mapping[str, Any]) -> tuple[MGUCell, 
     cell = MGUCell(wi.shape[0], hidden, reset_gate=module.reset_gate)
     check_params(cell, params, cell.param_shapes())
     return cell, params
-
-
-def _igfo(a: jax.Array) -> jax.Array:
-    """Flax's and Haiku's conv LSTM gate blocks `i, g, f, o` (last axis) in recurjax's
-    order `i, f, g, o` (and back: the swap is its own inverse)."""
-    i, g, f, o = jnp.split(a, 4, -1)
-    return jnp.concatenate([i, f, g, o], -1)
-
-
-def _forget_offset(b: jax.Array, offset: float) -> jax.Array:
-    """`b` (blocks `i, f, g, o`) with `offset` added to its forget block."""
-    h = b.shape[-1] // 4
-    return b.at[h : 2 * h].add(offset)
-
-
-def conv_lstm_params(
-    w_ih: jax.Array, w_hh: jax.Array, b_ih: Any, b_hh: Any
-) -> tuple[ConvLSTMCell, dict[str, jax.Array]]:
-    """Flax's or Haiku's conv LSTM (`i, g, f, o`, `+1` on `f` in the forward pass, a bias on
-    each convolution or none) as a `ConvLSTMCell`: blocks reordered, the biases summed and
-    the 1 stored in the forget block."""
-    zeros = jnp.zeros(w_ih.shape[-1], w_ih.dtype)
-    b = sum((zeros if a is None else as_array(a) for a in (b_ih, b_hh)), zeros)
-    cell = ConvLSTMCell(w_ih.shape[-2], w_ih.shape[-1] // 4, kernel_size=tuple(w_ih.shape[:-2]))
-    params = {"wi": _igfo(w_ih), "wh": _igfo(w_hh), "b": _forget_offset(_igfo(b), 1.0)}
-    check_params(cell, params, cell.param_shapes())
-    return cell, params
-
-
-def conv_lstm_weights(cell: ConvLSTMCell, params: Any) -> tuple[jax.Array, ...]:
-    """The inverse of `conv_lstm_params`: `(w_ih, w_hh, b_ih)` in Flax's and Haiku's layout,
-    the bias on the input convolution (the hidden one's zero)."""
-    params = cell.with_biases(params)
-    b = _igfo(_forget_offset(params["b"], -1.0))
-    return _igfo(params["wi"]), _igfo(params["wh"]), b
 
 
 def from_flax(module: Any, params: Any) -> tuple[Any, dict[str, jax.Array]]:

@@ -17,8 +17,15 @@ import jax.numpy as jnp
 from .._cells.classic import GRUv3Cell, LSTMCell, RNNCell
 from .._cells.conv import ConvLSTMCell
 from .._checks import check_params
-from ._common import as_array, expect_cell, expect_keys, rnn_activation
-from ._flax import conv_lstm_params, conv_lstm_weights
+from ._common import (
+    as_array,
+    conv_lstm_params,
+    conv_lstm_weights,
+    expect_cell,
+    expect_keys,
+    lstm_gates,
+    rnn_activation,
+)
 
 _DEFAULT_NAMES = {LSTMCell: "lstm", GRUv3Cell: "gru", RNNCell: "vanilla_rnn"}
 
@@ -36,12 +43,6 @@ def _kind(params: Mapping[str, Any], name: str) -> str:
         f"expected '{name}' (GRU) or '{name}/linear' (LSTM, VanillaRNN) among the keys. "
         f"Keys that look related: {near or sorted(params)}."
     )
-
-
-def _lstm_gates(a: jax.Array) -> list[jax.Array]:
-    """Haiku's blocks `i, g, f, o` (last axis) as recurjax's `[i, f, g, o]`."""
-    i, g, f, o = jnp.split(a, 4, -1)
-    return [i, f, g, o]
 
 
 def from_haiku(
@@ -88,11 +89,11 @@ def from_haiku(
         w, b = as_array(lin["w"]), as_array(lin["b"])
         hidden = w.shape[1] // 4
         n_in = w.shape[0] - hidden
-        i, f, g, o = _lstm_gates(b)
+        i, f, g, o = lstm_gates(b)
         cell: Any = LSTMCell(n_in, hidden)
         out = {
-            "wi": jnp.concatenate(_lstm_gates(w[:n_in]), -1),
-            "wh": jnp.concatenate(_lstm_gates(w[n_in:]), -1),
+            "wi": jnp.concatenate(lstm_gates(w[:n_in]), -1),
+            "wh": jnp.concatenate(lstm_gates(w[n_in:]), -1),
             "b": jnp.concatenate([i, f + 1, g, o]),
         }
     elif kind == "gru":
@@ -174,8 +175,8 @@ def to_haiku(cell: Any, params: Any, *, name: str | None = None) -> dict[str, di
         w = jnp.concatenate([params["wi"], params["wh"]], 0)
         i, f, g, o = jnp.split(params["b"], 4)
         b = jnp.concatenate([i, g, f - 1, o])
-        # Swapping blocks f and g is its own inverse: `_lstm_gates` maps i, f, g, o back too.
-        return {f"{name}/linear": {"w": jnp.concatenate(_lstm_gates(w), -1), "b": b}}
+        # Swapping blocks f and g is its own inverse: `lstm_gates` maps i, f, g, o back too.
+        return {f"{name}/linear": {"w": jnp.concatenate(lstm_gates(w), -1), "b": b}}
     if isinstance(cell, GRUv3Cell):
         ir, iz, ia = jnp.split(params["wi"], 3, -1)
         hr, hz = jnp.split(params["wh"], 2, -1)
