@@ -315,12 +315,9 @@ def test_scan_equals_oracle_drawn_options(drawn):
     _check_drawn(drawn)
 
 
-# 20 draws a run (30 before the conv cells and MGU joined the slow tier, for CI's 15
-# minutes): the explicit grids above hold every path; these add combinations, a new seed
-# every run, and `test_drawn_combinations_reach_every_cell_and_strategy` checks the draws.
 @pytest.mark.slow
 @seed(SEED)
-@settings(max_examples=20, **_DRAWN)
+@settings(max_examples=30, **_DRAWN)
 @given(_combinations())
 def test_scan_equals_oracle_drawn_options_many(drawn):
     note(f"hypothesis seed {SEED}: RECURJAX_HYPOTHESIS_SEED={SEED} replays this run")
