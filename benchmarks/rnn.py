@@ -6,6 +6,7 @@
     python benchmarks/rnn.py --order-seed 1234   # the build and call orders of a former run
     python benchmarks/rnn.py --quick         # small configs, one process, no file
     python benchmarks/rnn.py --only lstm-32  # the jobs whose name contains "lstm-32"
+    python benchmarks/rnn.py --gpu           # on a GPU: writes RESULTS_gpu.md (benchmarks/gpu.py)
 
 How the numbers are made, so that they can be trusted:
 
@@ -240,40 +241,57 @@ def torch_impl(
     run: Callable[[Any, Any], Any] = lambda module, x: module(x)[0],
     swap: bool = False,
     reference: str = "recurjax",
+    device: str = "cpu",
 ) -> Impl:
-    """A torch recurrent module as a row, on all cores: fwd `run(module, x)` under
-    `no_grad`, f+b the `backward()` of `sum(y**2)`. `xs` is in the reference's layout; with
-    `swap` the module reads it with the first two axes swapped (time-major), and its
-    outputs and input gradients are swapped back for the check. Its param gradients stay in
-    torch's layout: the check pulls the reference's back through `interop.from_torch`."""
+    """A torch recurrent module as a row, on all cores (or on `device`, e.g. `"cuda"`: cuDNN):
+    fwd `run(module, x)` under `no_grad`, f+b the `backward()` of `sum(y**2)`. `xs` is in
+    the reference's layout; with `swap` the module reads it with the first two axes swapped
+    (time-major), and its outputs and input gradients are swapped back for the check. Its
+    param gradients stay in torch's layout: the check pulls the reference's back through
+    `interop.from_torch`."""
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
+    dev = torch.device(device)
+    module = module.to(dev)
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
 
     def layout(a: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(np.swapaxes(a, 0, 1) if swap else a)
 
-    x = torch.from_numpy(layout(xs))
+    def tensor(a: np.ndarray) -> Any:
+        return torch.from_numpy(layout(a)).to(dev)
+
+    x = tensor(xs)
 
     def fwd() -> Any:
         with torch.no_grad():
-            return run(module, x)
+            out = run(module, x)
+        sync()
+        return out
 
     def fb() -> None:
         module.zero_grad(set_to_none=True)
         (run(module, x) ** 2).sum().backward()
+        sync()
+
+    def numpy(t: Any) -> np.ndarray:
+        return t.detach().cpu().numpy().copy()
 
     def vjp(g: Any) -> tuple[Any, Any, Any]:
         module.zero_grad(set_to_none=True)
-        x_g = torch.from_numpy(layout(xs)).requires_grad_(True)
+        x_g = tensor(xs).requires_grad_(True)
         y = run(module, x_g)
-        (y * torch.from_numpy(layout(np.asarray(g)))).sum().backward()
-        grads = {k: p.grad.numpy().copy() for k, p in module.named_parameters()}
+        (y * tensor(np.asarray(g))).sum().backward()
+        grads = {k: numpy(p.grad) for k, p in module.named_parameters()}
         module.zero_grad(set_to_none=True)
         assert x_g.grad is not None
-        return layout(y.detach().numpy()), grads, layout(x_g.grad.numpy())
+        return layout(numpy(y)), grads, layout(numpy(x_g.grad))
 
-    state = {k: jnp.asarray(v.detach().numpy()) for k, v in module.state_dict().items()}
+    state = {k: jnp.asarray(numpy(v)) for k, v in module.state_dict().items()}
     pull = jax.vjp(lambda sd: interop.from_torch(sd, mode=module.mode)[1], state)[1]
     return Impl(name, fwd, fb, vjp, reference, layout=lambda d: pull(d)[0])
 
@@ -433,13 +451,68 @@ def _memax(kind: str, params: Any, F: int, H: int) -> tuple[Any, Any]:
     return eqx.partition(layer, eqx.is_array)
 
 
+FLAX_CELLS = {"lstm": ["LSTMCell", "OptimizedLSTMCell"], "gru": ["GRUCell"]}
+
+
+def flax_builders(kind: str, cell: Any, params: Any, xs: jax.Array) -> list[Callable[[], Impl]]:
+    """Flax linen rows: `nn.RNN` over its `LSTMCell` and `OptimizedLSTMCell` (or
+    `GRUCell`), batch-major, with `cell`'s weights through `recurjax.interop`."""
+    import flax.linen as nn
+
+    def flax_row(name: str) -> Callable[[], Impl]:
+        optimized = name == "OptimizedLSTMCell"
+
+        def convert(p: Any) -> Any:
+            return {"params": {"cell": interop.to_flax(cell, p, optimized=optimized)[1]["params"]}}
+
+        def make() -> Impl:
+            rnn = nn.RNN(interop.to_flax(cell, params, optimized=optimized)[0])
+
+            def ys(p: Any, xs: jax.Array) -> Any:
+                return rnn.apply(p, xs)
+
+            return jax_impl(f"flax {name}", ys, params, xs, convert=convert)
+
+        return make
+
+    return [flax_row(n) for n in FLAX_CELLS[kind]]
+
+
+def equinox_builder(kind: str, cell: Any, params: Any, xs: jax.Array) -> Callable[[], Impl]:
+    """The Equinox row: its cell (unbatched) under `lax.scan` over time and `vmap` over the
+    batch, batch-major, with `cell`'s weights through `recurjax.interop`."""
+    import equinox as eqx
+
+    H = cell.hidden_size
+
+    def eqx_arrays(p: Any) -> Any:
+        return eqx.partition(interop.to_equinox(cell, p), eqx.is_array)[0]
+
+    estatic = eqx.partition(interop.to_equinox(cell, params), eqx.is_array)[1]
+
+    def eqx_ys(arrays: Any, xs: jax.Array) -> jax.Array:
+        m = eqx.combine(arrays, estatic)
+
+        def one(x: jax.Array) -> jax.Array:
+            zeros = jnp.zeros((H,), x.dtype)
+
+            def step(h: Any, x: jax.Array) -> tuple[Any, jax.Array]:
+                h = m(x, h)
+                return h, (h[0] if kind == "lstm" else h)
+
+            return jax.lax.scan(step, (zeros, zeros) if kind == "lstm" else zeros, x)[1]
+
+        return jax.vmap(one)(xs)
+
+    return lambda: jax_impl("equinox", eqx_ys, params, xs, convert=eqx_arrays)
+
+
 def build(
     kind: str, B: int, T: int, F: int, H: int, seed: int = 0
 ) -> tuple[list[Impl], dict[str, Reference]]:
     """All implementations of `kind` ("lstm" or "gru") for one config, with shared weights
     (from seed 0), built in a random order drawn from `seed`; and their references."""
     import equinox as eqx
-    import flax.linen as nn
     import haiku as hk
     import torch
 
@@ -470,48 +543,8 @@ def build(
         recurjax_row("recurjax strategy='fused'", "fused"),
     ]
 
-    # Flax linen: nn.RNN over LSTMCell / OptimizedLSTMCell / GRUCell, batch-major.
-    def flax_row(name: str) -> Callable[[], Impl]:
-        optimized = name == "OptimizedLSTMCell"
-
-        def convert(p: Any) -> Any:
-            return {"params": {"cell": interop.to_flax(cell, p, optimized=optimized)[1]["params"]}}
-
-        def make() -> Impl:
-            rnn = nn.RNN(interop.to_flax(cell, params, optimized=optimized)[0])
-
-            def ys(p: Any, xs: jax.Array) -> Any:
-                return rnn.apply(p, xs)
-
-            return jax_impl(f"flax {name}", ys, params, xs, convert=convert)
-
-        return make
-
-    builders += [
-        flax_row(n) for n in (["LSTMCell", "OptimizedLSTMCell"] if kind == "lstm" else ["GRUCell"])
-    ]
-
-    # Equinox: its cells are unbatched; lax.scan over time, vmap over the batch.
-    def eqx_arrays(p: Any) -> Any:
-        return eqx.partition(interop.to_equinox(cell, p), eqx.is_array)[0]
-
-    estatic = eqx.partition(interop.to_equinox(cell, params), eqx.is_array)[1]
-
-    def eqx_ys(arrays: Any, xs: jax.Array) -> jax.Array:
-        m = eqx.combine(arrays, estatic)
-
-        def one(x: jax.Array) -> jax.Array:
-            zeros = jnp.zeros((H,), x.dtype)
-
-            def step(h: Any, x: jax.Array) -> tuple[Any, jax.Array]:
-                h = m(x, h)
-                return h, (h[0] if kind == "lstm" else h)
-
-            return jax.lax.scan(step, (zeros, zeros) if kind == "lstm" else zeros, x)[1]
-
-        return jax.vmap(one)(xs)
-
-    builders.append(lambda: jax_impl("equinox", eqx_ys, params, xs, convert=eqx_arrays))
+    builders += flax_builders(kind, cell, params, xs)
+    builders.append(equinox_builder(kind, cell, params, xs))
 
     # Haiku: dynamic_unroll, batch-major. Its GRU is the reset-before form (GRUv3Cell).
     def hk_forward(xs: jax.Array) -> Any:
@@ -1293,6 +1326,10 @@ def drive(jobs: list[dict[str, Any]], args: argparse.Namespace, out: Path | None
 
 
 def main() -> None:
+    if "--gpu" in sys.argv:  # the GPU benchmark (benchmarks/gpu.py), in this process
+        import gpu
+
+        raise SystemExit(gpu.main(sys.argv[1:]))
     description = (__doc__ or "").split("\n\n")[0]
     args = driver_arguments(description, Path(__file__).with_name("RESULTS.md")).parse_args()
     if serve_worker(args, worker):

@@ -184,7 +184,7 @@ def test_strategy_errors():
     with pytest.raises(
         ValueError,
         match=r"scan\(GRUv3Cell\(3 => 4\)\): expected strategy to be one of \('auto', "
-        r"'fused', 'sequential', 'associative', 'chunked', 'hoisted', 'chunkwise'\), got "
+        r"'fused', 'sequential', 'associative', 'chunked', 'hoisted', 'chunkwise', 'cudnn'\), got "
         r"'fast'\.",
     ):
         rj.scan(cell, params, cell.initial_state(params), xs, strategy="fast")

@@ -34,8 +34,12 @@ def _padded(batch=(3,), seed=0):
 STRATEGIES = ["auto", pytest.param("sequential", marks=pytest.mark.slow)]
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
-def test_bidirectional_equals_a_loop_each_way(strategy):
+@pytest.mark.parametrize(
+    ("strategy", "remat"), [("auto", 4), pytest.param("sequential", None, marks=pytest.mark.slow)]
+)
+def test_bidirectional_equals_a_loop_each_way(strategy, remat):
+    # With remat, each direction runs in blocks of its own (blocks of the whole pair once
+    # started the backward cell at each block's end).
     fwd, bwd = rj.LSTMCell(IN, H), rj.GRUCell(IN, H)
     bi = rj.bidirectional(fwd, bwd)
     params = bi.init(KEY)
@@ -44,7 +48,7 @@ def test_bidirectional_equals_a_loop_each_way(strategy):
     w = np.random.default_rng(5).standard_normal((T, 3, 2 * H), dtype=np.float32)
 
     def loss(params, xs):
-        (hf, hb), ys = rj.scan(bi, params, h0, xs, lengths=lengths, strategy=strategy)
+        (hf, hb), ys = rj.scan(bi, params, h0, xs, lengths=lengths, strategy=strategy, remat=remat)
         state = sum(jnp.sum(jnp.sin(a)) for a in jax.tree.leaves((hf, hb)))
         return jnp.sum(ys * w) + state, ((hf, hb), ys)
 

@@ -18,7 +18,16 @@ import jax.numpy as jnp
 from ._cells.blocks import CausalConv, PassThrough, gate
 from ._cells.ssm import SelectiveSSMCell
 from ._checks import check_callable, describe, fn_name, positive_int
-from ._contracts import Cell, Handle, PartRunner, PyTree, WrapperCell, input_axes
+from ._contracts import (
+    Cell,
+    Handle,
+    LayerStack,
+    PartRunner,
+    PyTree,
+    SequenceCell,
+    WrapperCell,
+    input_axes,
+)
 from ._dropout import Dropout, seed_dropout, split_keys
 from ._layers import Dense, stateless
 
@@ -40,6 +49,14 @@ def _entry(i: int) -> Callable[[PyTree], PyTree]:
 
 def _same(tree: PyTree) -> PyTree:
     return tree
+
+
+def _layers_of(part: Any) -> tuple[tuple[Any, ...], int] | None:
+    """A part of a stack as layers: a stack's own, a stepped cell as one layer of one
+    direction, `None` for any other composite."""
+    if isinstance(part, LayerStack):
+        return part.layers()
+    return None if isinstance(part, SequenceCell) else ((part,), 1)
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -137,6 +154,41 @@ class Chain(Cell):
             s, xs = run(part, p, s, xs, select=_entry(i))
             states.append(s)
         return tuple(states), xs
+
+    def layers(self) -> tuple[tuple[Any, ...], int] | None:
+        """The chain as a stack of recurrent layers (`LayerStack` protocol): every part a
+        stepped cell or a stack itself, all of one direction count; else `None`."""
+        cells: list[Any] = []
+        directions = set()
+        for part in self.cells:
+            stack = _layers_of(part)
+            if stack is None:
+                return None
+            cells.extend(stack[0])
+            directions.add(stack[1])
+        return (tuple(cells), directions.pop()) if len(directions) == 1 else None
+
+    def split_layers(self, tree: PyTree) -> list[PyTree]:
+        """A params or state tuple of the chain as one entry per cell of `layers()`."""
+        self._check_tuple("tree", tree)
+        return [
+            t
+            for part, sub in zip(self.cells, tree, strict=True)
+            for t in (part.split_layers(sub) if isinstance(part, LayerStack) else [sub])
+        ]
+
+    def join_layers(self, trees: list[PyTree]) -> tuple[PyTree, ...]:
+        """The inverse of `split_layers`."""
+        out, i = [], 0
+        for part in self.cells:
+            stack = _layers_of(part)
+            assert stack is not None, "join_layers inverts split_layers of a stack"
+            n = len(stack[0])
+            out.append(
+                part.join_layers(trees[i : i + n]) if isinstance(part, LayerStack) else trees[i]
+            )
+            i += n
+        return tuple(out)
 
     def seed_state(self, state: PyTree, key: jax.Array | None) -> tuple[PyTree, ...]:
         """Every part's state seeded with its own key (`seed_dropout`)."""
@@ -282,6 +334,23 @@ class Bidirectional(Cell):
         sf, yf = run(self.forward, params[0], h[0], xs, select=_entry(0))
         sb, yb = run(self.backward, params[1], h[1], xs, select=_entry(1), reverse=True)
         return (sf, sb), self.merged(yf, yb)
+
+    def layers(self) -> tuple[tuple[Any, ...], int] | None:
+        """One layer of two directions (`LayerStack` protocol), for stepped cells whose
+        outputs are concatenated; else `None`."""
+        pair = (self.forward, self.backward)
+        if self.merge != "concat" or any(isinstance(c, SequenceCell) for c in pair):
+            return None
+        return pair, 2
+
+    def split_layers(self, tree: PyTree) -> list[PyTree]:
+        """`[forward entry, backward entry]` of a params or state pair."""
+        self._check_tuple("tree", tree)
+        return list(tree)
+
+    def join_layers(self, trees: list[PyTree]) -> tuple[PyTree, PyTree]:
+        """The inverse of `split_layers`."""
+        return (trees[0], trees[1])
 
     def seed_state(self, state: PyTree, key: jax.Array | None) -> tuple[PyTree, PyTree]:
         """Both directions' states seeded with their own keys (`seed_dropout`)."""

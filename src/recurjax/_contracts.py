@@ -7,6 +7,8 @@ implement optional protocols that the engine discovers by attribute, never by cl
 
 - `SequenceCell`: the cell runs over a whole sequence itself, calling back into the engine
   for its parts (`Chain`, `bidirectional`, `residual`, and the time-parallel `Dense`);
+- `LayerStack`: a composite that says which stack of recurrent layers it is (a chain of
+  cells or bidirectional pairs), so that the cuDNN strategy can run it in one call;
 - `LinearRecurrence`: the cell's state update is `h' = a * h + b` with `(a, b)` from `x`
   alone, so the associative and chunked strategies and `sequence_parallel_scan` can run it;
 - `MatrixMemory`: the cell's state is a matrix per head, decayed and written with an outer
@@ -131,6 +133,28 @@ class SequenceCell(Protocol):
     def run_sequence(
         self, run: PartRunner, params: PyTree, h: PyTree, xs: PyTree
     ) -> tuple[PyTree, PyTree]: ...
+
+
+@runtime_checkable
+class LayerStack(Protocol):
+    """A composite that may be a stack of recurrent layers as cuDNN (and PyTorch's
+    `nn.LSTM(num_layers=..., bidirectional=...)`) sees one: layers applied one after
+    another, each one cell, or two cells run both ways with their outputs concatenated.
+
+    `layers()` returns `(cells, directions)`: the cells in cuDNN's order (layer 0's
+    forward cell, then its backward cell when `directions == 2`, then layer 1's, ...), or
+    `None` when the composite is no such stack (a part that is itself a composite of
+    another kind, another merge, layers of mixed directions). `split_layers(tree)` gives a
+    params or state tree of the composite as a list in the same order, and
+    `join_layers(trees)` puts such a list back into the composite's structure. What the
+    cells are (LSTMs, their sizes) is the strategy's question, not the stack's.
+    """
+
+    def layers(self) -> tuple[tuple[Any, ...], int] | None: ...
+
+    def split_layers(self, tree: PyTree) -> list[PyTree]: ...
+
+    def join_layers(self, trees: list[PyTree]) -> PyTree: ...
 
 
 @runtime_checkable
@@ -279,11 +303,11 @@ class Strategy:
       inputs on this backend (`jax.default_backend()`: "cpu", "gpu", "tpu");
     - `run(cell, params, h, xs, opts, masks) -> (h, ys)`: the work (`StrategyRun`).
 
-    `composites=False` (every strategy so far) means it runs stepped cells, and a composite
-    (`SequenceCell`) runs part by part, each part with its own strategy; a strategy with
-    `composites=True` is offered a whole composite first (a cuDNN call runs stacked,
-    bidirectional LSTM layers at once). A strategy's own options (a chunk size) are fields
-    of its `run`, e.g. a `functools.partial`.
+    `composites=False` means it runs stepped cells, and a composite (`SequenceCell`) runs
+    part by part, each part with its own strategy; a strategy with `composites=True` (cuDNN,
+    which runs stacked, bidirectional LSTM layers in one call) is offered a whole composite
+    first, then, where it cannot run it, each part, stepped cells included. A strategy's
+    own options (a chunk size) are fields of its `run`, e.g. a `functools.partial`.
 
     Examples:
       >>> import recurjax as rj

@@ -115,7 +115,9 @@ def scan(
         same within blocks of 256 steps). For a cell with a matrix memory (`MLSTMCell`,
         `RetentionCell`, `Mamba2Cell`, `GLACell`): `"chunkwise"`, matrix products within
         chunks of 64 steps (16 for GLA's per-channel decays) and one recurrence step per
-        chunk. `"fused"`, `"hoisted"`, `"associative"` and `"chunked"` have a
+        chunk. On a CUDA GPU, `"cudnn"`: an `LSTMCell`, a bidirectional pair of them or a
+        chain of such layers in one call to cuDNN's LSTM (the guide's "On a GPU").
+        `"fused"`, `"hoisted"`, `"associative"`, `"chunked"` and `"cudnn"` have a
         `jax.custom_vjp`, so they are reverse-mode only: named under forward-mode autodiff
         (`jax.jvp`, `jax.jacfwd`, `jax.hessian`) they raise a `TypeError`. A composite runs part by
         part, each part with the strategy named where it applies and `"auto"`'s choice
@@ -128,7 +130,8 @@ def scan(
         only the state at the start of each block of `remat` steps and recomputes the
         block's forward pass (`jax.checkpoint`), so memory for the backward pass grows as
         `T / remat + remat` steps' worth instead of `T`, for one more forward pass of compute.
-        `None` (default) stores every step. Must be a multiple of `truncate_every` when both
+        In a composite each recurrent part runs in blocks of its own. `None` (default) stores
+        every step. Must be a multiple of `truncate_every` when both
         are given.
       chunk_size: steps per chunk of the `"chunked"` and `"chunkwise"` strategies (256 and
         64 by default, 16 for a matrix memory with a decay per key channel; `"chunkwise"`
@@ -193,6 +196,7 @@ def scan(
         chunk_size=chunk_size,
         forward_mode=forward_mode((params, h, xs, state0)),
         states=return_states,
+        resets=resets is not None,
     )
     check_choice(cell, opts)
     if type(xs) in (list, tuple):

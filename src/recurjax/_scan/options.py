@@ -29,6 +29,8 @@ class Options:
     forward_mode: bool = False
     # Return the state after every step too (`history.py`).
     states: bool = False
+    # Resets were given (strategies that cannot reset say so before tracing).
+    resets: bool = False
 
     def replace(self, **changes: Any) -> Options:
         return dataclasses.replace(self, **changes)
@@ -60,6 +62,7 @@ def build(
     unchecked: bool = False,
     forward_mode: bool = False,
     states: object = False,
+    resets: bool = False,
 ) -> Options:
     """Check every option of `scan` for `cell` and return them as `Options`; `registry`
     holds the strategies a user may name besides `"auto"` (whether the one named applies
@@ -106,4 +109,5 @@ def build(
         unchecked=unchecked,
         forward_mode=forward_mode,
         states=states,
+        resets=resets,
     )

@@ -1,6 +1,6 @@
 """The run pipeline: what happens to prepared, time-major inputs.
 
-    reverse within lengths -> remat blocks -> composite (run_sequence) or strategy
+    reverse within lengths -> composite (run_sequence) or remat blocks -> strategy
     -> padding mask, once
 
 Each stage calls `run` again for what is inside it (a block, a part of a composite), so
@@ -46,12 +46,12 @@ def run(
     T = jax.tree.leaves(xs)[0].shape[0]
     if opts.reverse and masks is not None and masks.lengths is not None:
         return _reverse_within_lengths(cell, params, h, xs, opts, masks, T)
-    if opts.remat is not None and opts.remat < T:
-        return _remat_blocks(cell, params, h, xs, opts, masks)
     strategy = choose(cell, xs, opts)
-    if strategy is None:  # a composite, part by part
+    if strategy is None:  # a composite, part by part (each part in remat blocks of its own)
         assert isinstance(cell, SequenceCell)
         h, ys = cell.run_sequence(_part_runner(opts, masks), params, h, xs)
+    elif opts.remat is not None and opts.remat < T and not isinstance(cell, SequenceCell):
+        return _remat_blocks(cell, params, h, xs, opts, masks)
     else:
         with jax.named_scope(f"recurjax.{strategy.name}"):
             h, ys = strategy.run(cell, params, h, xs, opts, masks)
@@ -62,7 +62,7 @@ def _applies(strategy: Strategy, cell: object, opts: Options) -> bool:
     """Whether `strategy` can run `cell` (a stepped cell, or a whole composite for a
     strategy that takes composites) under `opts`, forward mode included."""
     return (
-        strategy.composites == isinstance(cell, SequenceCell)
+        (strategy.composites or not isinstance(cell, SequenceCell))
         and (strategy.forward_mode or not opts.forward_mode)
         and (strategy.states or not opts.states)
         and strategy.unsupported(cell, opts) is None
@@ -117,10 +117,10 @@ def check_choice(cell: object, opts: Options) -> None:
 
 
 def _candidates(cell: object, strategy: Strategy) -> list[Any]:
-    """What `strategy` could run inside `cell`: its composites (with their parts, nested)
-    for a strategy that takes composites, else its stepped cells."""
+    """What `strategy` could run inside `cell`: its stepped cells, and its composites too
+    (nested, each before its parts) for a strategy that takes composites."""
     if not isinstance(cell, SequenceCell):
-        return [] if strategy.composites else [cell]
+        return [cell]
     inner = [c for part in cell.parts() for c in _candidates(part, strategy)]
     return [cell, *inner] if strategy.composites else inner
 

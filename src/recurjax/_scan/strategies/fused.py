@@ -82,7 +82,7 @@ def _no_kernel(cell: object, opts: object) -> str | None:
 
 def _auto(cell: object, xs: PyTree, backend: str) -> bool:
     spec = kernel_spec(cell)
-    return spec is not None and policy.fused_picks(spec, math.prod(xs.shape[1:-1]))
+    return spec is not None and policy.fused_picks(spec, math.prod(xs.shape[1:-1]), backend)
 
 
 FUSED = Strategy("fused", run, _no_kernel, auto=_auto)
