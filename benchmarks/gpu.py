@@ -116,16 +116,18 @@ class Run:
         if time.perf_counter() > self.deadline:
             self.skipped.append(name)
             return
+        if first:  # a new table: no base until its first row is measured
+            self.base = {}
         try:
             impl = build()
             with full_precision():
                 diffs = rnn.check([impl], refs, mask)
-        except Exception as e:  # a row that cannot run or differs: written, not timed
+            times = rnn.time_impls([impl], self.args.rounds, self.args.burst, seed=0)[impl.name]
+        except Exception as e:  # a row that cannot run, differs, or fails timed: not timed
             self.failed.append(name)
             reason = " ".join(traceback.format_exception_only(e)[-1].split())[:300]
             self.report.line(f"| {name} | | | | | | **failed**: {reason} |")
             return
-        times = rnn.time_impls([impl], self.args.rounds, self.args.burst, seed=0)[impl.name]
         if first:
             self.base = times
         ratio = {w: times[w] / self.base[w] if self.base else float("nan") for w in times}
@@ -156,7 +158,7 @@ def full_precision() -> Iterator[None]:
 
 
 def torch_device() -> str | None:
-    """`"cuda"` where torch sees a GPU, `"cpu"` in a dry run without one, else `None`."""
+    """`"cuda"` where torch is installed and sees a GPU, else `None`."""
     try:
         import torch
     except ImportError:

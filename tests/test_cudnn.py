@@ -100,15 +100,35 @@ CASES = {
         [(1, False), (1, False)],  # part by part: the chain is no stack
     ),
     "unbatched": (rj.LSTMCell(IN, H), (), {}, [(1, False)]),
+    # No stack: each direction alone, the backward one reversed within the lengths by cuDNN's
+    # strategy itself (the engine reverses a whole scan with lengths before it).
+    "bidirectional-sum-reverse-lengths": (
+        rj.bidirectional(rj.LSTMCell(IN, H), rj.LSTMCell(IN, H), "sum"),
+        (3,),
+        {"lengths": True, "reverse": True},
+        [(1, False), (1, False)],
+    ),
 }
-EVERYDAY = ("stacked-bidirectional-lengths", "lstm-reverse-two-batch-axes")
+EVERYDAY = (
+    "stacked-bidirectional-lengths",
+    "lstm-reverse-two-batch-axes",
+    "bidirectional-sum-reverse-lengths",
+)
 
 
 @pytest.mark.parametrize(
     "name", [pytest.param(n, marks=() if n in EVERYDAY else pytest.mark.slow) for n in CASES]
 )
 def test_cudnn_equals_the_sequential_strategy(name, cudnn_calls):
-    cell, batch, options, calls = CASES[name]
+    check_against_sequential(name)
+    made = [(c["num_layers"], c["bidirectional"]) for c in cudnn_calls]
+    assert made == CASES[name][3]
+
+
+def check_against_sequential(name):
+    """`strategy="cudnn"` equals `"sequential"` on the case `name`: outputs, final states,
+    and the gradients w.r.t. params, initial state and inputs."""
+    cell, batch, options, _ = CASES[name]
     options = dict(options)
     rng = np.random.default_rng(0)
     params = cell.init(KEY)
@@ -141,18 +161,18 @@ def test_cudnn_equals_the_sequential_strategy(name, cudnn_calls):
     if "lengths" in options:  # the sequence of length 0 keeps its initial state, exactly
         for a, a0 in zip(jax.tree.leaves(h), jax.tree.leaves(h0), strict=True):
             np.testing.assert_array_equal(a[1], a0[1])
-    made = [(c["num_layers"], c["bidirectional"]) for c in cudnn_calls]
-    assert made == calls
 
 
 def test_cudnn_runs_where_cudnn_is():
     """On this CPU, naming it is an error that says where it runs; `auto` never picks it."""
+    if jax.default_backend() == "gpu":
+        pytest.skip("this backend has cuDNN (test_cudnn_on_a_gpu)")
     cell = rj.LSTMCell(IN, H)
     params = cell.init(KEY)
     xs = jnp.zeros((T, 2, IN))
     with pytest.raises(
         ValueError,
-        match=r"scan\(LSTMCell\(3 => 4\)\): strategy='cudnn' runs on a CUDA GPU only \(cuDNN's "
+        match=r"scan\(LSTMCell\(3 => 4\)\): strategy='cudnn' runs on a GPU only \(cuDNN's "
         r"LSTM, jax.experimental.rnn\); this backend is 'cpu'. Use strategy='auto' or 'fused'",
     ):
         rj.scan(cell, params, cell.initial_state(params), xs, strategy="cudnn")
@@ -184,8 +204,7 @@ BAD = {
         rj.GRUCell(IN, H),
         {},
         r"strategy='cudnn' needs an LSTMCell, a bidirectional pair of them with "
-        r"merge='concat', or a chain of such layers .*; its part GRUCell\(3 => 4\) is not an "
-        r"LSTMCell\.",
+        r"merge='concat', or a chain of such layers .*; GRUCell\(3 => 4\) is not one\.",
     ),
     "a peephole LSTM in a chain": (
         rj.chain(rj.PeepholeLSTMCell(IN, H), rj.Dense(H, 2)),
@@ -223,6 +242,10 @@ def test_dtypes_forward_mode_and_state_history_raise(cudnn_calls):
         jax.jvp(lambda xs: rj.scan(cell, params, h0, xs, strategy="cudnn")[1], (xs,), (xs,))
     with pytest.raises(ValueError, match=r"strategy='cudnn' cannot return the state after"):
         rj.scan(cell, params, h0, xs, strategy="cudnn", return_states=True)
+    with pytest.raises(
+        ValueError, match=r"strategy='cudnn' cannot take jax.vmap \(cuDNN's call has no batching"
+    ):
+        jax.vmap(lambda xs: rj.scan(cell, params, h0, xs, strategy="cudnn")[1])(xs[None])
 
 
 def test_zero_steps(cudnn_calls):
@@ -251,3 +274,14 @@ def test_a_composite_that_is_no_stack_runs_each_lstm_alone(name, cudnn_calls):
     h_want, ys_want = rj.scan(cell, params, cell.initial_state(params), xs, strategy="sequential")
     tree_allclose((h, ys), (h_want, ys_want))
     assert [(c["num_layers"], c["bidirectional"]) for c in cudnn_calls] == [(1, False)] * 2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", CASES)
+def test_cudnn_on_a_gpu(name):
+    """cuDNN itself against the sequential strategy, on a GPU only (`pytest -m gpu`), in full
+    float32 (no TF32)."""
+    if jax.default_backend() != "gpu":
+        pytest.skip("needs a GPU with cuDNN")
+    with jax.default_matmul_precision("highest"):
+        check_against_sequential(name)

@@ -71,6 +71,31 @@ def test_bidirectional_equals_a_loop_each_way(strategy, remat):
     np.testing.assert_array_equal(hb[1], h0[1])
 
 
+def test_remat_blocks_a_causal_chain_whole_and_a_bidirectional_one_part_by_part(monkeypatch):
+    """A chain that reads no later step is cut into remat blocks as a whole (the backward
+    pass keeps only each block's entering states); a bidirectional stack cannot be (its
+    backward cells start at the end), so each of its cells runs in blocks of its own."""
+    from recurjax._scan import run as run_stage
+
+    blocked = []
+    remat_blocks = run_stage._remat_blocks
+
+    def spy(cell, *args):
+        blocked.append(cell)
+        return remat_blocks(cell, *args)
+
+    monkeypatch.setattr(run_stage, "_remat_blocks", spy)
+    xs = jnp.ones((T, 2, IN))
+    for bi in (False, True):
+        net = rj.stacked(rj.LSTMCell, IN, H, num_layers=2, bidirectional=bi)
+        params = net.init(KEY)
+        jax.clear_caches()
+        rj.scan(net, params, net.initial_state(params), xs, remat=2)
+    lstm, wide = rj.LSTMCell(IN, H), rj.LSTMCell(2 * H, H)
+    assert blocked == [rj.stacked(rj.LSTMCell, IN, H, num_layers=2), lstm, lstm, wide, wide]
+    assert not rj.residual(rj.bidirectional(lstm, lstm)).causal
+
+
 def test_bidirectional_in_a_chain_and_as_a_handle():
     net = rj.chain(rj.bidirectional(rj.GRUCell(IN, H), rj.GRUCell(IN, H), "sum"), rj.Dense(H, 2))
     params = net.init(KEY)

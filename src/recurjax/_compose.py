@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +27,7 @@ from ._contracts import (
     SequenceCell,
     WrapperCell,
     input_axes,
+    is_causal,
 )
 from ._dropout import Dropout, seed_dropout, split_keys
 from ._layers import Dense, stateless
@@ -77,6 +78,12 @@ class Chain(Cell):
     def input_axes(self) -> int:
         """The first part's `input_axes`: the trailing axes of one input step."""
         return input_axes(self.cells[0])
+
+    @property
+    def causal(self) -> bool:
+        """Whether every part is causal (`SequenceCell` protocol): a chain with a
+        bidirectional layer in it reads later steps."""
+        return all(is_causal(c) for c in self.cells)
 
     def _parts(self, what: str) -> list[Any]:
         missing = [describe(c) for c in self.cells if not hasattr(c, what)]
@@ -299,6 +306,9 @@ class Bidirectional(Cell):
     def input_axes(self) -> int:
         """The forward cell's `input_axes`."""
         return input_axes(self.forward)
+
+    # Its outputs at a step read the later steps (the backward cell): `SequenceCell` protocol.
+    causal: ClassVar[bool] = False
 
     def merged(self, yf: PyTree, yb: PyTree) -> PyTree:
         """The outputs of both directions at every step, merged (`merge`)."""

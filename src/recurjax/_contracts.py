@@ -78,6 +78,11 @@ class WrapperCell(Cell):
         """The wrapped cell's `input_axes`."""
         return input_axes(self.cell)
 
+    @property
+    def causal(self) -> bool:
+        """The wrapped cell's `causal`."""
+        return is_causal(self.cell)
+
     def init(self, key: jax.Array, dtype: Any = None) -> PyTree:
         """The wrapped cell's params (`dtype=None`: its own default)."""
         return self.cell.init(key) if dtype is None else self.cell.init(key, dtype)
@@ -126,6 +131,10 @@ class SequenceCell(Protocol):
     Running part by part equals stepping the composite as long as each part's step depends
     only on its own state and its input at the same step, which holds for chains,
     bidirectional pairs and residual wrappers.
+
+    A composite whose outputs at a step depend on later steps (a bidirectional pair, or a
+    chain with one in it) says `causal = False` (read by `is_causal`): the engine then never
+    cuts it into blocks of time as a whole (remat), only its parts.
     """
 
     def parts(self) -> tuple[Any, ...]: ...
@@ -249,6 +258,12 @@ def input_axes(cell: object) -> int:
     """How many trailing axes one input step of `cell` has: its `input_axes` (a
     convolutional cell's spatial axes and channels), 1 (the features) for every other."""
     return int(getattr(cell, "input_axes", 1))
+
+
+def is_causal(cell: object) -> bool:
+    """Whether `cell`'s output at a step depends on the steps up to it only: its `causal`,
+    `True` for every cell that does not say otherwise."""
+    return bool(getattr(cell, "causal", True))
 
 
 def is_linear(cell: object) -> bool:

@@ -17,6 +17,7 @@ from .inputs import (
     poison_out_of_range,
     prepare,
     stack_steps,
+    vmapped,
 )
 from .options import Options
 from .parallel import run_split, run_split_memory
@@ -130,8 +131,8 @@ def scan(
         only the state at the start of each block of `remat` steps and recomputes the
         block's forward pass (`jax.checkpoint`), so memory for the backward pass grows as
         `T / remat + remat` steps' worth instead of `T`, for one more forward pass of compute.
-        In a composite each recurrent part runs in blocks of its own. `None` (default) stores
-        every step. Must be a multiple of `truncate_every` when both
+        A bidirectional layer (or a chain with one) runs each of its parts in blocks of its
+        own. `None` (default) stores every step. Must be a multiple of `truncate_every` when both
         are given.
       chunk_size: steps per chunk of the `"chunked"` and `"chunkwise"` strategies (256 and
         64 by default, 16 for a matrix memory with a decay per key channel; `"chunkwise"`
@@ -197,6 +198,7 @@ def scan(
         forward_mode=forward_mode((params, h, xs, state0)),
         states=return_states,
         resets=resets is not None,
+        vmapped=vmapped((params, h, xs, state0, lengths, resets)),
     )
     check_choice(cell, opts)
     if type(xs) in (list, tuple):

@@ -94,9 +94,21 @@ def forward_mode(tree: PyTree) -> bool:
     A function jitted *outside* the `jvp` (`jax.jvp(jax.jit(f), ...)`) is traced before
     the tangents exist, so this cannot see them; there `strategy="sequential"` is needed.
     """
+    return _traced_by(tree, "JVPTracer")
+
+
+def vmapped(tree: PyTree) -> bool:
+    """Whether a leaf of `tree` is being mapped by `jax.vmap` (a batch tracer, found the same
+    way as `forward_mode`'s; a function jitted inside the `vmap` is out of its sight too)."""
+    return _traced_by(tree, "BatchTracer")
+
+
+def _traced_by(tree: PyTree, tracer: str) -> bool:
+    """Whether a leaf of `tree` is a tracer of the class named `tracer`, or holds one under
+    the tracers of the transformations applied inside it."""
     for leaf in jax.tree.leaves(tree):
         while isinstance(leaf, Tracer):
-            if type(leaf).__name__ == "JVPTracer":
+            if type(leaf).__name__ == tracer:
                 return True
             leaf = getattr(leaf, "primal", getattr(leaf, "val", None))
     return False

@@ -31,6 +31,8 @@ class Options:
     states: bool = False
     # Resets were given (strategies that cannot reset say so before tracing).
     resets: bool = False
+    # The inputs are mapped by `jax.vmap` (`inputs.vmapped`).
+    vmapped: bool = False
 
     def replace(self, **changes: Any) -> Options:
         return dataclasses.replace(self, **changes)
@@ -63,6 +65,7 @@ def build(
     forward_mode: bool = False,
     states: object = False,
     resets: bool = False,
+    vmapped: bool = False,
 ) -> Options:
     """Check every option of `scan` for `cell` and return them as `Options`; `registry`
     holds the strategies a user may name besides `"auto"` (whether the one named applies
@@ -110,4 +113,5 @@ def build(
         forward_mode=forward_mode,
         states=states,
         resets=resets,
+        vmapped=vmapped,
     )

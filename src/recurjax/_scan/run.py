@@ -1,7 +1,7 @@
 """The run pipeline: what happens to prepared, time-major inputs.
 
-    reverse within lengths -> composite (run_sequence) or remat blocks -> strategy
-    -> padding mask, once
+    reverse within lengths -> remat blocks (a causal cell) -> composite (run_sequence)
+    or strategy -> padding mask, once
 
 Each stage calls `run` again for what is inside it (a block, a part of a composite), so
 every option applies at every level and no stage knows a concrete cell class. Which
@@ -17,7 +17,7 @@ from typing import Any
 import jax
 
 from .._checks import describe
-from .._contracts import CellFn, PyTree, SequenceCell, Strategy
+from .._contracts import CellFn, PyTree, SequenceCell, Strategy, is_causal
 from .blocks import (
     StepMasks,
     cut_at,
@@ -46,12 +46,12 @@ def run(
     T = jax.tree.leaves(xs)[0].shape[0]
     if opts.reverse and masks is not None and masks.lengths is not None:
         return _reverse_within_lengths(cell, params, h, xs, opts, masks, T)
-    strategy = choose(cell, xs, opts)
-    if strategy is None:  # a composite, part by part (each part in remat blocks of its own)
-        assert isinstance(cell, SequenceCell)
-        h, ys = cell.run_sequence(_part_runner(opts, masks), params, h, xs)
-    elif opts.remat is not None and opts.remat < T and not isinstance(cell, SequenceCell):
+    if opts.remat is not None and opts.remat < T and is_causal(cell):
         return _remat_blocks(cell, params, h, xs, opts, masks)
+    strategy = choose(cell, xs, opts)
+    if strategy is None:  # a composite, part by part (a non-causal one: each part in remat
+        assert isinstance(cell, SequenceCell)  # blocks of its own)
+        h, ys = cell.run_sequence(_part_runner(opts, masks), params, h, xs)
     else:
         with jax.named_scope(f"recurjax.{strategy.name}"):
             h, ys = strategy.run(cell, params, h, xs, opts, masks)

@@ -9,11 +9,14 @@ into cuDNN's flat weight vector as they are (`pack`): each layer's `W_ih = wi^T`
 `W_hh = wh^T`, `b_ih = b` and `b_hh = 0`. Lengths become cuDNN's `seq_lengths`; a sequence
 of length 0, which cuDNN does not take, runs one step whose results are thrown away.
 
-What cuDNN cannot do raises where a user named it (`unsupported`): resets, truncation, remat
-(it runs each sequence in one call), forward-mode autodiff and grad-of-grad (its derivative
-is cuDNN's own backward pass), dtypes other than float32, other cells and other merges. In a
-chain with other parts (a `Dense` head), each LSTM layer runs on cuDNN and the rest as
-`auto` picks.
+What cuDNN cannot do raises where a user named it, before tracing (`unsupported`, and the
+engine's checks of forward mode and `return_states`): resets, truncation, remat (it runs
+each sequence in one call), `jax.vmap` (cuDNN's call has no batching rule), forward-mode
+autodiff (its derivative is cuDNN's own backward pass, a `jax.custom_vjp`), a cell with no
+LSTM in it; dtypes other than float32 raise when it traces (`run`). cuDNN's backward pass
+has no derivative of its own: grad-of-grad fails inside JAX. In a composite that is no
+stack (a `Dense` head, dropout between layers, another merge), each LSTM part runs on
+cuDNN alone and the rest as `auto` picks.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import jax.numpy as jnp
 from ..._checks import describe
 from ..._contracts import LayerStack, PyTree, SequenceCell, Strategy, kernel_spec
 from .. import policy
-from ..blocks import StepMasks
+from ..blocks import StepMasks, reversed_within, take_steps
 
 if TYPE_CHECKING:
     from ..options import Options
@@ -52,15 +55,14 @@ def layers(cell: object) -> tuple[tuple[Any, ...], int] | str:
         stack = cell.layers()
         if stack is None:
             return f"{STACKS}; {describe(cell)} is not such a stack."
-    elif isinstance(cell, SequenceCell):
+    elif isinstance(cell, SequenceCell) or not _is_lstm(cell):
         return f"{STACKS}; {describe(cell)} is not one."
     else:
         stack = ((cell,), 1)
     cells: tuple[Any, ...] = stack[0]
     directions = stack[1]
     for c in cells:
-        spec = kernel_spec(c)
-        if spec is None or spec.name != "lstm":
+        if not _is_lstm(c):
             return f"{STACKS}; its part {describe(c)} is not an LSTMCell."
     hidden = cells[0].hidden_size
     for k, c in enumerate(cells):
@@ -73,6 +75,12 @@ def layers(cell: object) -> tuple[tuple[Any, ...], int] | str:
     return stack
 
 
+def _is_lstm(cell: object) -> bool:
+    """Whether `cell` steps as `LSTMCell` (its fused kernel is the LSTM's)."""
+    spec = kernel_spec(cell)
+    return spec is not None and spec.name == "lstm"
+
+
 def cannot_run(cell: object, opts: Options | None) -> str | None:
     """Why cuDNN's LSTM cannot run `cell` under `opts` on any backend, or `None`."""
     if opts is not None:
@@ -80,6 +88,7 @@ def cannot_run(cell: object, opts: Options | None) -> str | None:
             (opts.resets, "resets (it runs each sequence from its initial state to its length)"),
             (opts.truncate_every is not None, "truncate_every (one call has no cut inside)"),
             (opts.remat is not None, "remat (it runs the whole sequence in one call)"),
+            (opts.vmapped, "jax.vmap (cuDNN's call has no batching rule; give xs the axis)"),
         ):
             if given:
                 return (
@@ -95,7 +104,7 @@ def unsupported(cell: object, opts: Options | None) -> str | None:
     backend = jax.default_backend()
     if backend != "gpu":
         return (
-            "runs on a CUDA GPU only (cuDNN's LSTM, jax.experimental.rnn); this backend is "
+            "runs on a GPU only (cuDNN's LSTM, jax.experimental.rnn); this backend is "
             f"{backend!r}. Use strategy='auto' or 'fused' here."
         )
     return cannot_run(cell, opts)
@@ -140,13 +149,15 @@ def run(
     N = math.prod(batch)
     x = xs.reshape(T, N, n_in)
     valid = None if masks is None else masks.valid
-    if opts.reverse:  # (with lengths, the engine reversed each sequence within its own)
-        assert valid is None
-        x = jnp.flip(x, 0)
     if valid is None:
         lengths = jnp.full((N,), T, jnp.int32)
     else:
         lengths = jnp.sum(valid.reshape(T, N), axis=0, dtype=jnp.int32)
+    # In reverse, each sequence runs from its own last step: reversed within its length (the
+    # engine does it for a scan with lengths; a part run in reverse inside it comes here).
+    order = reversed_within(lengths, T) if opts.reverse else None
+    if order is not None:
+        x = take_steps(order, x)
 
     def stacked(field: str) -> jax.Array:
         return jnp.stack([getattr(s, field).reshape(N, hidden) for s in states])
@@ -166,8 +177,8 @@ def run(
         bidirectional=directions == 2,
     )
     ys = jnp.swapaxes(y, 0, 1)
-    if opts.reverse:
-        ys = jnp.flip(ys, 0)
+    if order is not None:
+        ys = take_steps(order, ys)
     empty = (lengths == 0)[None, :, None]
     hn, cn = jnp.where(empty, h0, hn), jnp.where(empty, c0, cn)
     new = [
