@@ -1,8 +1,8 @@
 """recurjax on a GPU in one command: the LSTM and GRU table of `rnn.py`, a stacked
 bidirectional LSTM over ragged lengths, and the linear and chunkwise cells at B=4 T=4096.
 
-    python benchmarks/rnn.py --gpu            # on a GPU machine: writes benchmarks/RESULTS_gpu.md
-    python benchmarks/rnn.py --gpu --quick --dry-run --out /tmp/gpu.md   # anywhere (the tests)
+    python benchmarks/gpu.py            # on a GPU machine: writes benchmarks/RESULTS_gpu.md
+    python benchmarks/gpu.py --quick --dry-run --out /tmp/gpu.md   # anywhere (the tests)
 
 One process, unattended, within `--budget` seconds (270 by default, so that the whole run
 with its imports stays under 5 minutes). Needs jax, flax, equinox and torch (not haiku or
@@ -317,7 +317,7 @@ def header(report: Report, args: argparse.Namespace) -> None:
             versions.append(f"{pkg} not installed")
     report.line(f"# GPU benchmark results: {device.device_kind}")
     report.line()
-    command = "python benchmarks/rnn.py --gpu" + " --quick" * args.quick
+    command = "python benchmarks/gpu.py" + " --quick" * args.quick
     command += " --dry-run" * args.dry_run
     report.line(
         f"`{command}` on {datetime.date.today().isoformat()}: {device.device_kind} "
@@ -357,7 +357,6 @@ def cudnn_for_dry_run(dry_run: bool) -> Iterator[None]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    ap.add_argument("--gpu", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--quick", action="store_true", help="small sizes, one cell each, 1 round")
     ap.add_argument(
         "--dry-run", action="store_true", help="any backend: cuDNN's call by its reference"

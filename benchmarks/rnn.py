@@ -6,7 +6,8 @@
     python benchmarks/rnn.py --order-seed 1234   # the build and call orders of a former run
     python benchmarks/rnn.py --quick         # small configs, one process, no file
     python benchmarks/rnn.py --only lstm-32  # the jobs whose name contains "lstm-32"
-    python benchmarks/rnn.py --gpu           # on a GPU: writes RESULTS_gpu.md (benchmarks/gpu.py)
+
+The same LSTM and GRU table on a GPU, with cuDNN and the newer cells: `benchmarks/gpu.py`.
 
 How the numbers are made, so that they can be trusted:
 
@@ -1326,10 +1327,6 @@ def drive(jobs: list[dict[str, Any]], args: argparse.Namespace, out: Path | None
 
 
 def main() -> None:
-    if "--gpu" in sys.argv:  # the GPU benchmark (benchmarks/gpu.py), in this process
-        import gpu
-
-        raise SystemExit(gpu.main(sys.argv[1:]))
     description = (__doc__ or "").split("\n\n")[0]
     args = driver_arguments(description, Path(__file__).with_name("RESULTS.md")).parse_args()
     if serve_worker(args, worker):

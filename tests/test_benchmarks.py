@@ -1,4 +1,4 @@
-"""The GPU benchmark (`python benchmarks/rnn.py --gpu`), run on this CPU in its dry-run form so
+"""The GPU benchmark (`python benchmarks/gpu.py`), run on this CPU in its dry-run form so
 that it cannot rot: cuDNN's call replaced by its reference, small sizes, one round. Every
 kind of row is built, checked against recurjax's sequential strategy and written."""
 
@@ -19,7 +19,7 @@ def test_gpu_benchmark_dry_run_writes_every_table(tmp_path):
     import gpu
 
     out = tmp_path / "RESULTS_gpu.md"
-    assert gpu.main(["--gpu", "--quick", "--dry-run", "--out", str(out)]) == 0
+    assert gpu.main(["--quick", "--dry-run", "--out", str(out)]) == 0
     text = out.read_text()
     assert text.startswith("# GPU benchmark results: cpu\n")
     assert "**Dry run**" in text and "failed" not in text.lower()

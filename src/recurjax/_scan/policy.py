@@ -2,7 +2,7 @@
 
 Each backend has one `Policy`. Each of its numbers names the rows of `benchmarks/RESULTS*.md`
 that set it; change one only with a new run of that benchmark. Only the CPU's policy is
-measured (2-core XLA:CPU). GPU and TPU have no measured run yet (`benchmarks/rnn.py --gpu`
+measured (2-core XLA:CPU). GPU and TPU have no measured run yet (`benchmarks/gpu.py`
 writes `RESULTS_gpu.md` on a GPU): they keep the CPU's rules, the conservative default (what
 `auto` did before there were per-backend rules), and never pick cuDNN.
 """
