@@ -100,6 +100,13 @@ CASES = {
         [(1, False), (1, False)],  # part by part: the chain is no stack
     ),
     "unbatched": (rj.LSTMCell(IN, H), (), {}, [(1, False)]),
+    # A stack nested in a chain with a head stays one call.
+    "stack-in-a-chain-with-a-dense-head": (
+        rj.chain(_stack(2, True), rj.Dense(2 * H, 2)),
+        (3,),
+        {"lengths": True},
+        [(2, True)],
+    ),
     # No stack: each direction alone, the backward one reversed within the lengths by cuDNN's
     # strategy itself (the engine reverses a whole scan with lengths before it).
     "bidirectional-sum-reverse-lengths": (
