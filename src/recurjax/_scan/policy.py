@@ -110,11 +110,7 @@ def fused_picks(spec: KernelSpec, batch: int, backend: str) -> bool:
 
 
 def cudnn_picks(cell: object, xs: object, backend: str) -> bool:
-    """Whether `auto` runs LSTM layers with cuDNN (float32 inputs only)."""
+    """Whether `auto` runs LSTM layers with cuDNN (float32 inputs only; the strategy itself
+    says where cuDNN is)."""
     x = _one_input(xs)
-    return (
-        for_backend(backend).cudnn
-        and x is not None
-        and x.dtype == jax.numpy.float32
-        and backend == "gpu"
-    )
+    return for_backend(backend).cudnn and x is not None and x.dtype == jax.numpy.float32

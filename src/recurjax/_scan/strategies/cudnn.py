@@ -21,6 +21,7 @@ cuDNN alone and the rest as `auto` picks.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable
@@ -123,6 +124,12 @@ def pack(cells: tuple[Any, ...], params: list[PyTree]) -> jax.Array:
     return jnp.concatenate(weights + biases)
 
 
+def _cudnn_lstm(*args: Any, **kwargs: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
+    from jax.experimental import rnn
+
+    return rnn.lstm(*args, **kwargs)
+
+
 def run(
     cell: Any,
     params: PyTree,
@@ -131,7 +138,7 @@ def run(
     opts: Options,
     masks: StepMasks | None = None,
     *,
-    lstm: LSTMCall | None = None,
+    lstm: LSTMCall = _cudnn_lstm,
 ) -> tuple[PyTree, jax.Array]:
     """The stack over time-major `xs: (T, *batch, in)` from the settled state `h` in one
     `lstm` call (cuDNN's by default), batch flattened and batch-first."""
@@ -163,8 +170,7 @@ def run(
         return jnp.stack([getattr(s, field).reshape(N, hidden) for s in states])
 
     h0, c0 = stacked("h"), stacked("c")
-    call = _cudnn_lstm if lstm is None else lstm
-    y, hn, cn = call(
+    y, hn, cn = lstm(
         jnp.swapaxes(x, 0, 1),
         h0,
         c0,
@@ -197,12 +203,6 @@ def _check_float32(cell: object, params: PyTree, h: PyTree, xs: jax.Array) -> No
             f"{sorted(str(d) for d in dtypes)}. Cast them to float32, or use "
             "strategy='fused' for other dtypes."
         )
-
-
-def _cudnn_lstm(*args: Any, **kwargs: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
-    from jax.experimental import rnn
-
-    return rnn.lstm(*args, **kwargs)
 
 
 def reference_lstm(
@@ -239,16 +239,12 @@ def reference_lstm(
     )
 
 
-def _auto(cell: object, xs: PyTree, backend: str) -> bool:
-    return policy.cudnn_picks(cell, xs, backend)
-
-
-CUDNN = Strategy("cudnn", run, unsupported, auto=_auto, composites=True)
+CUDNN = Strategy("cudnn", run, unsupported, auto=policy.cudnn_picks, composites=True)
 
 
 def on_any_backend(lstm: LSTMCall = reference_lstm) -> Strategy:
     """The cuDNN strategy with `lstm` in place of cuDNN's call and no backend check: how the
     tests and the GPU benchmark's dry run check everything around the call on a CPU."""
-    return Strategy(
-        "cudnn", functools.partial(run, lstm=lstm), cannot_run, auto=_auto, composites=True
+    return dataclasses.replace(
+        CUDNN, run=functools.partial(run, lstm=lstm), unsupported=cannot_run
     )
