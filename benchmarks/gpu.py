@@ -60,7 +60,7 @@ from recurjax import interop
 OUT = Path(__file__).with_name("RESULTS_gpu.md")
 PACKAGES = ("jax", "jaxlib", "flax", "equinox", "torch")
 
-# (kind, B, T, F, H): rnn.py's configs, the one most like training first.
+# (B, T, F, H): rnn.py's configs, the one most like training first.
 RNN_SIZES = [(32, 128, 64, 256), (128, 64, 256, 512), (1, 1000, 32, 128)]
 RAGGED_SIZE = (32, 128, 64, 256)  # B, T, F, H; 2 layers, both directions
 CELLS_SIZE = (4, 4096)  # B, T; in = H = 64 for the linear cells, 256 for the matrix memories
@@ -72,26 +72,16 @@ QUICK_CELLS = (2, 16)
 class Report:
     """The results file, written line by line: every line is flushed as soon as it is made."""
 
-    def __init__(self, path: Path | None) -> None:
-        self.file = None if path is None else path.open("w")
+    def __init__(self, path: Path) -> None:
+        self.file = path.open("w")
 
     def line(self, text: str = "") -> None:
         print(text, flush=True)
-        if self.file is not None:
-            self.file.write(text + "\n")
-            self.file.flush()
+        self.file.write(text + "\n")
+        self.file.flush()
 
     def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-
-    def table(self, title: str, note: str, base: str) -> None:
-        self.line(f"## {title}")
-        self.line()
-        self.line(note)
-        self.line()
-        self.line(f"| row | fwd ms | f+b ms | fwd / {base} | f+b / {base} | compile s | check |")
-        self.line("|---|---|---|---|---|---|---|")
+        self.file.close()
 
 
 class Run:
@@ -103,6 +93,16 @@ class Run:
         self.failed: list[str] = []
         self.skipped: list[str] = []
         self.base: dict[str, float] = {}
+
+    def table(self, title: str, note: str, base: str) -> None:
+        """Start a table whose ratios are over its row `base` (its first row)."""
+        self.base = {}  # none until that row is measured
+        for text in (f"## {title}", "", note, ""):
+            self.report.line(text)
+        self.report.line(
+            f"| row | fwd ms | f+b ms | fwd / {base} | f+b / {base} | compile s | check |"
+        )
+        self.report.line("|---|---|---|---|---|---|---|")
 
     def row(
         self,
@@ -116,8 +116,6 @@ class Run:
         if time.perf_counter() > self.deadline:
             self.skipped.append(name)
             return
-        if first:  # a new table: no base until its first row is measured
-            self.base = {}
         try:
             impl = build()
             with full_precision():
@@ -137,6 +135,31 @@ class Run:
             f"| {name} | {times['fwd']:.3g} | {times['fb']:.3g} | {ratio['fwd']:.2f} | "
             f"{ratio['fb']:.2f} | {sum(impl.compile_s):.1f} | {checked} |"
         )
+
+    def strategy_rows(
+        self,
+        label: Callable[[str], str],
+        strategies: Any,
+        ys_of: Callable[[str], Callable[[Any, jax.Array], Any]],
+        params: Any,
+        xs: jax.Array,
+        refs: dict[str, rnn.Reference],
+        mask: np.ndarray | None = None,
+    ) -> None:
+        """One row per recurjax strategy, `ys_of(strategy)` the function it times and
+        `label(strategy)` its name; the first is the table's base. Checked against the one
+        reference in `refs`."""
+        (reference,) = refs
+        for n, s in enumerate(strategies):
+            self.row(
+                label(s),
+                lambda s=s: rnn.jax_impl(
+                    label(s), ys_of(s), params, xs, reference=reference, fb_grads=False
+                ),
+                refs,
+                mask,
+                first=n == 0,
+            )
 
 
 @contextlib.contextmanager
@@ -178,24 +201,16 @@ def rnn_table(run: Run, kind: str, size: tuple[int, int, int, int], device: str 
     xs_np = np.random.default_rng(0).normal(size=(B, T, F)).astype(np.float32)
     xs = jnp.asarray(xs_np)
     refs = {"recurjax": rnn.reference(rnn._recurjax(cell, "sequential"), params, xs)}
-    run.report.table(
+    run.table(
         f"{kind.upper()} B={B} T={T} F={F} H={H}",
         "Batch-major, float32. Ratios over recurjax `auto`.",
         "auto",
     )
     strategies = ["auto", "fused", "sequential"] + (["cudnn"] if kind == "lstm" else [])
-    for n, s in enumerate(strategies):
-        run.row(
-            f"recurjax strategy={s!r}",
-            lambda s=s: rnn.jax_impl(
-                f"recurjax {s}", rnn._recurjax(cell, s), params, xs, fb_grads=False
-            ),
-            refs,
-            first=n == 0,
-        )
-    for flax_cell, build in zip(
-        rnn.FLAX_CELLS[kind], rnn.flax_builders(kind, cell, params, xs), strict=True
-    ):
+    run.strategy_rows(
+        _recurjax_label, strategies, lambda s: rnn._recurjax(cell, s), params, xs, refs
+    )
+    for flax_cell, build in rnn.flax_builders(kind, cell, params, xs).items():
         run.row(f"flax linen nn.RNN({flax_cell})", build, refs)
     run.row("equinox", rnn.equinox_builder(kind, cell, params, xs), refs)
     if device is not None:
@@ -205,6 +220,10 @@ def rnn_table(run: Run, kind: str, size: tuple[int, int, int, int], device: str 
             refs,
         )
     run.report.line()
+
+
+def _recurjax_label(strategy: str) -> str:
+    return f"recurjax strategy={strategy!r}"
 
 
 def ragged_table(run: Run, size: tuple[int, int, int, int], device: str | None) -> None:
@@ -234,20 +253,14 @@ def ragged_table(run: Run, size: tuple[int, int, int, int], device: str | None) 
         return ys
 
     refs = {"recurjax": rnn.reference(ys_fn("sequential"), params, xs)}
-    run.report.table(
+    run.table(
         f"Stacked bidirectional LSTM, 2 layers, B={B} T={T} F={F} H={H}, ragged lengths",
         f"Lengths drawn in [{T // 4}, {T}] (one of {T}); outputs past each length compared as "
         "zero. Ratios over recurjax `auto`.",
         "auto",
     )
-    for n, s in enumerate(["auto", "fused", "sequential", "cudnn"]):
-        run.row(
-            f"recurjax strategy={s!r}",
-            lambda s=s: rnn.jax_impl(f"recurjax {s}", ys_fn(s), params, xs, fb_grads=False),
-            refs,
-            mask,
-            first=n == 0,
-        )
+    strategies = ["auto", "fused", "sequential", "cudnn"]
+    run.strategy_rows(_recurjax_label, strategies, ys_fn, params, xs, refs, mask)
     if device is not None:
         lengths_cpu = torch.from_numpy(lengths_np).long()
 
@@ -280,7 +293,7 @@ def cells_table(run: Run, quick: bool) -> None:
         H = 8 if quick else (256 if matrix else 64)
         xs = jnp.asarray(np.random.default_rng(0).standard_normal((T, B, H)).astype(np.float32))
         what = "matrix memories" if matrix else "linear cells"
-        run.report.table(
+        run.table(
             f"{what.capitalize()}, B={B} T={T} in=H={H}",
             "Time-major, float32. Ratios over each cell's sequential strategy.",
             "sequential",
@@ -288,22 +301,14 @@ def cells_table(run: Run, quick: bool) -> None:
         for name, cell in items:
             params = cell.init(jax.random.key(0))
             refs = {name: rnn.reference(rnn._recurjax(cell, "sequential", 0), params, xs)}
-            # (quick: not the chunked and associative scans)
-            strategies = cells_bench.strategies(cell, grid=quick)
-            for n, s in enumerate(strategies):
-                run.row(
-                    f"{name}: {s}",
-                    lambda s=s, cell=cell, params=params, name=name, xs=xs: rnn.jax_impl(
-                        f"{name} {s}",
-                        rnn._recurjax(cell, s, time_axis=0),
-                        params,
-                        xs,
-                        reference=name,
-                        fb_grads=False,
-                    ),
-                    refs,
-                    first=n == 0,
-                )
+            run.strategy_rows(
+                lambda s, name=name: f"{name}: {s}",
+                cells_bench.strategies(cell, grid=quick),  # quick: not chunked, associative
+                lambda s, cell=cell: rnn._recurjax(cell, s, time_axis=0),
+                params,
+                xs,
+                refs,
+            )
         run.report.line()
 
 

@@ -452,12 +452,11 @@ def _memax(kind: str, params: Any, F: int, H: int) -> tuple[Any, Any]:
     return eqx.partition(layer, eqx.is_array)
 
 
-FLAX_CELLS = {"lstm": ["LSTMCell", "OptimizedLSTMCell"], "gru": ["GRUCell"]}
-
-
-def flax_builders(kind: str, cell: Any, params: Any, xs: jax.Array) -> list[Callable[[], Impl]]:
-    """Flax linen rows: `nn.RNN` over its `LSTMCell` and `OptimizedLSTMCell` (or
-    `GRUCell`), batch-major, with `cell`'s weights through `recurjax.interop`."""
+def flax_builders(
+    kind: str, cell: Any, params: Any, xs: jax.Array
+) -> dict[str, Callable[[], Impl]]:
+    """Flax linen rows by Flax cell: `nn.RNN` over its `LSTMCell` and `OptimizedLSTMCell`
+    (or `GRUCell`), batch-major, with `cell`'s weights through `recurjax.interop`."""
     import flax.linen as nn
 
     def flax_row(name: str) -> Callable[[], Impl]:
@@ -476,7 +475,8 @@ def flax_builders(kind: str, cell: Any, params: Any, xs: jax.Array) -> list[Call
 
         return make
 
-    return [flax_row(n) for n in FLAX_CELLS[kind]]
+    names = ["LSTMCell", "OptimizedLSTMCell"] if kind == "lstm" else ["GRUCell"]
+    return {n: flax_row(n) for n in names}
 
 
 def equinox_builder(kind: str, cell: Any, params: Any, xs: jax.Array) -> Callable[[], Impl]:
@@ -544,7 +544,7 @@ def build(
         recurjax_row("recurjax strategy='fused'", "fused"),
     ]
 
-    builders += flax_builders(kind, cell, params, xs)
+    builders += flax_builders(kind, cell, params, xs).values()
     builders.append(equinox_builder(kind, cell, params, xs))
 
     # Haiku: dynamic_unroll, batch-major. Its GRU is the reset-before form (GRUv3Cell).

@@ -30,10 +30,10 @@ import tempfile
 # default level still runs in the installed-wheel check (.ci/package_check: the README's
 # example and the char-LM example) and in every benchmark, which checks each row's outputs
 # and gradients before timing it. XLA's fusion emitters (its default code generator for
-# fused elementwise kernels on CPU since jax 0.8-ish) are turned off for the older elemental
+# fused elementwise kernels on CPU in jax 0.10) are turned off for the older elemental
 # emitter, which compiles such small programs about twice as fast (a dozen scans with their
-# gradients: 4.4-4.6 s against 8.2 s on jax 0.10.2; no change on the floor's 0.7.0, where the
-# flag exists but was not the default). A flag that the caller set in XLA_FLAGS wins;
+# gradients: 4.4-4.6 s against 8.2 s on jax 0.10.2; on the floor's 0.7.0 the flag exists
+# and made no measurable difference). A flag that the caller set in XLA_FLAGS wins;
 # `RECURJAX_TEST_XLA_OPTIMIZE=1` leaves XLA_FLAGS alone.
 FAST_COMPILE = (
     "--xla_backend_optimization_level=0",
